@@ -1,0 +1,98 @@
+"""The ``distinit`` command line.
+
+Each sub-command lives with its stage (``distinit.extract.commands`` and so on) and is imported
+only when it runs, so ``distinit --help`` stays instant and never imports torch. Domain errors
+become one line on stderr and exit status 2; nothing a user did wrong prints a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from distinit.pipeline.errors import DistinitError
+
+# name -> (module:attribute, one-line help shown by `distinit --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "extract": (
+        "distinit.extract.commands:extract",
+        "Stage one: decode videos, cache teacher logits.",
+    ),
+    "inspect": (
+        "distinit.extract.commands:inspect",
+        "Summarise, query or verify a shard directory.",
+    ),
+    "train": (
+        "distinit.train.command:train",
+        "Stage two: distil cached targets into a 3D student.",
+    ),
+    "eval": (
+        "distinit.eval.command:eval_command",
+        "Fine-tune or linear-probe on HMDB51/UCF101/folders.",
+    ),
+    "demo": ("distinit.pipeline.demo:demo", "Run the whole method on real sample clips, on CPU."),
+    "bench": ("distinit.pipeline.bench:bench", "Benchmarks: extraction and training throughput."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module_name, attr = COMMANDS[cmd_name][0].split(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{COMMANDS[cmd_name][0]} is not a click command")
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The help lines come from COMMANDS so listing them imports no stage.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_line) for name, (_, help_line) in COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.version_option(package_name="distinit")
+def cli(verbose: int) -> None:
+    """distinit: learn video representations from image teachers, without video labels.
+
+    \b
+    Typical run:
+      distinit extract --videos VIDEOS --out SHARDS
+      distinit train   --targets SHARDS --out RUN
+      distinit eval    --dataset hmdb51 --root HMDB51 --checkpoint RUN/final.pt --out OUT
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except DistinitError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("Interrupted. Run the same command again to resume.", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

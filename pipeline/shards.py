@@ -1,0 +1,435 @@
+"""The shard contract between stage one and stage two. The only module that touches h5py.
+
+A shard directory holds complete ``*.h5`` files (each written under a temporary name and renamed
+when closed, so a crash never leaves a half-written shard under a final name) and a
+``manifest.json`` index regenerated from them after each run. The shard files are the truth: a
+resumed run scans them, so a run killed before writing the manifest loses nothing it finished.
+
+Layout of one shard (``SCHEMA_VERSION`` 1)::
+
+    attrs  format="distinit-shard", schema_version, provenance (JSON), teachers (JSON list)
+    /frames/time           float64 (N,)    seconds from the video's first frame
+    /frames/index          int64   (N,)    native frame index (decode order)
+    /logits/<teacher>/q    int8    (N, C)  per-frame affine quantised logits
+    /logits/<teacher>/scale, /offset  float32 (N,)   logit = q * scale + offset
+    /videos/<field>        one entry per video: id (path relative to --videos), status, error,
+                           row_start, row_count, native_frames, duration, width, height, fps
+
+Logits, not probabilities, are stored so the temperature stays a training-time choice. Per-frame
+int8 quantisation costs about 1 KB per frame for a 1000-class teacher; every chunk carries a
+fletcher32 checksum so bit-rot is detected when read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from distinit.pipeline.errors import ShardError
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "distinit-shard"
+SHARD_SUFFIX = ".h5"
+TMP_SUFFIX = ".h5.tmp"
+MANIFEST_NAME = "manifest.json"
+_ROW_CHUNK = 256
+_VIDEO_INT_FIELDS = ("row_start", "row_count", "native_frames", "width", "height")
+_VIDEO_FLOAT_FIELDS = ("duration", "fps")
+_VIDEO_STR_FIELDS = ("id", "status", "error")
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """A teacher's identity as recorded in shards: enough to trust and reuse its targets."""
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    weights_sha256: str
+    weights_source: str
+    preprocessing: str
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["class_names"] = list(self.class_names)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TeacherInfo:
+        return cls(**{**d, "class_names": tuple(d["class_names"])})
+
+
+@dataclass
+class VideoRecord:
+    """One video of a shard: where its rows are and what ffmpeg said about it."""
+
+    id: str
+    status: str  # "ok" or "failed"
+    error: str = ""
+    row_start: int = 0
+    row_count: int = 0
+    native_frames: int = 0
+    duration: float = float("nan")
+    width: int = 0
+    height: int = 0
+    fps: float = float("nan")
+    shard: str = field(default="", compare=False)
+
+
+def quantize(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row affine int8: returns ``(q, scale, offset)`` with ``logits ≈ q * scale + offset``."""
+    x = np.asarray(logits, dtype=np.float32)
+    lo = x.min(axis=1)
+    hi = x.max(axis=1)
+    scale = (hi - lo) / 255.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    q = np.rint((x - lo[:, None]) / scale[:, None]) - 128.0
+    offset = (lo + 128.0 * scale).astype(np.float32)
+    return np.clip(q, -128, 127).astype(np.int8), scale, offset
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    return q.astype(np.float32) * scale[:, None] + offset[:, None]
+
+
+class ShardWriter:
+    """Writes one shard under a temporary name; :meth:`close` makes it final by renaming."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], teachers: list[TeacherInfo], provenance: dict[str, Any]
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.name.endswith(SHARD_SUFFIX):
+            raise ValueError(f"shard path must end in {SHARD_SUFFIX}: {self.path}")
+        self.tmp_path = self.path.with_name(self.path.name[: -len(SHARD_SUFFIX)] + TMP_SUFFIX)
+        self.teachers = teachers
+        self._file = h5py.File(self.tmp_path, "w")
+        self._file.attrs["format"] = FORMAT_NAME
+        self._file.attrs["schema_version"] = SCHEMA_VERSION
+        self._file.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._file.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+        self._file.attrs["teachers"] = json.dumps([t.to_json() for t in teachers])
+        frames = self._file.create_group("frames")
+        for name, dtype in (("time", np.float64), ("index", np.int64)):
+            frames.create_dataset(name, (0,), dtype=dtype, **_growable(()))
+        logits = self._file.create_group("logits")
+        for t in teachers:
+            g = logits.create_group(t.name)
+            g.create_dataset("q", (0, t.num_classes), dtype=np.int8, **_growable((t.num_classes,)))
+            for name in ("scale", "offset"):
+                g.create_dataset(name, (0,), dtype=np.float32, **_growable(()))
+        self.records: list[VideoRecord] = []
+        self.rows = 0
+
+    def add_video(
+        self,
+        record: VideoRecord,
+        times: np.ndarray,
+        indices: np.ndarray,
+        logits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    ) -> None:
+        """Append a complete video: ``logits[teacher] = quantize(...)`` of its frames."""
+        n = len(times)
+        if len(indices) != n or any(len(v[0]) != n for v in logits.values()):
+            raise ShardError(f"{record.id}: frames, indices and logits disagree in length")
+        if set(logits) != {t.name for t in self.teachers}:
+            raise ShardError(f"{record.id}: logits for {sorted(logits)}, shard has other teachers")
+        start = self.rows
+        _append(self._file["frames/time"], times)
+        _append(self._file["frames/index"], indices)
+        for name, (q, scale, offset) in logits.items():
+            g = self._file["logits"][name]
+            _append(g["q"], q)
+            _append(g["scale"], scale)
+            _append(g["offset"], offset)
+        self.rows += n
+        record.row_start, record.row_count, record.status = start, n, "ok"
+        self.records.append(record)
+
+    def add_failure(self, video_id: str, error: str) -> None:
+        self.records.append(VideoRecord(id=video_id, status="failed", error=error))
+
+    def close(self) -> Path:
+        """Write the video table, flush, and atomically give the file its final name."""
+        videos = self._file.create_group("videos")
+        str_dtype = h5py.string_dtype("utf-8")
+        for name in _VIDEO_STR_FIELDS:
+            videos.create_dataset(
+                name, data=[getattr(r, name) for r in self.records], dtype=str_dtype
+            )
+        for name in _VIDEO_INT_FIELDS:
+            videos.create_dataset(
+                name, data=np.array([getattr(r, name) for r in self.records], dtype=np.int64)
+            )
+        for name in _VIDEO_FLOAT_FIELDS:
+            videos.create_dataset(
+                name, data=np.array([getattr(r, name) for r in self.records], dtype=np.float64)
+            )
+        self._file.flush()
+        self._file.close()
+        with open(self.tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary file (the videos in it will be extracted again on resume)."""
+        with contextlib.suppress(Exception):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp_path)
+
+
+def _growable(row_shape: tuple[int, ...]) -> dict[str, Any]:
+    return {
+        "maxshape": (None, *row_shape),
+        "chunks": (_ROW_CHUNK, *row_shape),
+        "fletcher32": True,
+    }
+
+
+def _append(dataset: h5py.Dataset, values: np.ndarray) -> None:
+    n = dataset.shape[0]
+    dataset.resize(n + len(values), axis=0)
+    dataset[n:] = values
+
+
+@dataclass
+class _OpenShard:
+    path: Path
+    records: list[VideoRecord]
+    teachers: list[TeacherInfo]
+    provenance: dict[str, Any]
+
+
+def read_shard_header(path: str | os.PathLike[str]) -> _OpenShard:
+    """Read and validate one shard's attributes and video table."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT_NAME:
+                raise ShardError(f"{path}: not a distinit shard")
+            version = int(f.attrs.get("schema_version", -1))
+            if version != SCHEMA_VERSION:
+                raise ShardError(
+                    f"{path}: shard schema version {version}, this distinit reads "
+                    f"{SCHEMA_VERSION}; re-extract or use a matching distinit"
+                )
+            teachers = [TeacherInfo.from_json(d) for d in json.loads(f.attrs["teachers"])]
+            provenance = json.loads(f.attrs["provenance"])
+            records = _read_records(f, path)
+            _check_shapes(f, path, teachers, records)
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise ShardError(f"{path}: unreadable or damaged shard ({exc})") from exc
+    return _OpenShard(path, records, teachers, provenance)
+
+
+def _read_records(f: h5py.File, path: Path) -> list[VideoRecord]:
+    v = f["videos"]
+    columns: dict[str, list[Any]] = {}
+    for name in _VIDEO_STR_FIELDS:
+        columns[name] = [s.decode("utf-8") if isinstance(s, bytes) else s for s in v[name][()]]
+    for name in _VIDEO_INT_FIELDS:
+        columns[name] = [int(x) for x in v[name][()]]
+    for name in _VIDEO_FLOAT_FIELDS:
+        columns[name] = [float(x) for x in v[name][()]]
+    n = len(columns["id"])
+    return [
+        VideoRecord(**{k: col[i] for k, col in columns.items()}, shard=path.name) for i in range(n)
+    ]
+
+
+def _check_shapes(
+    f: h5py.File, path: Path, teachers: list[TeacherInfo], records: list[VideoRecord]
+) -> None:
+    rows = f["frames/time"].shape[0]
+    if f["frames/index"].shape != (rows,):
+        raise ShardError(f"{path}: frames/index has the wrong shape")
+    for t in teachers:
+        g = f["logits"][t.name]
+        if g["q"].shape != (rows, t.num_classes) or g["scale"].shape != (rows,):
+            raise ShardError(f"{path}: logits of {t.name} have the wrong shape")
+    for r in records:
+        if r.row_start < 0 or r.row_start + r.row_count > rows:
+            raise ShardError(f"{path}: video {r.id} points outside the frame table")
+
+
+def list_shard_files(directory: str | os.PathLike[str]) -> list[Path]:
+    directory = Path(directory)
+    return sorted(p for p in directory.glob(f"*{SHARD_SUFFIX}") if p.is_file())
+
+
+class ShardSet:
+    """Read access to every complete shard in a directory.
+
+    Headers are read eagerly (small); HDF5 handles are opened lazily and once per process, so a
+    ShardSet can be handed to DataLoader workers (each opens its own handles after the fork).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise ShardError(f"{self.directory}: no such shard directory")
+        files = list_shard_files(self.directory)
+        if not files:
+            raise ShardError(f"{self.directory}: no shard files (*{SHARD_SUFFIX}) found")
+        shards = [read_shard_header(p) for p in files]
+        self.teachers = shards[0].teachers
+        self.provenance = shards[0].provenance
+        for s in shards[1:]:
+            if [t.to_json() for t in s.teachers] != [t.to_json() for t in self.teachers]:
+                raise ShardError(
+                    f"{s.path}: teachers {[t.name for t in s.teachers]} differ from "
+                    f"{shards[0].path.name}'s {[t.name for t in self.teachers]}; "
+                    "shards of one directory must come from the same teachers"
+                )
+        self.records: dict[str, VideoRecord] = {}
+        for s in shards:
+            for r in s.records:
+                # A video retried after a failure appears twice: the successful entry wins.
+                if r.id not in self.records or self.records[r.id].status != "ok":
+                    self.records[r.id] = r
+        self._handles: dict[str, h5py.File] = {}
+        self._pid = os.getpid()
+
+    @property
+    def teacher_names(self) -> list[str]:
+        return [t.name for t in self.teachers]
+
+    def ok_videos(self) -> list[VideoRecord]:
+        return sorted((r for r in self.records.values() if r.status == "ok"), key=lambda r: r.id)
+
+    def _file(self, shard: str) -> h5py.File:
+        if os.getpid() != self._pid:  # forked: never reuse the parent's handles
+            self._handles, self._pid = {}, os.getpid()
+        if shard not in self._handles:
+            self._handles[shard] = h5py.File(self.directory / shard, "r")
+        return self._handles[shard]
+
+    def times(self, video_id: str) -> np.ndarray:
+        r = self._ok(video_id)
+        f = self._file(r.shard)
+        return f["frames/time"][r.row_start : r.row_start + r.row_count]
+
+    def frame_indices(self, video_id: str) -> np.ndarray:
+        r = self._ok(video_id)
+        f = self._file(r.shard)
+        return f["frames/index"][r.row_start : r.row_start + r.row_count]
+
+    def logits(self, video_id: str, rows: Iterable[int] | None = None) -> dict[str, np.ndarray]:
+        """Float32 logits ``(k, C)`` per teacher for the given rows of a video (all if None)."""
+        r = self._ok(video_id)
+        f = self._file(r.shard)
+        if rows is None:
+            sel: Any = slice(r.row_start, r.row_start + r.row_count)
+        else:
+            local = np.asarray(list(rows), dtype=np.int64)
+            if len(local) and (local.min() < 0 or local.max() >= r.row_count):
+                raise IndexError(f"{video_id}: rows outside 0..{r.row_count - 1}")
+            # h5py wants increasing unique indices; map back afterwards.
+            uniq, inverse = np.unique(local, return_inverse=True)
+            sel = uniq + r.row_start
+        out: dict[str, np.ndarray] = {}
+        for t in self.teachers:
+            g = f["logits"][t.name]
+            x = dequantize(g["q"][sel], g["scale"][sel], g["offset"][sel])
+            if not np.isfinite(x).all():
+                raise ShardError(f"{r.shard}: non-finite logits for {video_id}")
+            out[t.name] = x if rows is None else x[inverse]
+        return out
+
+    def _ok(self, video_id: str) -> VideoRecord:
+        r = self.records.get(video_id)
+        if r is None or r.status != "ok":
+            raise ShardError(f"{self.directory}: no extracted frames for video {video_id!r}")
+        return r
+
+    def verify_checksums(self) -> list[str]:
+        """Read every byte of every shard; return one line per damaged shard (empty if none)."""
+        problems = []
+        for path in list_shard_files(self.directory):
+            try:
+                with h5py.File(path, "r") as f:
+                    for name in _iter_datasets(f):
+                        data = f[name][()]
+                        if (
+                            name.startswith("logits/")
+                            and data.dtype.kind == "f"
+                            and not np.isfinite(data).all()
+                        ):
+                            problems.append(f"{path.name}: non-finite values in {name}")
+            except OSError as exc:
+                problems.append(f"{path.name}: checksum or read error ({exc})")
+        return problems
+
+    def close(self) -> None:
+        for h in self._handles.values():
+            h.close()
+        self._handles = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+
+def _iter_datasets(f: h5py.File) -> Iterator[str]:
+    names: list[str] = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    yield from names
+
+
+def scan_records(directory: str | os.PathLike[str]) -> list[VideoRecord]:
+    """Every video record of every complete shard (for resuming and for the manifest)."""
+    out: list[VideoRecord] = []
+    for path in list_shard_files(directory):
+        out.extend(read_shard_header(path).records)
+    return out
+
+
+def write_manifest(directory: str | os.PathLike[str], config: dict[str, Any]) -> Path:
+    """Regenerate ``manifest.json`` from the shards (atomically, last)."""
+    directory = Path(directory)
+    shards = []
+    videos = []
+    for path in list_shard_files(directory):
+        header = read_shard_header(path)
+        shards.append(
+            {
+                "file": path.name,
+                "videos": len(header.records),
+                "rows": sum(r.row_count for r in header.records),
+                "bytes": path.stat().st_size,
+            }
+        )
+        for r in header.records:
+            videos.append(
+                {
+                    "id": r.id,
+                    "shard": path.name,
+                    "rows": r.row_count,
+                    "status": r.status,
+                    "error": r.error,
+                }
+            )
+    manifest = {
+        "format": FORMAT_NAME,
+        "schema_version": SCHEMA_VERSION,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config,
+        "shards": shards,
+        "videos": videos,
+    }
+    tmp = directory / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, directory / MANIFEST_NAME)
+    return directory / MANIFEST_NAME

@@ -1,0 +1,405 @@
+"""The one video decoder, shared by extraction, training and evaluation.
+
+Frames stream from an ffmpeg subprocess through a pipe as raw RGB at a fixed size, a chunk at a
+time, so memory does not grow with video length. Per-frame timestamps come from ffmpeg's
+``showinfo`` filter on stderr (no ffprobe needed), read by a thread so neither pipe can fill up.
+
+Frame-selection rule (both stages):
+
+* Stage one decodes every native frame from the start and keeps all of them, or with ``fps`` the
+  first native frame at or after each point of the grid ``0, 1/fps, 2/fps, ...`` (a frame is
+  never duplicated). It stores each kept frame's timestamp and native index.
+* Stage two asks for frames *by those stored timestamps* (:func:`decode_at_times`), so a clip is
+  made of exactly the frames whose teacher targets were cached, whatever the container.
+
+Timestamps are seconds from the stream's first frame as ffmpeg normalises them (``start_time``
+removed), which is what a decode with or without seeking reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import re
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import ffmpeg
+import numpy as np
+
+from distinit.pipeline.errors import VideoDecodeError
+from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".mp4",
+        ".avi",
+        ".mkv",
+        ".webm",
+        ".mov",
+        ".m4v",
+        ".mpg",
+        ".mpeg",
+        ".flv",
+        ".wmv",
+        ".ts",
+        ".3gp",
+        ".ogv",
+        ".mts",
+        ".m2ts",
+        ".vob",
+        ".gif",
+    }
+)
+
+_SHOWINFO = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+)\s+pts_time:(\S+)")
+_TIME_BASE = re.compile(r"config in time_base:\s*(\d+)/(\d+)")
+_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+_STREAM = re.compile(r"Stream #0:\d+.*?: Video: .*?, (\d{1,5})x(\d{1,5})(?=[\s,\[]|$)")
+_FPS = re.compile(r"([\d.]+)\s+fps")
+# Stderr lines that explain a failure better than the generic last line does.
+_NOISE = ("Parsed_showinfo", "color_range", "Press [q]", "frame=", "video:", "Metadata", "encoder")
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """Output size of decoded frames, and how the source is fitted into it.
+
+    ``resize_shorter=None`` stretches the source to ``width`` x ``height`` (the video-ResNet
+    convention of 171x128); otherwise the shorter side is scaled to ``resize_shorter`` keeping the
+    aspect ratio and the centre ``width`` x ``height`` is cropped (the ImageNet eval transform).
+    """
+
+    width: int
+    height: int
+    resize_shorter: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"frame size must be positive, got {self.width}x{self.height}")
+        if self.resize_shorter is not None and self.resize_shorter < max(self.width, self.height):
+            raise ValueError("resize_shorter must be at least the crop size")
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.width * self.height * 3
+
+    def describe(self) -> str:
+        if self.resize_shorter is None:
+            return f"resize to {self.width}x{self.height} (bilinear)"
+        return (
+            f"resize shorter side to {self.resize_shorter} (bilinear), "
+            f"centre crop {self.width}x{self.height}"
+        )
+
+
+@dataclass
+class VideoInfo:
+    """What ffmpeg reported about the source stream (filled in while decoding)."""
+
+    width: int = 0
+    height: int = 0
+    fps: float = float("nan")
+    duration: float = float("nan")
+    time_base: Fraction | None = None
+
+
+@dataclass
+class FrameChunk:
+    """Consecutive kept frames of one video."""
+
+    frames: np.ndarray  # (N, H, W, 3) uint8 RGB
+    times: np.ndarray  # (N,) float64 seconds from the first frame
+    indices: np.ndarray  # (N,) int64 native frame index (decode order)
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+@dataclass
+class _StderrState:
+    info: VideoInfo = field(default_factory=VideoInfo)
+    pts: queue.Queue[tuple[int, int] | None] = field(default_factory=queue.Queue)
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=12))
+
+
+class FpsSelector:
+    """Stage one's ``--fps`` rule: the first native frame at or after each grid point ``n/fps``."""
+
+    def __init__(self, fps: float | None) -> None:
+        if fps is not None and not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.fps = fps
+        self._next = -math.inf
+
+    def keep(self, time: float) -> bool:
+        if self.fps is None:
+            return True
+        if time < self._next - 1e-6:
+            return False
+        self._next = (math.floor(time * self.fps + 1e-6) + 1) / self.fps
+        return True
+
+
+def _ffmpeg_command(
+    path: str, geometry: FrameGeometry, *, seek: float | None, threads: int
+) -> list[str]:
+    input_args: dict[str, object] = {"threads": threads}
+    if seek is not None and seek > 0:
+        input_args["ss"] = f"{seek:.6f}"
+    # "file:" keeps names with colons or leading dashes from being read as protocols or options.
+    stream = ffmpeg.input("file:" + os.path.abspath(path), **input_args)["v:0"]
+    stream = stream.filter("showinfo", checksum=0)
+    if geometry.resize_shorter is None:
+        stream = stream.filter("scale", geometry.width, geometry.height, flags="bilinear")
+    else:
+        side = geometry.resize_shorter
+        stream = stream.filter(
+            "scale", side, side, force_original_aspect_ratio="increase", flags="bilinear"
+        )
+        stream = stream.filter("crop", geometry.width, geometry.height)
+    out = stream.output(
+        "pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough"
+    ).global_args("-nostdin", "-hide_banner", "-loglevel", "info")
+    return list(out.compile(cmd=ffmpeg_binary()))
+
+
+def _read_stderr(pipe: object, state: _StderrState) -> None:
+    in_input_section = True
+    for raw in iter(pipe.readline, b""):  # type: ignore[attr-defined]
+        line = raw.decode("utf-8", "replace").rstrip()
+        m = _SHOWINFO.search(line)
+        if m:
+            state.pts.put((int(m.group(1)), int(m.group(2))))
+            continue
+        m = _TIME_BASE.search(line)
+        if m and state.info.time_base is None:
+            state.info.time_base = Fraction(int(m.group(1)), int(m.group(2)))
+            continue
+        if line.startswith(("Output #", "Stream mapping")):
+            in_input_section = False
+        if in_input_section:
+            m = _DURATION.search(line)
+            if m:
+                h, mnt, s = m.groups()
+                state.info.duration = int(h) * 3600 + int(mnt) * 60 + float(s)
+            m = _STREAM.search(line)
+            if m and not state.info.width:
+                state.info.width, state.info.height = int(m.group(1)), int(m.group(2))
+                fps = _FPS.search(line)
+                if fps:
+                    state.info.fps = float(fps.group(1))
+        if line.strip() and not any(n in line for n in _NOISE):
+            state.tail.append(line.strip())
+    state.pts.put(None)
+
+
+def _failure_reason(tail: Sequence[str], returncode: int | None) -> str:
+    text = " | ".join(tail)
+    for needle, reason in (
+        ("matches no streams", "no video stream"),
+        ("moov atom not found", "truncated or damaged file (moov atom not found)"),
+        ("Invalid data found", "not a decodable video (invalid data)"),
+        ("No such file", "file not found"),
+        ("Permission denied", "permission denied"),
+        ("does not contain any stream", "no video stream"),
+    ):
+        if needle in text:
+            return reason
+    if tail:
+        return f"ffmpeg failed: {tail[-1][:200]}"
+    return f"ffmpeg exited with status {returncode}"
+
+
+class VideoReader:
+    """One ffmpeg process decoding one video; iterate to get :class:`FrameChunk` s.
+
+    Use as a context manager (or call :meth:`close`) so the process is reaped even when the
+    consumer stops early.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        geometry: FrameGeometry,
+        *,
+        fps: float | None = None,
+        chunk_size: int = 16,
+        threads: int = 1,
+        seek: float | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise VideoDecodeError(self.path, "not a regular file")
+        self.geometry = geometry
+        self.selector = FpsSelector(fps)
+        self.chunk_size = chunk_size
+        self.seek = seek if seek and seek > 0 else 0.0
+        self._state = _StderrState()
+        self._proc = subprocess.Popen(
+            _ffmpeg_command(self.path, geometry, seek=seek, threads=threads),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
+        self._stderr_thread = threading.Thread(
+            target=_read_stderr, args=(self._proc.stderr, self._state), daemon=True
+        )
+        self._stderr_thread.start()
+        self.frames_decoded = 0
+        self.warning: str | None = None
+
+    @property
+    def info(self) -> VideoInfo:
+        return self._state.info
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for pipe in (self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        self._stderr_thread.join(timeout=5)
+
+    def _read_frame(self, into: memoryview) -> bool:
+        stdout = self._proc.stdout
+        assert stdout is not None
+        got = 0
+        while got < len(into):
+            n = stdout.readinto(into[got:])
+            if not n:
+                return False
+            got += n
+        return True
+
+    def _frame_time(self) -> tuple[int, float]:
+        item = self._state.pts.get(timeout=60)
+        if item is None:
+            raise VideoDecodeError(self.path, "ffmpeg produced a frame without timestamp info")
+        index, pts = item
+        tb = self._state.info.time_base
+        seconds = float(pts * tb) if tb is not None else float("nan")
+        return index, self.seek + seconds
+
+    def __iter__(self) -> Iterator[FrameChunk]:
+        g = self.geometry
+        buf = np.empty((self.chunk_size, g.height, g.width, 3), dtype=np.uint8)
+        times = np.empty(self.chunk_size, dtype=np.float64)
+        indices = np.empty(self.chunk_size, dtype=np.int64)
+        filled = 0
+        scratch = np.empty((g.height, g.width, 3), dtype=np.uint8)
+        while True:
+            target = buf[filled] if filled < self.chunk_size else scratch
+            if not self._read_frame(memoryview(target).cast("B")):
+                break
+            index, t = self._frame_time()
+            self.frames_decoded += 1
+            if not self.selector.keep(t):
+                continue
+            times[filled], indices[filled] = t, index
+            filled += 1
+            if filled == self.chunk_size:
+                yield FrameChunk(buf.copy(), times.copy(), indices.copy())
+                filled = 0
+        if filled:
+            yield FrameChunk(buf[:filled].copy(), times[:filled].copy(), indices[:filled].copy())
+        returncode = self._proc.wait()
+        self._stderr_thread.join(timeout=5)
+        if self.frames_decoded == 0:
+            raise VideoDecodeError(self.path, _failure_reason(self._state.tail, returncode))
+        if returncode != 0:
+            # Decoded as far as ffmpeg could: keep the frames, remember why it stopped.
+            self.warning = _failure_reason(self._state.tail, returncode)
+            log.warning("%s: decoding stopped early: %s", self.path, self.warning)
+
+
+def iter_video(
+    path: str | os.PathLike[str],
+    geometry: FrameGeometry,
+    *,
+    fps: float | None = None,
+    chunk_size: int = 16,
+    threads: int = 1,
+) -> Iterator[FrameChunk]:
+    """Stage one's decode: every kept frame of a video from its start, in chunks."""
+    with VideoReader(path, geometry, fps=fps, chunk_size=chunk_size, threads=threads) as reader:
+        yield from reader
+
+
+def decode_at_times(
+    path: str | os.PathLike[str],
+    geometry: FrameGeometry,
+    times: Sequence[float],
+    *,
+    threads: int = 1,
+    seek_margin: float = 1.0,
+) -> np.ndarray:
+    """Decode the frames whose stage-one timestamps are ``times`` (ascending, may repeat).
+
+    Returns ``(len(times), H, W, 3)`` uint8. Seeks to just before the first time; if the seek
+    landed badly (some containers, e.g. MPEG-TS, seek only to keyframes after the target), it
+    decodes again from the start, which is always exact. Raises if a time is not found.
+    """
+    wanted = np.asarray(times, dtype=np.float64)
+    if wanted.ndim != 1 or len(wanted) == 0:
+        raise ValueError("times must be a non-empty 1-D sequence")
+    unique = np.unique(wanted)
+    # Two frames closer than this are different frames; a match must be closer than half of it.
+    gaps = np.diff(unique)
+    tolerance = min(0.5 * float(gaps.min()), 0.02) if len(gaps) else 0.02
+    tolerance = max(tolerance, 1e-4)
+    start = float(unique[0]) - seek_margin
+    for seek in ((start,) if start > 0 else ()) + (None,):
+        found = _collect(path, geometry, unique, tolerance, seek=seek, threads=threads)
+        if found is not None:
+            order = np.searchsorted(unique, wanted)
+            return found[order]
+        log.debug("%s: seek to %.3fs missed frames; decoding from the start", path, start)
+    missing = ", ".join(f"{t:.3f}" for t in unique[:5])
+    raise VideoDecodeError(os.fspath(path), f"frames at t={missing}s not found when decoding")
+
+
+def _collect(
+    path: str | os.PathLike[str],
+    geometry: FrameGeometry,
+    unique: np.ndarray,
+    tolerance: float,
+    *,
+    seek: float | None,
+    threads: int,
+) -> np.ndarray | None:
+    out = np.empty((len(unique), geometry.height, geometry.width, 3), dtype=np.uint8)
+    have = np.zeros(len(unique), dtype=bool)
+    last = float(unique[-1])
+    with VideoReader(path, geometry, chunk_size=8, threads=threads, seek=seek) as reader:
+        first_time: float | None = None
+        for chunk in reader:
+            if first_time is None:
+                first_time = float(chunk.times[0])
+                if first_time > unique[0] + tolerance:
+                    return None  # the seek skipped frames we need
+            pos = np.searchsorted(unique, chunk.times)
+            for j, t in enumerate(chunk.times):
+                for k in (pos[j] - 1, pos[j]):
+                    if 0 <= k < len(unique) and abs(unique[k] - t) <= tolerance and not have[k]:
+                        out[k] = chunk.frames[j]
+                        have[k] = True
+            if have.all() or chunk.times[-1] > last + tolerance:
+                break
+    return out if have.all() else None

@@ -1,0 +1,97 @@
+"""3D student networks: torchvision's video models, with one classification head per teacher.
+
+The registry maps a name to a builder of the backbone (the network without its final classifier)
+and the size of its feature vector. Distillation puts one linear head per teacher on top;
+fine-tuning puts a fresh head for the action classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.models import video as tv_video
+
+from distinit.pipeline.errors import UnknownNameError
+
+# torchvision's video models expect Kinetics-normalised RGB in [0, 1].
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+S3D_MEAN = (0.43216, 0.394666, 0.37645)
+S3D_STD = (0.22803, 0.22145, 0.216989)
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    name: str
+    build: Callable[[], nn.Module]
+    feature_dim: int
+    mean: tuple[float, float, float] = KINETICS_MEAN
+    std: tuple[float, float, float] = KINETICS_STD
+    min_clip_len: int = 1
+
+
+def _resnet3d(builder: Callable[..., nn.Module]) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        net = builder(weights=None)
+        net.fc = nn.Identity()  # (B, 512) pooled features
+        return net
+
+    return build
+
+
+def _s3d() -> nn.Module:
+    net = tv_video.s3d(weights=None)
+    return _S3DFeatures(net)
+
+
+class _S3DFeatures(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.features = net.features
+        # Global pooling instead of S3D's fixed (2, 7, 7) window, which only fits 224px input.
+        self.pool = nn.AdaptiveAvgPool3d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W) -> (B, 1024)
+        return torch.flatten(self.pool(self.features(x)), 1)
+
+
+STUDENTS: dict[str, StudentSpec] = {
+    "r3d_18": StudentSpec("r3d_18", _resnet3d(tv_video.r3d_18), 512),
+    "mc3_18": StudentSpec("mc3_18", _resnet3d(tv_video.mc3_18), 512),
+    "r2plus1d_18": StudentSpec("r2plus1d_18", _resnet3d(tv_video.r2plus1d_18), 512),
+    "s3d": StudentSpec("s3d", _s3d, 1024, S3D_MEAN, S3D_STD, min_clip_len=8),
+}
+
+
+def student_spec(name: str) -> StudentSpec:
+    if name not in STUDENTS:
+        raise UnknownNameError("student", name, list(STUDENTS))
+    return STUDENTS[name]
+
+
+class Student(nn.Module):
+    """A video backbone with named linear heads (one per teacher, or one for action classes)."""
+
+    def __init__(self, name: str, heads: dict[str, int]) -> None:
+        super().__init__()
+        spec = student_spec(name)
+        self.name = name
+        self.backbone = spec.build()
+        self.heads = nn.ModuleDict({h: nn.Linear(spec.feature_dim, n) for h, n in heads.items()})
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1, 1), persistent=False)
+
+    def normalize(self, clips_uint8: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) float, the student's own normalisation."""
+        x = clips_uint8.permute(0, 4, 1, 2, 3).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)  # (B, 3, T, H, W) -> (B, D)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.features(x)
+        return {h: head(feats) for h, head in self.heads.items()}
