@@ -30,9 +30,12 @@ def test_every_native_frame_in_order_with_timestamps(index_video: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("suffix", "codec"), [(".mp4", "libx264"), (".avi", "mpeg4"), (".mkv", "libx264"), (".ts", "libx264")]
+    ("suffix", "codec"),
+    [(".mp4", "libx264"), (".avi", "mpeg4"), (".mkv", "libx264"), (".ts", "libx264")],
 )
-def test_decode_at_times_returns_exactly_those_frames(tmp_path: Path, suffix: str, codec: str) -> None:
+def test_decode_at_times_returns_exactly_those_frames(
+    tmp_path: Path, suffix: str, codec: str
+) -> None:
     video = make_index_video(tmp_path / f"v{suffix}", 90, codec=codec)
     _, times, _ = _decode_all(video)
     wanted = [70, 71, 73, 75, 75, 80]

@@ -52,8 +52,15 @@ def make_index_video(
     return path
 
 
-def make_lavfi_video(path: Path, source: str = "testsrc", *, seconds: float = 1.0,
-                     size: str = "96x64", fps: int = 25, extra: tuple[str, ...] = ()) -> Path:
+def make_lavfi_video(
+    path: Path,
+    source: str = "testsrc",
+    *,
+    seconds: float = 1.0,
+    size: str = "96x64",
+    fps: int = 25,
+    extra: tuple[str, ...] = (),
+) -> Path:
     """A video from one of ffmpeg's lavfi sources (testsrc, mandelbrot, smptebars, ...)."""
     cmd = [
         ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",

@@ -72,14 +72,40 @@ def student_spec(name: str) -> StudentSpec:
     return STUDENTS[name]
 
 
+def first_conv(backbone: nn.Module) -> tuple[nn.Module, str, nn.Conv3d]:
+    """The parent module, attribute name and the first 3D convolution of a backbone."""
+    for parent in backbone.modules():
+        for attr, child in parent.named_children():
+            if isinstance(child, nn.Conv3d):
+                return parent, attr, child
+    raise TypeError("backbone has no Conv3d")
+
+
+def replace_first_conv(backbone: nn.Module, in_channels: int) -> None:
+    """Give the backbone a first convolution taking ``in_channels`` (e.g. 2 for optical flow)."""
+    parent, attr, conv = first_conv(backbone)
+    new = nn.Conv3d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]
+        stride=conv.stride,  # type: ignore[arg-type]
+        padding=conv.padding,  # type: ignore[arg-type]
+        bias=conv.bias is not None,
+    )
+    setattr(parent, attr, new)
+
+
 class Student(nn.Module):
     """A video backbone with named linear heads (one per teacher, or one for action classes)."""
 
-    def __init__(self, name: str, heads: dict[str, int]) -> None:
+    def __init__(self, name: str, heads: dict[str, int], in_channels: int = 3) -> None:
         super().__init__()
         spec = student_spec(name)
         self.name = name
+        self.in_channels = in_channels
         self.backbone = spec.build()
+        if in_channels != 3:
+            replace_first_conv(self.backbone, in_channels)
         self.heads = nn.ModuleDict({h: nn.Linear(spec.feature_dim, n) for h, n in heads.items()})
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1, 1), persistent=False)

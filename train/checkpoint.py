@@ -1,0 +1,92 @@
+"""The student checkpoint (``RUN/final.pt``): what eval and users load.
+
+Plain dicts, tensors and JSON-able values only, so ``torch.load(..., weights_only=True)`` reads
+it and a downloaded checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distinit.pipeline.errors import CheckpointError
+from distinit.train.students import STUDENTS, Student
+
+FINAL_FORMAT = "distinit-student"
+FINAL_SCHEMA_VERSION = 1
+
+
+@dataclass
+class FinalCheckpoint:
+    student: str
+    heads: dict[str, int]  # head name (teacher) -> classes
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    teachers: list[dict[str, Any]]  # TeacherInfo.to_json() of each teacher
+    modality: str = "rgb"
+    in_channels: int = 3
+    step: int = 0
+
+    def build_student(self) -> Student:
+        """The distilled student with its teacher heads, weights loaded."""
+        net = Student(self.student, self.heads, in_channels=self.in_channels)
+        missing, unexpected = net.load_state_dict(self.state_dict, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint does not fit {self.student}: missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}"
+            )
+        return net
+
+
+def save_final(path: str | os.PathLike[str], ckpt: FinalCheckpoint) -> None:
+    payload = {
+        "format": FINAL_FORMAT,
+        "schema_version": FINAL_SCHEMA_VERSION,
+        "student": ckpt.student,
+        "heads": dict(ckpt.heads),
+        "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
+        "config": ckpt.config,
+        "teachers": ckpt.teachers,
+        "modality": ckpt.modality,
+        "in_channels": ckpt.in_channels,
+        "step": ckpt.step,
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_final(path: str | os.PathLike[str]) -> FinalCheckpoint:
+    """Load and validate ``final.pt``; never unpickles code (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad or unsafe pickles
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FINAL_FORMAT:
+        raise CheckpointError(f"{path}: not a distinit student checkpoint")
+    if payload.get("schema_version") != FINAL_SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint schema {payload.get('schema_version')}, "
+            f"expected {FINAL_SCHEMA_VERSION}"
+        )
+    if payload["student"] not in STUDENTS:
+        raise CheckpointError(f"{path}: unknown student {payload['student']!r}")
+    return FinalCheckpoint(
+        student=payload["student"],
+        heads=dict(payload["heads"]),
+        state_dict=payload["state_dict"],
+        config=payload["config"],
+        teachers=payload["teachers"],
+        modality=payload.get("modality", "rgb"),
+        in_channels=int(payload.get("in_channels", 3)),
+        step=int(payload.get("step", 0)),
+    )
