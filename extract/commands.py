@@ -1,0 +1,257 @@
+"""``distinit extract`` and ``distinit inspect``: the command-line face of stage one.
+
+Only click and the config are imported at module level; torch and the runner load when a command
+runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from distinit.extract.config import ExtractConfig, parse_teacher_weights, rank_from_environment
+from distinit.pipeline.errors import ConfigError
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+@click.command()
+@click.option(
+    "--videos",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory searched recursively for videos.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Shard directory (created; re-running resumes).",
+)
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    default=("efficientnet_lite0",),
+    show_default=True,
+    help="Teacher name; repeat for several (frames are decoded once for all).",
+)
+@click.option(
+    "--teacher-weights",
+    multiple=True,
+    metavar="[NAME=]PATH",
+    help="Local weights file for a teacher (default: the teacher's offline source).",
+)
+@click.option(
+    "--fps",
+    type=float,
+    default=None,
+    help="Resample to this many frames per second [default: every native frame].",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Frames per teacher batch [default: 8 on CPU, 256 on CUDA].",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Videos decoded at once (ffmpeg processes).",
+)
+@click.option(
+    "--decoder-threads",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Threads inside each ffmpeg (0 = ffmpeg decides).",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (cuda when present), cpu, cuda, cuda:N.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="Teacher arithmetic; auto = fp16/bf16 on CUDA, fp32 on CPU.",
+)
+@click.option(
+    "--num-shards",
+    type=int,
+    default=None,
+    help="Total ranks [default: $WORLD_SIZE or $SLURM_NTASKS, else 1].",
+)
+@click.option(
+    "--shard-index",
+    type=int,
+    default=None,
+    help="This rank [default: $RANK or $SLURM_PROCID, else 0].",
+)
+@click.option(
+    "--videos-per-shard",
+    type=int,
+    default=200,
+    show_default=True,
+    help="Videos per shard file (a crash loses at most one unfinished shard).",
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="Try again the videos an earlier run recorded as failed."
+)
+@click.option("--strict", is_flag=True, help="Exit with status 1 if any video failed.")
+def extract(
+    videos: str,
+    out: str,
+    teachers: tuple[str, ...],
+    teacher_weights: tuple[str, ...],
+    fps: float | None,
+    batch_size: int | None,
+    workers: int,
+    decoder_threads: int,
+    device: str,
+    precision: str,
+    num_shards: int | None,
+    shard_index: int | None,
+    videos_per_shard: int,
+    retry_failed: bool,
+    strict: bool,
+) -> None:
+    """Decode every frame of every video once, run the teacher(s), write logits to HDF5 shards."""
+    env_index, env_shards = rank_from_environment()
+    cfg = ExtractConfig(
+        videos=videos,
+        out=out,
+        teachers=teachers,
+        teacher_weights=parse_teacher_weights(teacher_weights, teachers),
+        fps=fps,
+        batch_size=batch_size,
+        workers=workers,
+        decoder_threads=decoder_threads,
+        device=device,
+        precision=precision,
+        num_shards=env_shards if num_shards is None else num_shards,
+        shard_index=env_index if shard_index is None else shard_index,
+        videos_per_shard=videos_per_shard,
+        strict=strict,
+        retry_failed=retry_failed,
+    )
+    from distinit.extract.runner import Progress, run_extract
+    from distinit.extract.teachers import is_known_teacher, known_teachers
+    from distinit.pipeline.errors import UnknownNameError
+
+    for name in cfg.teachers:
+        if not is_known_teacher(name):
+            raise UnknownNameError("teacher", name, known_teachers())
+
+    tty = sys.stderr.isatty()
+
+    def show(p: Progress) -> None:
+        line = (
+            f"videos {p.videos_done + p.videos_failed}/{p.videos_total} ({p.videos_failed} failed)"
+            f"  frames {p.frames}  {p.frames_per_second:.1f} frames/s"
+            f"  ETA {_duration(p.eta_seconds)}"
+        )
+        click.echo(("\r" + line) if tty else line, err=True, nl=not tty)
+
+    summary = run_extract(cfg, progress=show)
+    if tty:
+        click.echo(err=True)
+    for video_id, reason in summary.failures:
+        click.echo(f"failed: {video_id}: {reason}", err=True)
+    for video_id, reason in summary.warnings:
+        click.echo(f"partly decoded: {video_id}: {reason}", err=True)
+    rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
+    click.echo(
+        f"{summary.done} videos done, {summary.failed} failed, {summary.skipped} skipped "
+        f"(already in {cfg.out}); {summary.frames} frames in {summary.seconds:.1f}s "
+        f"({rate:.1f} frames/s); {summary.bytes_written / 1e6:.2f} MB written"
+    )
+    if summary.interrupted:
+        click.echo(
+            "Interrupted: finished videos are saved. Run the same command again to resume.",
+            err=True,
+        )
+        sys.exit(130)
+    if strict and summary.failed:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("shards", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option(
+    "--video", "video_id", default=None, help="A video id (path relative to --videos) to look at."
+)
+@click.option("--teacher", default=None, help="Teacher for --video [default: the first].")
+@click.option("--top", type=int, default=5, show_default=True, help="Classes shown for --video.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With --video: write a PNG timeline of the teacher's top classes.",
+)
+@click.option(
+    "--verify",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Check every checksum and re-run the teacher on N random cached frames; "
+    "exit 1 on a mismatch.",
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Largest allowed KL (nats) between cached and recomputed predictions for --verify.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed choosing the --verify frames."
+)
+def inspect(
+    shards: str,
+    as_json: bool,
+    video_id: str | None,
+    teacher: str | None,
+    top: int,
+    plot: str | None,
+    verify: int | None,
+    tolerance: float,
+    seed: int,
+) -> None:
+    """Summarise a shard directory, show a video's top classes, or verify the cached targets."""
+    from distinit.extract import inspection
+    from distinit.pipeline.shards import ShardSet
+
+    shard_set = ShardSet(shards)
+    if verify is not None:
+        report = inspection.verify(shard_set, verify, seed=seed)
+        ok = report["ok"] = not report["problems"] and report["max_kl"] <= tolerance
+        report["tolerance"] = tolerance
+        click.echo(json.dumps(report) if as_json else inspection.format_verify(report))
+        if not ok:
+            sys.exit(1)
+        return
+    if video_id is not None:
+        if plot is not None:
+            inspection.plot_timeline(shard_set, video_id, teacher, top, plot)
+            click.echo(f"wrote {plot}", err=True)
+        result = inspection.video_top(shard_set, video_id, teacher, top)
+        click.echo(json.dumps(result) if as_json else inspection.format_top(result))
+        return
+    if plot is not None:
+        raise ConfigError("--plot needs --video ID")
+    summary = inspection.summary(shard_set)
+    click.echo(json.dumps(summary) if as_json else inspection.format_summary(summary))

@@ -1,0 +1,81 @@
+"""Configuration of ``distinit extract``: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from distinit.pipeline.errors import ConfigError
+
+
+def rank_from_environment() -> tuple[int, int]:
+    """``(shard_index, num_shards)`` from torchrun (RANK/WORLD_SIZE) or Slurm, else ``(0, 1)``."""
+    for rank_var, size_var in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if rank_var in os.environ and size_var in os.environ:
+            try:
+                return int(os.environ[rank_var]), int(os.environ[size_var])
+            except ValueError as exc:
+                raise ConfigError(f"${rank_var}/${size_var} are not integers") from exc
+    return 0, 1
+
+
+def parse_teacher_weights(values: tuple[str, ...], teachers: tuple[str, ...]) -> dict[str, str]:
+    """``NAME=PATH`` pairs; a bare ``PATH`` is allowed when there is exactly one teacher."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            if len(teachers) != 1:
+                raise ConfigError("with several teachers, give --teacher-weights as NAME=PATH")
+            name, path = teachers[0], value
+        if name not in teachers:
+            raise ConfigError(f"--teacher-weights names {name!r}, which is not a --teacher")
+        out[name] = path
+    return out
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    videos: str
+    out: str
+    teachers: tuple[str, ...] = ("efficientnet_lite0",)
+    teacher_weights: dict[str, str] = field(default_factory=dict)
+    fps: float | None = None
+    batch_size: int | None = None  # None: measured default for the device
+    workers: int = 2  # concurrent ffmpeg decoders
+    decoder_threads: int = 1  # threads inside each ffmpeg
+    device: str = "auto"
+    precision: str = "auto"
+    num_shards: int = 1
+    shard_index: int = 0
+    videos_per_shard: int = 200
+    strict: bool = False
+    retry_failed: bool = False
+
+    def __post_init__(self) -> None:
+        if not os.path.isdir(self.videos):
+            raise ConfigError(f"--videos {self.videos}: no such directory")
+        if not self.teachers:
+            raise ConfigError("at least one --teacher is needed")
+        if len(set(self.teachers)) != len(self.teachers):
+            raise ConfigError(f"--teacher given twice: {list(self.teachers)}")
+        if self.fps is not None and not self.fps > 0:
+            raise ConfigError(f"--fps must be positive, got {self.fps}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers < 1 or self.decoder_threads < 0:
+            raise ConfigError("--workers must be >= 1 and --decoder-threads >= 0")
+        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
+            raise ConfigError(
+                f"--shard-index {self.shard_index} is outside 0..{self.num_shards - 1}"
+            )
+        if self.videos_per_shard < 1:
+            raise ConfigError("--videos-per-shard must be at least 1")
+        if os.path.abspath(self.out) == os.path.abspath(self.videos):
+            raise ConfigError("--out must not be the --videos directory")
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["teachers"] = list(self.teachers)
+        return d

@@ -1,0 +1,37 @@
+"""Finding videos under ``--videos`` and splitting them across ranks."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+from distinit.pipeline.video import VIDEO_EXTENSIONS
+
+
+def find_videos(root: str | os.PathLike[str]) -> list[str]:
+    """Video files under ``root``, as sorted POSIX paths relative to it (the video ids).
+
+    Directory symlinks are not followed (a link loop cannot hang the walk); a directory whose name
+    ends in a video extension is not a video. Ids are relative paths, never bare stems, so
+    ``a/clip.mp4`` and ``b/clip.mp4`` stay distinct.
+    """
+    root = Path(root)
+    found: list[str] = []
+    for dirpath, _dirnames, filenames in os.walk(root, followlinks=False):
+        for name in filenames:
+            if os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
+                continue
+            full = Path(dirpath) / name
+            if full.is_file():  # drops dangling symlinks and sockets named like videos
+                found.append(full.relative_to(root).as_posix())
+    return sorted(found)
+
+
+def rank_of(video_id: str, num_shards: int) -> int:
+    """A stable owner rank for a video: the same on every machine and every re-run."""
+    return zlib.crc32(video_id.encode("utf-8")) % num_shards
+
+
+def videos_for_rank(video_ids: list[str], num_shards: int, shard_index: int) -> list[str]:
+    return [v for v in video_ids if rank_of(v, num_shards) == shard_index]

@@ -1,0 +1,436 @@
+"""Stage one's runner: videos -> decoded frames -> teacher logits -> shards.
+
+Decoding runs in ``workers`` ffmpeg processes at once (the real decode workers; each is driven by
+a thread that only moves bytes from its pipe, so the GIL is not in the way). Their frame chunks
+meet in one bounded queue, which keeps memory flat however long a video is. The main thread packs
+frames from any videos into fixed-size teacher batches (so short videos never make small batches),
+runs the teachers, quantises the logits and appends each finished video to the current shard.
+
+Resuming needs no bookkeeping of its own: complete shard files list the videos they hold, and a
+video is written only when all of its frames are in, so a re-run skips exactly what is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from distinit.extract.config import ExtractConfig
+from distinit.extract.discovery import find_videos, videos_for_rank
+from distinit.extract.inference import (
+    TeacherRunner,
+    default_batch_size,
+    resolve_device,
+    resolve_precision,
+)
+from distinit.extract.lock import RankLock
+from distinit.extract.teachers import load_teacher
+from distinit.pipeline.errors import ShardError, VideoDecodeError
+from distinit.pipeline.ffmpeg_binary import ffmpeg_version
+from distinit.pipeline.shards import (
+    SHARD_SUFFIX,
+    TMP_SUFFIX,
+    ShardWriter,
+    TeacherInfo,
+    VideoRecord,
+    quantize,
+    scan_records,
+    write_manifest,
+)
+from distinit.pipeline.video import FrameChunk, FrameGeometry, VideoInfo, VideoReader
+
+log = logging.getLogger(__name__)
+
+CHUNK_FRAMES = 16
+
+
+@dataclass
+class Progress:
+    videos_total: int
+    videos_done: int
+    videos_failed: int
+    frames: int
+    elapsed: float
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        finished = self.videos_done + self.videos_failed
+        if finished == 0:
+            return None
+        return self.elapsed / finished * (self.videos_total - finished)
+
+
+@dataclass
+class ExtractSummary:
+    videos_total: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    frames: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    shards_written: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+@dataclass
+class _Pending:
+    """A video whose frames are (partly) decoded but not yet written."""
+
+    video_id: str
+    times: list[np.ndarray] = field(default_factory=list)
+    indices: list[np.ndarray] = field(default_factory=list)
+    logits: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    rows_in_batch: int = 0
+    decoded: bool = False
+    info: VideoInfo | None = None
+    native_frames: int = 0
+    warning: str | None = None
+    failed: str | None = None  # reason, once the decoder gave up on this video
+
+
+def run_extract(
+    cfg: ExtractConfig, progress: Callable[[Progress], None] | None = None
+) -> ExtractSummary:
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ShardError(f"--out {out}: not writable ({exc.strerror})") from exc
+
+    with RankLock(out, cfg.shard_index, cfg.num_shards):
+        prefix = f"shard-r{cfg.shard_index:04d}of{cfg.num_shards:04d}-"
+        for stale in out.glob(prefix + "*" + TMP_SUFFIX):
+            log.info("removing %s left by an interrupted run", stale.name)
+            stale.unlink()
+        all_ids = videos_for_rank(find_videos(cfg.videos), cfg.num_shards, cfg.shard_index)
+        previous = {r.id: r.status for r in scan_records(out)}
+        todo = [
+            v
+            for v in all_ids
+            if previous.get(v) is None or (previous[v] == "failed" and cfg.retry_failed)
+        ]
+        summary = ExtractSummary(videos_total=len(all_ids), skipped=len(all_ids) - len(todo))
+        if todo:
+            device = resolve_device(cfg.device)
+            precision = resolve_precision(cfg.precision, device)
+            teachers = [load_teacher(n, cfg.teacher_weights.get(n)) for n in cfg.teachers]
+            runner = TeacherRunner(teachers, device, precision)
+            batch_size = cfg.batch_size or default_batch_size(device)
+            provenance = _provenance(cfg, runner.geometry, precision, batch_size, str(device))
+            shards = _ShardSequence(
+                out, prefix, [t.info() for t in teachers], provenance, cfg.videos_per_shard
+            )
+            with _stop_on_signals() as stop:
+                _extract(cfg, todo, runner, batch_size, shards, summary, stop, progress)
+            summary.shards_written = shards.written
+            summary.bytes_written = sum((out / n).stat().st_size for n in shards.written)
+        write_manifest(out, cfg.to_json())
+    return summary
+
+
+def _provenance(
+    cfg: ExtractConfig, geometry: FrameGeometry, precision: str, batch_size: int, device: str
+) -> dict[str, Any]:
+    return {
+        "videos_root": os.path.abspath(cfg.videos),
+        "decoder": "distinit.pipeline.video: ffmpeg rawvideo pipe, showinfo timestamps",
+        "ffmpeg_version": ffmpeg_version(),
+        "frame_geometry": geometry.describe(),
+        "frame_selection": (
+            "every native frame"
+            if cfg.fps is None
+            else f"first native frame at or after n/{cfg.fps}"
+        ),
+        "fps": cfg.fps,
+        "precision": precision,
+        "batch_size": batch_size,
+        "device": device,
+        "code_version": version("distinit"),
+        "config": cfg.to_json(),
+    }
+
+
+class _ShardSequence:
+    """The current shard of this rank; starts the next one every ``videos_per_shard`` videos."""
+
+    def __init__(
+        self,
+        out: Path,
+        prefix: str,
+        teachers: list[TeacherInfo],
+        provenance: dict[str, Any],
+        videos_per_shard: int,
+    ) -> None:
+        self.out, self.prefix, self.teachers = out, prefix, teachers
+        self.provenance, self.videos_per_shard = provenance, videos_per_shard
+        existing = [p.name for p in out.glob(prefix + "*" + SHARD_SUFFIX)]
+        self.next_seq = 1 + max(
+            (int(n[len(prefix) : -len(SHARD_SUFFIX)]) for n in existing), default=-1
+        )
+        self.writer: ShardWriter | None = None
+        self.written: list[str] = []
+
+    def current(self) -> ShardWriter:
+        if self.writer is None:
+            path = self.out / f"{self.prefix}{self.next_seq:05d}{SHARD_SUFFIX}"
+            self.next_seq += 1
+            self.writer = ShardWriter(path, self.teachers, self.provenance)
+        return self.writer
+
+    def video_added(self) -> None:
+        if self.writer is not None and len(self.writer.records) >= self.videos_per_shard:
+            self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.written.append(self.writer.close().name)
+            self.writer = None
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM ask the run to stop after writing what is complete."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():  # a second signal: stop now
+            raise KeyboardInterrupt
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _decode_worker(
+    jobs: queue.Queue[str | None],
+    results: queue.Queue[tuple[Any, ...]],
+    cfg: ExtractConfig,
+    geometry: FrameGeometry,
+    stop: threading.Event,
+) -> None:
+    while not stop.is_set():
+        video_id = jobs.get()
+        if video_id is None:
+            break
+        path = os.path.join(cfg.videos, video_id)
+        try:
+            with VideoReader(
+                path, geometry, fps=cfg.fps, chunk_size=CHUNK_FRAMES, threads=cfg.decoder_threads
+            ) as reader:
+                for chunk in reader:
+                    if stop.is_set():
+                        break
+                    results.put(("chunk", video_id, chunk))
+                else:
+                    results.put(
+                        ("done", video_id, reader.info, reader.frames_decoded, reader.warning)
+                    )
+        except VideoDecodeError as exc:
+            results.put(("failed", video_id, exc.reason))
+        except Exception as exc:  # one broken video must never stop a run over thousands
+            log.exception("unexpected error decoding %s", video_id)
+            results.put(("failed", video_id, f"{type(exc).__name__}: {exc}"))
+    results.put(("exit",))
+
+
+def _extract(
+    cfg: ExtractConfig,
+    todo: list[str],
+    runner: TeacherRunner,
+    batch_size: int,
+    shards: _ShardSequence,
+    summary: ExtractSummary,
+    stop: threading.Event,
+    progress: Callable[[Progress], None] | None,
+) -> None:
+    geometry = runner.geometry
+    jobs: queue.Queue[str | None] = queue.Queue()
+    for v in todo:
+        jobs.put(v)
+    n_workers = min(cfg.workers, len(todo))
+    for _ in range(n_workers):
+        jobs.put(None)
+    # Bounded: decoders wait when the teacher is behind, so memory does not grow.
+    results: queue.Queue[tuple[Any, ...]] = queue.Queue(
+        maxsize=max(4, 2 * batch_size // CHUNK_FRAMES + 2 * n_workers)
+    )
+    threads = [
+        threading.Thread(
+            target=_decode_worker, args=(jobs, results, cfg, geometry, stop), daemon=True
+        )
+        for _ in range(n_workers)
+    ]
+    for t in threads:
+        t.start()
+
+    batch = np.empty((batch_size, geometry.height, geometry.width, 3), dtype=np.uint8)
+    owners: list[tuple[_Pending, int]] = []  # (video, rows) runs in batch order
+    filled = 0
+    pending: dict[str, _Pending] = {}
+    started = last_report = time.monotonic()
+    live = n_workers
+
+    def flush() -> None:
+        nonlocal filled
+        if filled == 0:
+            return
+        logits = runner(batch[:filled])
+        quantised = {name: quantize(x) for name, x in logits.items()}
+        row = 0
+        for video, rows in owners:
+            for name, (q, s, o) in quantised.items():
+                video.logits.setdefault(name, []).append(
+                    (q[row : row + rows], s[row : row + rows], o[row : row + rows])
+                )
+            video.rows_in_batch -= rows
+            row += rows
+        owners.clear()
+        filled = 0
+        for video in [p for p in pending.values() if p.rows_in_batch == 0]:
+            if video.failed is not None:
+                _record_failure(video, shards, summary)
+            elif video.decoded:
+                _write_video(video, shards, summary)
+            else:
+                continue
+            del pending[video.video_id]
+
+    def add_chunk(video: _Pending, chunk: FrameChunk) -> None:
+        nonlocal filled
+        video.times.append(chunk.times)
+        video.indices.append(chunk.indices)
+        start = 0
+        while start < len(chunk):
+            take = min(batch_size - filled, len(chunk) - start)
+            batch[filled : filled + take] = chunk.frames[start : start + take]
+            owners.append((video, take))
+            video.rows_in_batch += take
+            filled += take
+            start += take
+            if filled == batch_size:
+                flush()
+
+    try:
+        while live:
+            try:
+                item = results.get(timeout=0.5)
+            except queue.Empty:
+                item = None
+            if stop.is_set():
+                break
+            if item is not None:
+                kind = item[0]
+                if kind == "chunk":
+                    _, video_id, chunk = item
+                    video = pending.setdefault(video_id, _Pending(video_id))
+                    add_chunk(video, chunk)
+                    summary.frames += len(chunk)
+                elif kind == "done":
+                    _, video_id, info, native, warning = item
+                    video = pending.setdefault(video_id, _Pending(video_id))
+                    video.decoded, video.info, video.native_frames, video.warning = (
+                        True,
+                        info,
+                        native,
+                        warning,
+                    )
+                    if video.rows_in_batch == 0:
+                        _write_video(video, shards, summary)
+                        del pending[video_id]
+                elif kind == "failed":
+                    _, video_id, reason = item
+                    video = pending.setdefault(video_id, _Pending(video_id))
+                    video.failed = reason
+                    if video.rows_in_batch == 0:
+                        _record_failure(video, shards, summary)
+                        del pending[video_id]
+                elif kind == "exit":
+                    live -= 1
+                    if live == 0:
+                        flush()
+            now = time.monotonic()
+            if progress is not None and (now - last_report >= 1.0 or live == 0):
+                last_report = now
+                progress(
+                    Progress(len(todo), summary.done, summary.failed, summary.frames, now - started)
+                )
+        if stop.is_set():
+            summary.interrupted = True
+            # Drain so decoder threads blocked on a full queue can see the stop flag and exit.
+            while any(t.is_alive() for t in threads):
+                with suppress(queue.Empty):
+                    results.get(timeout=0.1)
+        shards.close()
+    except BaseException:
+        stop.set()
+        shards.abort()
+        raise
+    finally:
+        summary.seconds = time.monotonic() - started
+
+
+def _record_failure(video: _Pending, shards: _ShardSequence, summary: ExtractSummary) -> None:
+    reason = video.failed or "unknown error"
+    summary.failed += 1
+    summary.failures.append((video.video_id, reason))
+    shards.current().add_failure(video.video_id, reason)
+    shards.video_added()
+
+
+def _write_video(video: _Pending, shards: _ShardSequence, summary: ExtractSummary) -> None:
+    info = video.info or VideoInfo()
+    times = np.concatenate(video.times)
+    logits = {
+        name: tuple(np.concatenate([part[i] for part in parts]) for i in range(3))
+        for name, parts in video.logits.items()
+    }
+    record = VideoRecord(
+        id=video.video_id,
+        status="ok",
+        error=video.warning or "",
+        native_frames=video.native_frames,
+        duration=info.duration,
+        width=info.width,
+        height=info.height,
+        fps=info.fps,
+    )
+    shards.current().add_video(record, times, np.concatenate(video.indices), logits)  # type: ignore[arg-type]
+    summary.done += 1
+    if video.warning:
+        summary.warnings.append((video.video_id, video.warning))
+    shards.video_added()

