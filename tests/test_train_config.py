@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import pytest
+
+from distinit.pipeline.errors import ConfigError
+from distinit.train.config import TrainConfig, parse_size, parse_teacher_weight
+
+
+def _cfg(**kw: object) -> TrainConfig:
+    return TrainConfig(targets="S", out="R", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"student": "resnet50"}, "unknown student"),
+        ({"clip_len": 0}, "clip_len must be at least 1"),
+        ({"student": "s3d", "clip_len": 4}, "s3d needs clip_len >= 8"),
+        ({"crop": 200}, "larger than the resized frame"),
+        ({"lr": 0.0}, "lr and temperature must be positive"),
+        ({"temperature": -1.0}, "lr and temperature must be positive"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"optimizer": "adam"}, "optimizer must be one of"),
+        ({"target_frames": "all"}, "target_frames must be one of"),
+        ({"max_steps": 0}, "max_steps must be at least 1"),
+        ({"device": "gpu"}, "device must be"),
+        ({"teacher_weights": (("a", 1.0), ("a", 2.0))}, "weighted twice"),
+        ({"teacher_weights": (("a", -1.0),)}, "non-negative"),
+        ({"workers": -1}, "must not be negative"),
+        ({"grad_clip": 0.0}, "grad_clip"),
+    ],
+)
+def test_invalid_configs_are_refused(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _cfg(**kw)
+
+
+def test_json_round_trip_and_resume_comparison() -> None:
+    cfg = _cfg(teacher_weights=(("objects", 0.5),), resize=(64, 48), crop=32)
+    again = TrainConfig.from_json(cfg.to_json())
+    assert again == cfg
+    assert cfg.weight_of("objects") == 0.5 and cfg.weight_of("scenes") == 1.0
+    # Where things are and how often they are reported may change; the recipe may not.
+    moved = _cfg(teacher_weights=(("objects", 0.5),), resize=(64, 48), crop=32, workers=0)
+    assert moved.resume_mismatches(cfg.to_json()) == []
+    assert _cfg(lr=0.1).resume_mismatches(cfg.to_json()) == [
+        "crop",
+        "lr",
+        "resize",
+        "teacher_weights",
+    ]
+
+
+def test_option_parsers() -> None:
+    assert parse_teacher_weight("places365=0.25") == ("places365", 0.25)
+    assert parse_size("171x128") == (171, 128)
+    for bad in ("places365", "=1", "a=b"):
+        with pytest.raises(ConfigError):
+            parse_teacher_weight(bad)
+    with pytest.raises(ConfigError):
+        parse_size("171*128")

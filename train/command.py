@@ -1,0 +1,239 @@
+"""``distinit train``: the click command. Options mirror :class:`TrainConfig`'s fields.
+
+Only click and the config are imported at module level; torch-heavy modules load inside the
+command body.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from distinit.train.config import TrainConfig, parse_size, parse_teacher_weight
+
+_D = TrainConfig.__dataclass_fields__
+
+
+def _default(name: str) -> object:
+    return _D[name].default
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--targets",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Shard directory written by `distinit extract`.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run directory (log.jsonl, loss.png, last.pt, final.pt). "
+    "An existing last.pt there is resumed.",
+)
+@click.option(
+    "--videos",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Videos directory the shard ids are relative to. Default: the one recorded by extract.",
+)
+@click.option(
+    "--student",
+    default=_default("student"),
+    show_default=True,
+    help="Student network: r3d_18, mc3_18, r2plus1d_18 or s3d.",
+)
+@click.option(
+    "--clip-len", type=int, default=_default("clip_len"), show_default=True, help="Frames per clip."
+)
+@click.option(
+    "--frame-stride",
+    type=int,
+    default=_default("frame_stride"),
+    show_default=True,
+    help="Extracted frames (shard rows) between consecutive clip frames.",
+)
+@click.option(
+    "--resize",
+    default="171x128",
+    show_default=True,
+    help="Frame size WIDTHxHEIGHT in pixels, stretched, before cropping.",
+)
+@click.option(
+    "--crop",
+    type=int,
+    default=_default("crop"),
+    show_default=True,
+    help="Square crop side in pixels (random for training).",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=_default("batch_size"),
+    show_default=True,
+    help="Clips per process per step (global batch = this x processes).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=_default("workers"),
+    show_default=True,
+    help="Data-loading worker processes per training process (0: load in the main process).",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["sgd", "adamw"]),
+    default=_default("optimizer"),
+    show_default=True,
+    help="SGD with momentum, or AdamW.",
+)
+@click.option(
+    "--lr",
+    type=float,
+    default=_default("lr"),
+    show_default=True,
+    help="Peak learning rate (per global batch).",
+)
+@click.option(
+    "--momentum",
+    type=float,
+    default=_default("momentum"),
+    show_default=True,
+    help="SGD momentum (unused by AdamW).",
+)
+@click.option(
+    "--weight-decay",
+    type=float,
+    default=_default("weight_decay"),
+    show_default=True,
+    help="Weight decay (L2 for SGD, decoupled for AdamW).",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["cosine", "step"]),
+    default=_default("schedule"),
+    show_default=True,
+    help="After warm-up: cosine to 0, or x0.1 at 50% and 75% of the run.",
+)
+@click.option(
+    "--warmup-steps",
+    type=int,
+    default=_default("warmup_steps"),
+    show_default=True,
+    help="Steps of linear lr warm-up.",
+)
+@click.option(
+    "--epochs",
+    type=int,
+    default=_default("epochs"),
+    show_default=True,
+    help="Run length in epochs (one clip per video each); ignored with --max-steps.",
+)
+@click.option(
+    "--max-steps",
+    type=int,
+    default=None,
+    help="Run length in optimizer steps; overrides --epochs. Default: from --epochs.",
+)
+@click.option(
+    "--temperature",
+    type=float,
+    default=_default("temperature"),
+    show_default=True,
+    help="Softmax temperature T of teacher and student; the loss is scaled by T².",
+)
+@click.option(
+    "--teacher-weight",
+    "teacher_weights",
+    multiple=True,
+    metavar="NAME=W",
+    help="Weight of one teacher's loss (repeatable). Default: 1 for every teacher.",
+)
+@click.option(
+    "--target-frames",
+    type=click.Choice(["mean", "random"]),
+    default=_default("target_frames"),
+    show_default=True,
+    help="Clip target: mean of the frames' tempered teacher distributions, or one random frame's.",
+)
+@click.option(
+    "--grad-clip",
+    type=float,
+    default=_default("grad_clip"),
+    show_default=True,
+    help="Clip the global gradient L2 norm to this; 0 disables.",
+)
+@click.option(
+    "--amp/--no-amp",
+    default=_default("amp"),
+    show_default=True,
+    help="Mixed precision (float16) on CUDA; never used on CPU.",
+)
+@click.option(
+    "--device",
+    default=_default("device"),
+    show_default=True,
+    help="auto, cpu, cuda or cuda:N (under torchrun each process uses cuda:LOCAL_RANK).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=_default("seed"),
+    show_default=True,
+    help="Seeds initial weights and every clip draw; a CPU run is repeatable.",
+)
+@click.option(
+    "--log-every",
+    type=int,
+    default=_default("log_every"),
+    show_default=True,
+    help="Write a log.jsonl line every this many steps.",
+)
+@click.option(
+    "--save-every",
+    type=int,
+    default=_default("save_every"),
+    show_default=True,
+    help="Write RUN/last.pt every this many steps (and at the end).",
+)
+@click.option(
+    "--stop-after",
+    type=int,
+    default=None,
+    help="Exit after this many steps with last.pt saved; rerun to continue "
+    "(for time-limited jobs). Default: run to the end.",
+)
+def train(
+    resize: str, teacher_weights: tuple[str, ...], grad_clip: float, **options: object
+) -> None:
+    """Stage two: distil cached teacher targets into a 3D video student.
+
+    \b
+    Example:
+      distinit train --targets SHARDS --out RUN --student r2plus1d_18
+    Multi-GPU / multi-process:
+      torchrun --nproc_per_node=8 --no-python distinit train --targets SHARDS --out RUN
+    """
+    cfg = TrainConfig(
+        resize=parse_size(resize),
+        teacher_weights=tuple(sorted(parse_teacher_weight(t) for t in teacher_weights)),
+        grad_clip=grad_clip if grad_clip > 0 else None,
+        **options,  # type: ignore[arg-type]
+    )
+    from distinit.train.loop import run
+
+    result = run(cfg)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
+        return
+    click.echo(
+        f"videos: {result.videos} ({result.short_videos} shorter than a clip, looped); "
+        f"steps {result.resumed_from} -> {result.steps_done} of {result.total_steps}"
+    )
+    if result.first_loss is not None:
+        click.echo(f"loss: first {result.first_loss:.4f}, last {result.last_loss:.4f}")
+    if result.final_path is not None:
+        click.echo(f"wrote {result.final_path}")
+    else:
+        click.echo(f"stopped after step {result.steps_done}; run again to continue")

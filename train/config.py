@@ -1,0 +1,152 @@
+"""The configuration of one ``distinit train`` run, validated on construction.
+
+The whole config is stored in ``last.pt`` (to refuse resuming with a different recipe) and in
+``final.pt`` (so eval knows how the student was distilled).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from distinit.pipeline.errors import ConfigError, UnknownNameError
+from distinit.train.students import student_spec
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step")
+TARGET_FRAMES = ("mean", "random")
+# Milestones of the step schedule, as fractions of the run: lr x0.1 at each.
+STEP_MILESTONES = (0.5, 0.75)
+
+# Fields that may change between a run and its resumption: where things are, how fast the data
+# arrives, how often it is reported. Everything else defines the result and must match.
+RESUMABLE_CHANGES = frozenset(
+    {"targets", "out", "videos", "workers", "log_every", "save_every", "stop_after", "device"}
+)
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    targets: str
+    out: str
+    videos: str | None = None  # None: the videos_root recorded in the shards' provenance
+    student: str = "r3d_18"
+    clip_len: int = 16  # frames per clip
+    frame_stride: int = 1  # shard rows between consecutive clip frames
+    resize: tuple[int, int] = (171, 128)  # (width, height), stretched, video-ResNet convention
+    crop: int = 112  # square crop side, pixels
+    batch_size: int = 8  # clips per process and step
+    workers: int = 4  # DataLoader worker processes per training process
+    optimizer: str = "sgd"
+    lr: float = 0.01  # peak learning rate for the global batch
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    epochs: int = 10  # one epoch = one clip from every video
+    max_steps: int | None = None  # when set, the run length in steps (overrides epochs)
+    temperature: float = 1.0
+    teacher_weights: tuple[tuple[str, float], ...] = ()  # unlisted teachers weigh 1
+    target_frames: str = "mean"
+    grad_clip: float | None = 5.0  # max global L2 norm of gradients; None: no clipping
+    amp: bool = True  # mixed precision, only ever used on CUDA
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 1
+    save_every: int = 10
+    stop_after: int | None = None  # exit (resumable) after this many steps; for time-limited jobs
+
+    def __post_init__(self) -> None:
+        try:
+            spec = student_spec(self.student)
+        except UnknownNameError as exc:
+            raise ConfigError(str(exc)) from exc
+        _positive(self, "clip_len", "frame_stride", "crop", "batch_size", "epochs")
+        _positive(self, "log_every", "save_every")
+        if self.clip_len < spec.min_clip_len:
+            raise ConfigError(f"{self.student} needs clip_len >= {spec.min_clip_len}")
+        if len(self.resize) != 2 or min(self.resize) < 1:
+            raise ConfigError(f"resize must be two positive sizes, got {self.resize}")
+        if self.crop > min(self.resize):
+            raise ConfigError(f"crop {self.crop} is larger than the resized frame {self.resize}")
+        if self.workers < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ConfigError("workers, warmup_steps and weight_decay must not be negative")
+        if not self.lr > 0 or not self.temperature > 0:
+            raise ConfigError("lr and temperature must be positive")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        for name, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("target_frames", TARGET_FRAMES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("max_steps", "stop_after"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"grad_clip must be positive, got {self.grad_clip}")
+        if not _DEVICE.match(self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        names = [n for n, _ in self.teacher_weights]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a teacher is weighted twice: {names}")
+        if any(not w >= 0 for _, w in self.teacher_weights):
+            raise ConfigError("teacher weights must be non-negative")
+
+    def weight_of(self, teacher: str) -> float:
+        return dict(self.teacher_weights).get(teacher, 1.0)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["resize"] = list(self.resize)
+        d["teacher_weights"] = {n: w for n, w in self.teacher_weights}
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        values["resize"] = tuple(values.get("resize", (171, 128)))
+        values["teacher_weights"] = tuple(sorted(dict(values.get("teacher_weights", {})).items()))
+        return cls(**values)
+
+    def resume_mismatches(self, saved: dict[str, Any]) -> list[str]:
+        """Fields whose saved value differs from this config's, ignoring RESUMABLE_CHANGES."""
+        now = self.to_json()
+        return sorted(
+            k
+            for k in set(now) | set(saved)
+            if k not in RESUMABLE_CHANGES and now.get(k) != saved.get(k)
+        )
+
+
+def _positive(cfg: TrainConfig, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+
+
+def parse_teacher_weight(text: str) -> tuple[str, float]:
+    """``NAME=W`` -> ``(NAME, W)``."""
+    name, sep, value = text.partition("=")
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = float("nan")
+    if not sep or not name or weight != weight:
+        raise ConfigError(f"teacher weight must look like NAME=0.5, got {text!r}")
+    return name, weight
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``171x128`` -> ``(171, 128)`` (width, height)."""
+    m = re.fullmatch(r"(\d+)x(\d+)", text.strip())
+    if not m:
+        raise ConfigError(f"size must look like 171x128 (width x height), got {text!r}")
+    return int(m.group(1)), int(m.group(2))

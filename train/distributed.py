@@ -1,0 +1,130 @@
+"""Process-group setup from torchrun's environment, and batch norm over the global batch.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on its share of the global batch
+and DDP averages gradients; NCCL on GPU, gloo on CPU. Batch norm statistics are synchronised
+across processes so that N processes compute exactly what one process computes on the whole
+global batch: torch's ``SyncBatchNorm`` on GPU, and on CPU (which ``SyncBatchNorm`` refuses)
+:class:`GlooBatchNorm`, which all-reduces the sums with a differentiable collective.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import nn
+
+from distinit.pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(option: str, local_rank: int) -> torch.device:
+    if option == "auto":
+        option = "cuda" if torch.cuda.is_available() else "cpu"
+    if option.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {option!r} asked for, but CUDA is not available")
+        # Under torchrun each process takes its own GPU, whatever index was asked for.
+        return torch.device("cuda", local_rank if option == "cuda" else int(option.split(":")[1]))
+    return torch.device("cpu")
+
+
+def setup(device_option: str) -> DistContext:
+    """Join torchrun's process group if there is one (env://), else a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_option, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, init_method="env://")
+        log.info("rank %d of %d on %s (%s)", rank, world_size, device, backend)
+    return DistContext(rank, world_size, local_rank, device)
+
+
+def teardown(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mean_over_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if ctx.distributed:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= ctx.world_size
+    return value
+
+
+class GlooBatchNorm(nn.BatchNorm3d):
+    """BatchNorm3d whose training statistics cover the whole global batch, on CPU.
+
+    Same parameters and buffers as ``nn.BatchNorm3d`` (checkpoints are interchangeable); mean
+    and variance come from all-reduced sums over ``(B, T, H, W)`` of every process. The
+    collective is differentiable, so gradients flow to every process's inputs as if the global
+    batch had been one tensor. Runs on its own process group so its collectives can never
+    interleave with DDP's gradient all-reduces.
+    """
+
+    group: dist.ProcessGroup | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
+        if not self.training:
+            return super().forward(x)
+        dims = (0, 2, 3, 4)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype)
+        stats = torch.cat([x.sum(dims), (x * x).sum(dims), count])  # (2C + 1,)
+        stats = dist_fn.all_reduce(stats, group=self.group)
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = stats[c : 2 * c] / n - mean * mean  # biased, as batch norm normalises
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            m = self.momentum if self.momentum is not None else 0.1
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
+        shape = (1, c, 1, 1, 1)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape)
+
+
+def sync_batchnorm(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """Make every BatchNorm3d of ``model`` normalise over the global batch (no-op alone)."""
+    if not ctx.distributed:
+        return model
+    if ctx.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    group = dist.new_group(backend="gloo")
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.BatchNorm3d:
+                bn = GlooBatchNorm(
+                    child.num_features, child.eps, child.momentum, child.affine, True
+                )
+                bn.load_state_dict(child.state_dict())
+                bn.group = group
+                setattr(parent, name, bn)
+    return model

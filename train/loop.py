@@ -1,0 +1,307 @@
+"""The training loop of ``distinit train``: clips in, student weights out.
+
+Everything a run does is a function of its config: clip sampling is keyed by ``(seed, step,
+position)`` (see :mod:`distinit.train.clips`), the student is initialised from ``seed``, and
+``last.pt`` carries the optimizer, schedule, scaler and RNG state, so a run resumed after
+``kill -9`` and a DDP run on CPU end with the weights of one uninterrupted process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from distinit.pipeline.errors import CheckpointError, ConfigError, NonFiniteLossError
+from distinit.pipeline.shards import ShardSet
+from distinit.train import distributed
+from distinit.train.checkpoint import FinalCheckpoint, save_final
+from distinit.train.clips import (
+    ClipDataset,
+    ClipSpec,
+    StepSampler,
+    resolve_videos_root,
+    worker_init,
+)
+from distinit.train.config import STEP_MILESTONES, TrainConfig
+from distinit.train.loss import distillation_loss
+from distinit.train.resume import LAST_NAME, load_last, restore_rng, rng_state, save_last
+from distinit.train.runlog import CURVE_NAME, LOG_NAME, RunLog, plot_loss, truncate_log
+from distinit.train.students import Student
+
+log = logging.getLogger(__name__)
+
+FINAL_NAME = "final.pt"
+
+
+@dataclass
+class RunResult:
+    steps_done: int
+    total_steps: int
+    resumed_from: int
+    first_loss: float | None  # first and last logged total loss of this invocation
+    last_loss: float | None
+    videos: int
+    short_videos: int
+    final_path: Path | None  # None when stopped early with --stop-after
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak lr for optimizer step ``step`` (0-based) of ``total``.
+
+    Linear warm-up from ``1/(warmup+1)`` over ``warmup`` steps, then cosine decay to 0 at
+    ``total`` or x0.1 at each of :data:`STEP_MILESTONES` (fractions of ``total``).
+    """
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 0.1 ** sum(step >= int(m * total) for m in STEP_MILESTONES)
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def clip_spec(cfg: TrainConfig, *, augment: bool = True) -> ClipSpec:
+    return ClipSpec(
+        clip_len=cfg.clip_len,
+        frame_stride=cfg.frame_stride,
+        resize=cfg.resize,
+        crop=cfg.crop,
+        temperature=cfg.temperature,
+        target_frames=cfg.target_frames,
+        augment=augment,
+    )
+
+
+def open_targets(cfg: TrainConfig) -> tuple[ShardSet, Path]:
+    """The shard set and videos root, with the teacher weights checked against the shards."""
+    shards = ShardSet(cfg.targets)
+    unknown = sorted(set(dict(cfg.teacher_weights)) - set(shards.teacher_names))
+    if unknown:
+        raise ConfigError(
+            f"--teacher-weight names {unknown}, but the shards hold {shards.teacher_names}"
+        )
+    if not any(cfg.weight_of(t) > 0 for t in shards.teacher_names):
+        raise ConfigError("every teacher has weight 0: nothing to learn")
+    return shards, resolve_videos_root(shards, cfg.videos)
+
+
+def run(cfg: TrainConfig) -> RunResult:
+    ctx = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> RunResult:
+    out = Path(cfg.out)
+    shards, videos_root = open_targets(cfg)
+    global_batch = cfg.batch_size * ctx.world_size
+    dataset = ClipDataset(
+        shards, videos_root, clip_spec(cfg), seed=cfg.seed, global_batch=global_batch
+    )
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * dataset.steps_per_epoch
+    if dataset.short_videos:
+        log.warning(
+            "%d of %d videos are shorter than a clip (%d frames at stride %d); their clips loop",
+            dataset.short_videos,
+            len(dataset.videos),
+            cfg.clip_len,
+            cfg.frame_stride,
+        )
+    heads = {t.name: t.num_classes for t in shards.teachers}
+    weights = {t: cfg.weight_of(t) for t in heads}
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
+    student = Student(cfg.student, heads)
+    student = distributed.sync_batchnorm(student, ctx).to(ctx.device)
+    use_amp = cfg.amp and ctx.device.type == "cuda"
+    optimizer = build_optimizer(cfg, student)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.schedule)
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start = 0
+    last_path = out / LAST_NAME
+    if last_path.exists():
+        start = _resume(last_path, cfg, student, optimizer, scheduler, scaler)
+        log.info("resuming %s from step %d of %d", out, start, total)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        truncate_log(out / LOG_NAME, start)
+
+    model: nn.Module = student
+    if ctx.distributed:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        model = DistributedDataParallel(student, device_ids=device_ids, broadcast_buffers=False)
+
+    end = min(total, cfg.stop_after) if cfg.stop_after is not None else total
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=StepSampler(start, end, cfg.batch_size, ctx.rank, ctx.world_size),
+        num_workers=cfg.workers,
+        worker_init_fn=worker_init,
+        pin_memory=ctx.device.type == "cuda",
+    )
+    runlog = RunLog(out / LOG_NAME) if ctx.is_main else None
+    first_loss: float | None = None
+    last_loss: float | None = None
+    batches: Iterator[dict[str, Any]] = iter(loader)
+    student.train()
+    step = start
+    try:
+        for step in range(start, end):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            t1 = time.perf_counter()
+            clips = batch["clip"].to(ctx.device, non_blocking=True)  # (B, T, H, W, 3) uint8
+            targets = {k: v.to(ctx.device, non_blocking=True) for k, v in batch["targets"].items()}
+            with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=use_amp):
+                outputs = model(student.normalize(clips))  # head -> (B, C)
+            loss, per_teacher = distillation_loss(outputs, targets, cfg.temperature, weights)
+            reported = distributed.mean_over_ranks(
+                torch.stack([loss.detach(), *(per_teacher[t].detach() for t in heads)]), ctx
+            )
+            if not torch.isfinite(reported).all():
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step + 1} (lr {scheduler.get_last_lr()[0]:.3g}): "
+                    f"{dict(zip(['total', *heads], reported.tolist(), strict=True))}; "
+                    "lower --lr or raise --warmup-steps"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = (
+                float(nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip))
+                if cfg.grad_clip is not None
+                else float("nan")
+            )
+            lr = scheduler.get_last_lr()[0]
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            t2 = time.perf_counter()
+            done = step + 1
+            values = reported.tolist()
+            last_loss = values[0]
+            first_loss = values[0] if first_loss is None else first_loss
+            if runlog is not None and (done % cfg.log_every == 0 or done == end):
+                runlog.write(
+                    {
+                        "step": done,
+                        "epoch": step // dataset.steps_per_epoch,
+                        "loss": values[0],
+                        "loss_per_teacher": dict(zip(heads, values[1:], strict=True)),
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "clips_per_s": global_batch / (t2 - t0),
+                        "data_s": t1 - t0,
+                        "compute_s": t2 - t1,
+                    }
+                )
+            if ctx.is_main and (done % cfg.save_every == 0 or done == end):
+                _save_last(last_path, cfg, student, optimizer, scheduler, scaler, done)
+        if ctx.is_main and end > start:
+            plot_loss(out / LOG_NAME, out / CURVE_NAME)
+    finally:
+        if runlog is not None:
+            runlog.close()
+
+    final_path: Path | None = None
+    if end == total:
+        final_path = out / FINAL_NAME
+        if ctx.is_main:
+            save_final(
+                final_path,
+                FinalCheckpoint(
+                    student=cfg.student,
+                    heads=heads,
+                    state_dict=student.state_dict(),
+                    config=cfg.to_json(),
+                    teachers=[t.to_json() for t in shards.teachers],
+                    modality="rgb",
+                    step=total,
+                ),
+            )
+    return RunResult(
+        steps_done=max(end, start),
+        total_steps=total,
+        resumed_from=start,
+        first_loss=first_loss,
+        last_loss=last_loss,
+        videos=len(dataset.videos),
+        short_videos=dataset.short_videos,
+        final_path=final_path,
+    )
+
+
+def _save_last(
+    path: Path,
+    cfg: TrainConfig,
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    step: int,
+) -> None:
+    save_last(
+        path,
+        {
+            "step": step,
+            "config": cfg.to_json(),
+            "model": student.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+        },
+    )
+
+
+def _resume(
+    path: Path,
+    cfg: TrainConfig,
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> int:
+    state = load_last(path)
+    mismatches = cfg.resume_mismatches(state["config"])
+    if mismatches:
+        saved = state["config"]
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {cfg.to_json().get(k)!r}" for k in mismatches)
+        raise CheckpointError(
+            f"{path} was written by a run with a different config ({shown}); "
+            "use a new --out directory or the original options"
+        )
+    try:
+        student.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: training state does not fit this run ({exc})") from exc
+    restore_rng(state["rng"])
+    return int(state["step"])

@@ -1,0 +1,58 @@
+"""``RUN/last.pt``: everything needed to continue a run exactly where it stopped.
+
+Holds the student and optimizer/scheduler/scaler state, the step, the torch RNG states and the
+config. Written atomically (temporary name, then rename), so ``kill -9`` at any moment leaves
+either the previous or the new checkpoint, never half of one. Loaded with
+``weights_only=True``: plain tensors and numbers only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distinit.pipeline.errors import CheckpointError
+
+LAST_FORMAT = "distinit-train-state"
+LAST_SCHEMA_VERSION = 1
+LAST_NAME = "last.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_last(path: Path, payload: dict[str, Any]) -> None:
+    payload = {"format": LAST_FORMAT, "schema_version": LAST_SCHEMA_VERSION, **payload}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_last(path: Path) -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad or unsafe pickles
+        raise CheckpointError(f"{path}: cannot resume, unreadable checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != LAST_FORMAT:
+        raise CheckpointError(f"{path}: not a distinit training state")
+    if payload.get("schema_version") != LAST_SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path}: training state schema {payload.get('schema_version')}, "
+            f"expected {LAST_SCHEMA_VERSION}; start a new run directory"
+        )
+    return payload

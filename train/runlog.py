@@ -1,0 +1,67 @@
+"""``RUN/log.jsonl`` (one JSON object per logged step) and the loss-curve PNG drawn from it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+LOG_NAME = "log.jsonl"
+CURVE_NAME = "loss.png"
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a kill: everything after it is unreliable
+    return out
+
+
+def truncate_log(path: Path, keep_until_step: int) -> None:
+    """Drop entries past the step a resumed run restarts from (they will be logged again)."""
+    entries = [e for e in read_log(path) if e["step"] <= keep_until_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    os.replace(tmp, path)
+
+
+class RunLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+
+    def write(self, entry: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(entry) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def plot_loss(log_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+
+    entries = read_log(log_path)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [e["step"] for e in entries]
+    ax.plot(steps, [e["loss"] for e in entries], label="total")
+    teachers = sorted(entries[0]["loss_per_teacher"]) if entries else []
+    if len(teachers) > 1:
+        for t in teachers:
+            ax.plot(steps, [e["loss_per_teacher"][t] for e in entries], label=t, alpha=0.7)
+    ax.set_xlabel("step")
+    ax.set_ylabel("KL(teacher || student) x T²")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
