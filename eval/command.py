@@ -1,0 +1,138 @@
+"""``distinit eval``: fine-tune or linearly probe an initialisation on a labelled video dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from distinit.eval.config import DEFAULTS, INITS, MODES, SPLITS, EvalConfig
+from distinit.pipeline.errors import ConfigError
+
+
+def _size(value: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError as exc:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT, got {value!r}") from exc
+    return w, h
+
+
+@click.command("eval")
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--compare", is_flag=True, help="Print one table of the eval outputs RUNS.")
+@click.option("--dataset", help="hmdb51, ucf101, folder, or the path of a manifest .json.")
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset root (class folders).")
+@click.option(
+    "--splits",
+    "splits_dir",
+    type=click.Path(path_type=Path),
+    help="Folder of the split files (default: the root).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default="1",
+    show_default=True,
+    help="Split to run; 'all' runs 1, 2, 3 and reports the mean.",
+)
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    help="Distilled student RUN/final.pt (implies --init checkpoint).",
+)
+@click.option(
+    "--init",
+    type=click.Choice(INITS),
+    default=None,
+    help="scratch or inflated (ImageNet ResNet-18 inflated) baselines.",
+)
+@click.option(
+    "--student",
+    default="r3d_18",
+    show_default=True,
+    help="Architecture for --init scratch/inflated.",
+)
+@click.option(
+    "--inflate-weights",
+    type=click.Path(path_type=Path),
+    help="Local 2D ResNet-18 state dict for --init inflated.",
+)
+@click.option("--mode", type=click.Choice(MODES), default="finetune", show_default=True)
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help=f"Default {DEFAULTS['finetune']['epochs']} (finetune), "
+    f"{DEFAULTS['linear']['epochs']} full-batch steps (linear).",
+)
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    help=f"Default {DEFAULTS['finetune']['lr']} (finetune), {DEFAULTS['linear']['lr']} (linear).",
+)
+@click.option("--weight-decay", type=float, default=None)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--clip-len", type=int, default=16, show_default=True)
+@click.option(
+    "--clips-per-video",
+    type=int,
+    default=10,
+    show_default=True,
+    help="K uniformly spaced test clips per video.",
+)
+@click.option("--resize", default="171x128", show_default=True, help="Frames are resized to WxH.")
+@click.option("--crop", type=int, default=112, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--workers", type=int, default=4, show_default=True, help="Decoding processes.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--allow-partial",
+    is_flag=True,
+    help="Accept missing classes/videos and other counts (recorded in results).",
+)
+@click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
+def eval_command(runs: tuple[Path, ...], compare: bool, **options: Any) -> None:
+    """Fine-tune or linearly probe a student on HMDB51 / UCF101 / a class-folder dataset.
+
+    \b
+      distinit eval --dataset hmdb51 --root HMDB51 --checkpoint RUN/final.pt --out OUT
+      distinit eval --dataset hmdb51 --root HMDB51 --init inflated --out OUT_INFL
+      distinit eval --compare OUT_SCRATCH OUT_INFL OUT
+    """
+    if compare:
+        if not runs:
+            raise click.UsageError("--compare needs eval output folders")
+        from distinit.eval.report import compare_table
+
+        click.echo(compare_table(list(runs)))
+        return
+    if runs:
+        raise click.UsageError(f"unexpected arguments {list(runs)} (did you mean --compare?)")
+    for name in ("dataset", "root", "out"):
+        if options[name] is None:
+            raise click.UsageError(f"--{name} is required")
+    cfg = _config(options)
+    from distinit.eval.runner import run
+
+    results = run(cfg, click.echo)
+    click.echo(f"results: {cfg.out / 'results.json'}")
+    click.echo(
+        f"{results['dataset']} {results['init']} {results['mode']}: "
+        f"video top-1 {100 * results['video_top1']:.1f}%  "
+        f"clip top-1 {100 * results['clip_top1']:.1f}%"
+    )
+
+
+def _config(options: dict[str, Any]) -> EvalConfig:
+    init = options.pop("init")
+    if init is None:
+        init = "checkpoint" if options["checkpoint"] is not None else None
+    if init is None:
+        raise ConfigError("give either --checkpoint RUN/final.pt or --init scratch|inflated")
+    amp = not options.pop("no_amp")
+    resize = _size(options.pop("resize"))
+    return EvalConfig(init=init, amp=amp, resize=resize, **options)

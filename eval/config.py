@@ -1,0 +1,100 @@
+"""The ``distinit eval`` configuration: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from distinit.eval.inflate import INFLATABLE
+from distinit.pipeline.errors import ConfigError
+
+INITS = ("checkpoint", "scratch", "inflated")
+MODES = ("finetune", "linear")
+SPLITS = ("1", "2", "3", "all")
+
+# Mode-specific defaults, used when --epochs / --lr are not given (stated in results.json).
+# finetune: SGD (momentum 0.9) on all layers, cosine schedule, one random clip per video per epoch.
+# linear: full-batch Adam on the frozen features of the K clips of every training video.
+DEFAULTS = {
+    "finetune": {"epochs": 30, "lr": 0.01, "weight_decay": 5e-4},
+    "linear": {"epochs": 300, "lr": 0.01, "weight_decay": 1e-4},
+}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    dataset: str  # packaged manifest name or path of a manifest .json
+    root: Path
+    out: Path
+    init: str = "checkpoint"
+    checkpoint: Path | None = None
+    student: str = "r3d_18"  # for scratch / inflated; a checkpoint names its own student
+    inflate_weights: Path | None = None
+    splits_dir: Path | None = None
+    split: str = "1"
+    mode: str = "finetune"
+    epochs: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    batch_size: int = 32
+    clip_len: int = 16
+    clips_per_video: int = 10
+    resize: tuple[int, int] = (171, 128)
+    crop: int = 112
+    device: str = "auto"
+    workers: int = 4
+    seed: int = 0
+    allow_partial: bool = False
+    amp: bool = True  # only has an effect on CUDA
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ConfigError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if (self.init == "checkpoint") != (self.checkpoint is not None):
+            raise ConfigError("give either --checkpoint RUN/final.pt or --init scratch|inflated")
+        if self.init == "inflated" and self.student not in INFLATABLE:
+            raise ConfigError(
+                f"--init inflated needs a student with ResNet-18 layers ({', '.join(INFLATABLE)}),"
+                f" got {self.student!r}"
+            )
+        if self.inflate_weights is not None and self.init != "inflated":
+            raise ConfigError("--inflate-weights only applies to --init inflated")
+        for name in ("batch_size", "clip_len", "clips_per_video", "crop", "epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ConfigError("--weight-decay must be non-negative")
+        if self.workers < 0:
+            raise ConfigError("--workers must be non-negative")
+        if self.crop > min(self.resize):
+            raise ConfigError(f"--crop {self.crop} does not fit in --resize {self.resize}")
+
+    @property
+    def splits(self) -> list[int]:
+        return [1, 2, 3] if self.split == "all" else [int(self.split)]
+
+    @property
+    def effective_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else int(DEFAULTS[self.mode]["epochs"])
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else float(DEFAULTS[self.mode]["lr"])
+
+    @property
+    def effective_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return float(DEFAULTS[self.mode]["weight_decay"])
+
+    def to_json(self) -> dict[str, Any]:
+        raw = asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in raw.items()}

@@ -1,0 +1,186 @@
+"""Fine-tuning: all layers and a new head, SGD with a cosine schedule, resumable.
+
+State (``finetune.pt`` in the split's output folder: weights, optimiser, finished epochs and the
+configuration it belongs to) is written atomically after every epoch and read back with
+``weights_only=True``; running the same command again continues from the last finished epoch.
+Training randomness is keyed by (seed, epoch), so a resumed run sees the clips an uninterrupted
+one would. AMP (float16 autocast with a gradient scaler) is used on CUDA. Under ``torchrun`` the
+model is wrapped in DistributedDataParallel and each rank sees its share of the videos;
+``batch_size`` is the global batch, split evenly over ranks; rank 0 writes the state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from distinit.eval.datasets import ClipProtocol, TrainClips
+from distinit.eval.initialise import HEAD
+from distinit.eval.splits import VideoItem
+from distinit.pipeline.errors import CheckpointError, ConfigError, NonFiniteLossError
+from distinit.train.students import Student
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "finetune.pt"
+MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int  # global, over all ranks
+    workers: int
+    seed: int
+    amp: bool
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "optimizer": f"SGD momentum {MOMENTUM}",
+            "schedule": "cosine from lr to 0 over the epochs, per epoch",
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "batch_size": self.batch_size,
+            "layers_trained": "all, new action head",
+        }
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _load_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad or unsafe pickles
+        raise CheckpointError(f"{path}: unreadable fine-tuning state ({exc})") from exc
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"{path} belongs to a fine-tuning run with other settings; "
+            "use another --out or delete it to start over"
+        )
+    return state
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def finetune(
+    student: Student,
+    items: list[VideoItem],
+    protocol: ClipProtocol,
+    settings: FinetuneSettings,
+    *,
+    device: torch.device,
+    state_dir: Path,
+    fingerprint: str,
+    progress: Callable[[str], None],
+) -> Student:
+    """Train ``student`` (backbone and ``action`` head) on random clips of ``items``."""
+    rank, world = _rank_world()
+    student.to(device)
+    optimizer = torch.optim.SGD(
+        student.parameters(),
+        lr=settings.lr,
+        momentum=MOMENTUM,
+        weight_decay=settings.weight_decay,
+    )
+    state_path = state_dir / STATE_NAME
+    start_epoch = 0
+    state = _load_state(state_path, fingerprint)
+    if state is not None:
+        student.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epochs_done"])
+        progress(f"resuming fine-tuning from {state_path} after epoch {start_epoch}")
+    if start_epoch >= settings.epochs:
+        return student
+
+    dataset = TrainClips(items, protocol, seed=settings.seed)
+    sampler = (
+        DistributedSampler(dataset, num_replicas=world, rank=rank, seed=settings.seed)
+        if world > 1
+        else None
+    )
+    per_rank = max(settings.batch_size // world, 1)
+    model: nn.Module = student
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(student, device_ids=ids)
+    use_amp = settings.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    steps_per_epoch = math.ceil(len(sampler if sampler is not None else dataset) / per_rank)
+    total = steps_per_epoch * (settings.epochs - start_epoch)
+    done, began = 0, time.monotonic()
+    for epoch in range(start_epoch, settings.epochs):
+        lr = settings.lr * 0.5 * (1 + math.cos(math.pi * epoch / settings.epochs))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        dataset.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = DataLoader(
+            dataset,
+            batch_size=per_rank,
+            shuffle=sampler is None,
+            sampler=sampler,
+            num_workers=settings.workers,
+            generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch),
+            drop_last=False,
+        )
+        model.train()
+        loss_sum, seen = 0.0, 0
+        for clips, labels in loader:  # clips: (B, T, H, W, 3) uint8
+            x = student.normalize(clips.to(device, non_blocking=True))  # (B, 3, T, H, W)
+            labels = labels.to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                loss = nn.functional.cross_entropy(model(x)[HEAD], labels)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"fine-tuning loss is {loss.item()} at epoch {epoch + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += float(loss) * len(labels)
+            seen += len(labels)
+            done += 1
+        elapsed = time.monotonic() - began
+        eta = elapsed / done * (total - done)
+        if rank == 0:
+            progress(
+                f"epoch {epoch + 1}/{settings.epochs}  loss {loss_sum / max(seen, 1):.4f}  "
+                f"lr {lr:.2e}  elapsed {elapsed:.0f}s  ETA {eta:.0f}s"
+            )
+            _save_state(
+                state_path,
+                {
+                    "fingerprint": fingerprint,
+                    "epochs_done": epoch + 1,
+                    "model": student.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                },
+            )
+        if world > 1:
+            dist.barrier()
+    return student

@@ -1,0 +1,43 @@
+"""Run a network over the K test clips of every video: ``(V, K, X)`` outputs in video order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from distinit.eval.datasets import ClipProtocol, TestClips
+from distinit.eval.splits import VideoItem
+
+log = logging.getLogger(__name__)
+
+
+def clip_outputs(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    items: list[VideoItem],
+    protocol: ClipProtocol,
+    *,
+    videos_per_batch: int,
+    workers: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """``fn`` maps uint8 clips (B, T, H, W, 3) to (B, X); returns (V, K, X) float32 on the CPU."""
+    loader = DataLoader(
+        TestClips(items, protocol),
+        batch_size=videos_per_batch,
+        shuffle=False,
+        num_workers=workers,
+    )
+    out: list[torch.Tensor] = []
+    done = 0
+    with torch.no_grad():
+        for clips, _, _ in loader:  # clips: (B, K, T, H, W, 3)
+            b, k = clips.shape[:2]
+            y = fn(clips.flatten(0, 1))  # (B*K, X)
+            out.append(y.float().cpu().view(b, k, -1))
+            done += b
+            if progress is not None:
+                progress(done, len(items))
+    return torch.cat(out)

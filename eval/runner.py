@@ -1,0 +1,271 @@
+"""One evaluation run: every requested split, one initialisation, one mode, and its reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from distinit.eval.config import EvalConfig
+from distinit.eval.datasets import ClipProtocol
+from distinit.eval.finetune import FinetuneSettings, finetune
+from distinit.eval.initialise import HEAD, build_student
+from distinit.eval.manifests import load_manifest
+from distinit.eval.metrics import score_clips
+from distinit.eval.predict import clip_outputs
+from distinit.eval.probe import FeatureCache, compute_features, train_linear
+from distinit.eval.report import mean_over_splits, plot_confusion, write_results
+from distinit.eval.splits import SplitData, load_split
+from distinit.pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Echo = Callable[[str], None]
+
+
+def fingerprint(cfg: EvalConfig, split: int) -> str:
+    """What a fine-tuning state must match to be resumed (not where it runs or how fast)."""
+    keep = {k: v for k, v in cfg.to_json().items() if k not in ("out", "device", "workers")}
+    keep["split"] = split
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+
+
+def _device(cfg: EvalConfig) -> torch.device:
+    if os.environ.get("WORLD_SIZE", "1") != "1" and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {cfg.device}: no CUDA device is available")
+    return device
+
+
+def _start_distributed(device: torch.device) -> int:
+    """Join the torchrun process group when launched by torchrun; returns this rank."""
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        return 0
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank()
+
+
+def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
+    manifest = load_manifest(cfg.dataset)
+    device = _device(cfg)
+    rank = _start_distributed(device)
+    if dist.is_initialized() and cfg.mode == "linear":
+        raise ConfigError("--mode linear runs in one process; start it without torchrun")
+    protocol = ClipProtocol(cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    videos_per_batch = max(1, cfg.batch_size // cfg.clips_per_video)
+    per_split: list[dict[str, Any]] = []
+    init_info: dict[str, Any] = {}
+    notes: list[str] = []
+    classes: list[str] = []
+    for split in cfg.splits:
+        data = load_split(
+            manifest,
+            cfg.root,
+            split,
+            splits_dir=cfg.splits_dir,
+            allow_partial=cfg.allow_partial,
+        )
+        notes += data.notes
+        classes = data.classes
+        echo(
+            f"split {split}: {len(data.classes)} classes, {len(data.train)} train / "
+            f"{len(data.test)} test videos"
+        )
+        if cfg.mode == "linear":
+            logits, init_info = _linear(cfg, data, protocol, device, videos_per_batch, echo)
+        else:
+            logits, init_info = _finetune(cfg, data, protocol, device, videos_per_batch, echo, rank)
+        if logits is None:
+            continue  # a non-zero rank: rank 0 evaluates and reports
+        labels = torch.tensor([item.label for item in data.test])
+        scores = score_clips(logits, labels)
+        plot_confusion(
+            cfg.out / f"confusion_split{split}.png",
+            scores.confusion,
+            data.classes,
+            f"{manifest.name} split {split}: {init_info['init']} {cfg.mode} "
+            f"(video top-1 {100 * scores.video_top1:.1f}%)",
+        )
+        row = {
+            "split": split,
+            **scores.summary(),
+            "clips_per_video": cfg.clips_per_video,
+            "num_train_videos": len(data.train),
+            "num_classes": len(data.classes),
+            "confusion_png": f"confusion_split{split}.png",
+        }
+        per_split.append(row)
+        echo(
+            f"split {split}: clip top-1 {100 * row['clip_top1']:.1f}%  "
+            f"video top-1 {100 * row['video_top1']:.1f}%  video top-5 "
+            f"{100 * row['video_top5']:.1f}%"
+        )
+    if rank != 0:
+        return {}
+    results = _results(cfg, manifest.name, manifest.source, init_info, per_split, notes, classes)
+    write_results(cfg.out, results)
+    return results
+
+
+def _linear(
+    cfg: EvalConfig,
+    data: SplitData,
+    protocol: ClipProtocol,
+    device: torch.device,
+    videos_per_batch: int,
+    echo: Echo,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    student, info = build_student(cfg, len(data.classes))
+    cache = FeatureCache(cfg.out, {**info, **protocol.describe()})
+
+    def progress(done: int, total: int) -> None:
+        log.info("features: %d/%d videos", done, total)
+
+    kwargs = {
+        "device": device,
+        "videos_per_batch": videos_per_batch,
+        "workers": cfg.workers,
+        "progress": progress,
+    }
+    echo(f"features: {len(data.train) + len(data.test)} videos (cached in {cache.path})")
+    train_feats = compute_features(student, data.train, protocol, cache, **kwargs)  # (V, K, D)
+    test_feats = compute_features(student, data.test, protocol, cache, **kwargs)
+    k = train_feats.shape[1]
+    train_labels = torch.tensor([item.label for item in data.train]).repeat_interleave(k)
+    head = train_linear(
+        train_feats.flatten(0, 1),
+        train_labels,
+        len(data.classes),
+        epochs=cfg.effective_epochs,
+        lr=cfg.effective_lr,
+        weight_decay=cfg.effective_weight_decay,
+        seed=cfg.seed,
+    )
+    with torch.no_grad():
+        logits = head(test_feats.flatten(0, 1)).view(len(data.test), k, -1)  # (V, K, C)
+    return logits, info
+
+
+def _finetune(
+    cfg: EvalConfig,
+    data: SplitData,
+    protocol: ClipProtocol,
+    device: torch.device,
+    videos_per_batch: int,
+    echo: Echo,
+    rank: int,
+) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    student, info = build_student(cfg, len(data.classes))
+    settings = FinetuneSettings(
+        epochs=cfg.effective_epochs,
+        lr=cfg.effective_lr,
+        weight_decay=cfg.effective_weight_decay,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        seed=cfg.seed,
+        amp=cfg.amp,
+    )
+    state_dir = cfg.out / f"split{data.split}"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    student = finetune(
+        student,
+        data.train,
+        protocol,
+        settings,
+        device=device,
+        state_dir=state_dir,
+        fingerprint=fingerprint(cfg, data.split),
+        progress=echo,
+    )
+    if rank != 0:
+        dist.barrier()
+        return None, info
+    student.eval()
+    use_amp = cfg.amp and device.type == "cuda"
+
+    def logits_of(clips: torch.Tensor) -> torch.Tensor:
+        x = student.normalize(clips.to(device))
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            return student(x)[HEAD]
+
+    logits = clip_outputs(
+        logits_of, data.test, protocol, videos_per_batch=videos_per_batch, workers=cfg.workers
+    )
+    if dist.is_initialized():
+        dist.barrier()
+    return logits, info
+
+
+def _results(
+    cfg: EvalConfig,
+    dataset: str,
+    manifest_source: str,
+    init_info: dict[str, Any],
+    per_split: list[dict[str, Any]],
+    notes: list[str],
+    classes: list[str],
+) -> dict[str, Any]:
+    headline = per_split[0] if len(per_split) == 1 else mean_over_splits(per_split)
+    protocol = ClipProtocol(cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop).describe()
+    protocol.update(
+        {
+            "mode": cfg.mode,
+            "epochs": cfg.effective_epochs,
+            "lr": cfg.effective_lr,
+            "weight_decay": cfg.effective_weight_decay,
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+        }
+    )
+    if cfg.mode == "linear":
+        protocol["classifier"] = (
+            "logistic regression on standardised frozen features of the K clips of each "
+            "training video, full-batch Adam"
+        )
+    else:
+        protocol.update(
+            FinetuneSettings(
+                cfg.effective_epochs,
+                cfg.effective_lr,
+                cfg.effective_weight_decay,
+                cfg.batch_size,
+                cfg.workers,
+                cfg.seed,
+                cfg.amp,
+            ).describe()
+        )
+    return {
+        "dataset": dataset,
+        "manifest": manifest_source,
+        "split": cfg.split,
+        "init": init_info.get("init", cfg.init),
+        "student": init_info.get("student", cfg.student),
+        "checkpoint": str(cfg.checkpoint) if cfg.checkpoint is not None else None,
+        "mode": cfg.mode,
+        **{k: headline[k] for k in ("clip_top1", "clip_top5", "video_top1", "video_top5")},
+        "num_test_videos": headline["num_test_videos"],
+        "clips_per_video": cfg.clips_per_video,
+        "per_split": per_split,
+        "protocol": protocol,
+        "init_details": init_info,
+        "allow_partial": cfg.allow_partial,
+        "partial_notes": notes,
+        "classes": classes,
+        "config": cfg.to_json(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
