@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import zlib
+import hashlib
 from pathlib import Path
 
 from distinit.pipeline.video import VIDEO_EXTENSIONS
@@ -29,8 +29,13 @@ def find_videos(root: str | os.PathLike[str]) -> list[str]:
 
 
 def rank_of(video_id: str, num_shards: int) -> int:
-    """A stable owner rank for a video: the same on every machine and every re-run."""
-    return zlib.crc32(video_id.encode("utf-8")) % num_shards
+    """A stable owner rank for a video: the same on every machine and every re-run.
+
+    A cryptographic digest, not CRC32: CRC is linear, so names differing in one character (the
+    usual ``clip_001``, ``clip_002``) can all land on the same rank.
+    """
+    digest = hashlib.blake2b(video_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % num_shards
 
 
 def videos_for_rank(video_ids: list[str], num_shards: int, shard_index: int) -> list[str]:

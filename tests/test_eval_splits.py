@@ -14,7 +14,7 @@ from tests.videogen import make_lavfi_video
 
 # Three visually distinct lavfi sources make a learnable three-class task; the class folders use
 # HMDB51 names so the packaged manifest accepts them with --allow-partial.
-CLASSES = {"brush_hair": "testsrc", "cartwheel": "smptebars", "catch": "mandelbrot"}
+CLASSES = {"brush_hair": "testsrc", "cartwheel": "smptebars", "catch": "rgbtestsrc"}
 # Per class: video index -> tag in split 1 (tag 0 = unused); splits 2 and 3 rotate the roles.
 TAGS_SPLIT1 = (1, 1, 1, 1, 2, 2, 0)
 

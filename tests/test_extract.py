@@ -1,0 +1,314 @@
+"""Stage one end to end: real clips, bad input, resume, kill -9, ranks, locks, teachers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distinit.extract.discovery import find_videos, videos_for_rank
+from distinit.extract.lock import RankLock
+from distinit.extract.teachers import load_teacher
+from distinit.pipeline.errors import UnknownNameError, WeightsError
+from distinit.pipeline.shards import ShardSet
+from distinit.pipeline.video import FrameGeometry, iter_video
+from tests.videogen import make_index_video, make_lavfi_video
+
+STREET = {
+    "mountain bike", "unicycle", "jinrikisha", "bicycle-built-for-two", "tricycle", "moped",
+    "motor scooter", "street sign", "traffic light", "crash helmet", "cab", "police van",
+    "parking meter", "tandem bicycle", "bicycle",
+}  # fmt: skip
+
+
+def distinit(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "distinit.pipeline.cli", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def ok_ids(shards: Path) -> list[str]:
+    return sorted(r.id for r in ShardSet(shards).ok_videos())
+
+
+@pytest.fixture(scope="module")
+def real_shards(tmp_path_factory: pytest.TempPathFactory, sample_clips: Path) -> Path:
+    out = tmp_path_factory.mktemp("real") / "shards"
+    result = distinit("extract", "--videos", str(sample_clips), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_real_clips_cache_every_decoded_frame(real_shards: Path, sample_clips: Path) -> None:
+    shards = ShardSet(real_shards)
+    assert ok_ids(real_shards) == sorted(p.name for p in sample_clips.glob("*.mp4"))
+    for record in shards.ok_videos():
+        times = np.concatenate(
+            [c.times for c in iter_video(sample_clips / record.id, FrameGeometry(16, 16))]
+        )
+        assert record.row_count == record.native_frames == len(times)
+        np.testing.assert_allclose(shards.times(record.id), times)
+        assert record.width > 0 and record.fps > 0
+
+
+def test_inspect_names_street_classes_for_bikes(real_shards: Path) -> None:
+    result = distinit("inspect", str(real_shards), "--video", "bikes.mp4", "--top", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    top = json.loads(result.stdout)
+    assert top["id"] == "bikes.mp4" and top["teacher"] == "efficientnet_lite0"
+    assert len(top["top"]) == 5
+    assert STREET & {c["class"] for c in top["top"]}, top
+
+
+def test_inspect_json_and_verify(real_shards: Path) -> None:
+    summary = json.loads(distinit("inspect", str(real_shards), "--json").stdout)
+    assert {v["status"] for v in summary["videos"]} == {"ok"}
+    assert all({"id", "frames", "status", "error"} <= set(v) for v in summary["videos"])
+    verify = distinit("inspect", str(real_shards), "--verify", "4", "--json")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    report = json.loads(verify.stdout)
+    assert report["frames_checked"] >= 1 and report["max_kl"] < 1e-3
+
+
+def test_storage_is_compact_and_close_to_fp32(real_shards: Path) -> None:
+    summary = json.loads(distinit("inspect", str(real_shards), "--json").stdout)
+    assert summary["bytes"] / summary["frames"] < 1.5 * 1024  # int8 logits + timestamps
+
+
+def _bad_corpus(root: Path) -> dict[str, str]:
+    """Good and broken files side by side; returns {id: expected status}."""
+    root.mkdir()
+    expected = {}
+    make_index_video(root / "good one.mp4", 6)
+    make_index_video(
+        root / "sub" / "é clip.avi" if (root / "sub").mkdir() is None else root, 5, codec="mpeg4"
+    )
+    make_lavfi_video(root / "-dash.mkv", seconds=0.2)
+    make_lavfi_video(root / "single.mp4", seconds=0.04)
+    expected.update(
+        {"good one.mp4": "ok", "sub/é clip.avi": "ok", "-dash.mkv": "ok", "single.mp4": "ok"}
+    )
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "notes.mp4").write_text("not a video at all\n")
+    good = (root / "good one.mp4").read_bytes()
+    (root / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    subprocess.run(
+        [shutil.which("ffmpeg") or _ffmpeg(), "-nostdin", "-loglevel", "error", "-f", "lavfi",
+         "-i", "sine=duration=0.3", str(root / "audio_only.mp4")], check=True,
+    )  # fmt: skip
+    (root / "folder.mp4").mkdir()
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    expected.update(
+        {n: "failed" for n in ("empty.mp4", "notes.mp4", "truncated.mp4", "audio_only.mp4")}
+    )
+    return expected
+
+
+def _ffmpeg() -> str:
+    from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
+
+    return ffmpeg_binary()
+
+
+def test_bad_input_is_recorded_and_good_videos_complete(tmp_path: Path) -> None:
+    expected = _bad_corpus(tmp_path / "videos")
+    out = tmp_path / "shards"
+    result = distinit("extract", "--videos", str(tmp_path / "videos"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    shards = ShardSet(out)
+    assert {r.id: r.status for r in shards.records.values()} == expected
+    for vid, status in expected.items():
+        if status == "failed":
+            error = shards.records[vid].error
+            assert error and "\n" not in error
+            assert f"failed: {vid}: " in result.stderr
+    assert shards.records["single.mp4"].row_count == 1
+    verify = distinit("inspect", str(out), "--verify", "3")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    # Re-running skips everything, duplicates nothing; --strict turns failures into exit 1.
+    again = distinit("extract", "--videos", str(tmp_path / "videos"), "--out", str(out), "--strict")
+    assert "0 videos done, 0 failed, 8 skipped" in again.stdout
+    assert again.returncode == 0
+    strict = distinit(
+        "extract",
+        "--videos",
+        str(tmp_path / "videos"),
+        "--out",
+        str(out),
+        "--retry-failed",
+        "--strict",
+    )
+    assert strict.returncode == 1
+    assert sorted(r.id for r in ShardSet(out).ok_videos()) == sorted(
+        v for v, s in expected.items() if s == "ok"
+    )
+
+
+def test_usage_errors_are_one_line(tmp_path: Path) -> None:
+    missing = distinit("extract", "--videos", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "nope" in missing.stderr
+    (tmp_path / "v").mkdir()
+    unknown = distinit(
+        "extract",
+        "--videos",
+        str(tmp_path / "v"),
+        "--out",
+        str(tmp_path / "o"),
+        "--teacher",
+        "resnet5O",
+    )
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert "unknown teacher 'resnet5O'" in unknown.stderr and "efficientnet_lite0" in unknown.stderr
+
+
+def test_kill_minus_nine_then_resume_has_every_video_once(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(8):
+        make_index_video(videos / f"v{i}.mp4", 24)
+    out = tmp_path / "shards"
+    cmd = [sys.executable, "-m", "distinit.pipeline.cli", "extract", "--videos", str(videos),
+           "--out", str(out), "--videos-per-shard", "1", "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.glob("*.h5"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished_before = len(list(out.glob("*.h5")))
+    assert 2 <= finished_before < 8, "the kill should land mid-run"
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    records = [r for p in sorted(out.glob("*.h5")) for r in _records(p)]
+    assert sorted(r for r in records) == [f"v{i}.mp4" for i in range(8)]
+    assert not list(out.glob("*.tmp"))
+
+
+def _records(path: Path) -> list[str]:
+    from distinit.pipeline.shards import read_shard_header
+
+    return [r.id for r in read_shard_header(path).records]
+
+
+def test_ranks_cover_every_video_once(tmp_path: Path) -> None:
+    ids = [f"d{i % 3}/clip {i}.mp4" for i in range(50)]
+    for world in (1, 2, 3, 5, 8):
+        parts = [videos_for_rank(ids, world, r) for r in range(world)]
+        flat = [v for p in parts for v in p]
+        assert sorted(flat) == sorted(ids) and len(flat) == len(set(flat))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(6):
+        make_index_video(videos / f"v{i}.mp4", 4)
+    out = tmp_path / "shards"
+    for rank in (0, 1):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"}
+        r = subprocess.run(
+            [sys.executable, "-m", "distinit.pipeline.cli", "extract", "--videos", str(videos), "--out", str(out)],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    assert ok_ids(out) == [f"v{i}.mp4" for i in range(6)]
+    for rank in (0, 1):
+        owned = videos_for_rank([f"v{i}.mp4" for i in range(6)], 2, rank)
+        written = [v for p in out.glob(f"shard-r{rank:04d}of0002-*.h5") for v in _records(p)]
+        assert sorted(written) == owned
+
+
+def test_second_writer_on_same_rank_is_refused(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_index_video(videos / "v.mp4", 3)
+    out = tmp_path / "shards"
+    out.mkdir()
+    with RankLock(out, 0, 1):
+        r = distinit("extract", "--videos", str(videos), "--out", str(out))
+    assert r.returncode == 2 and "another distinit extract" in r.stderr
+
+
+def test_discovery_uses_relative_paths_and_skips_directories(tmp_path: Path) -> None:
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "clip.MP4").write_bytes(b"x")
+    (tmp_path / "dir.mp4").mkdir()
+    (tmp_path / "readme.txt").write_text("x")
+    assert find_videos(tmp_path) == ["a/clip.MP4", "b/clip.MP4"]
+
+
+def test_unknown_teacher_lists_known_ones() -> None:
+    with pytest.raises(UnknownNameError, match="efficientnet_lite0"):
+        load_teacher("no_such_net")
+
+
+def test_torchvision_teacher_from_local_weights(tmp_path: Path) -> None:
+    import torchvision
+
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    teacher = load_teacher("resnet18", str(weights))
+    assert len(teacher.class_names) == 1000 and teacher.crop_size == 224
+    assert teacher.class_names[0] == "tench"
+
+
+def test_places365_release_format(tmp_path: Path) -> None:
+    import torchvision
+
+    net = torchvision.models.resnet50(num_classes=365)
+    state = {f"module.{k}": v for k, v in net.state_dict().items()}
+    weights = tmp_path / "resnet50_places365.pth.tar"
+    torch.save({"epoch": 90, "arch": "resnet50", "state_dict": state}, weights)
+    (tmp_path / "categories_places365.txt").write_text(
+        "".join(f"/{chr(97 + i % 26)}/place_{i} {i}\n" for i in range(365))
+    )
+    teacher = load_teacher("places365_resnet50", str(weights))
+    assert teacher.class_names[3] == "place_3" and len(teacher.class_names) == 365
+    x = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(teacher.model.eval()(x), net.eval()(x))
+
+
+class _Exploit:
+    def __reduce__(self):  # noqa: ANN204
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_weights_pickle_that_runs_code_is_rejected(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    exploit = _Exploit()
+    exploit.marker = marker  # type: ignore[attr-defined]
+    bad = tmp_path / "evil.pth"
+    torch.save({"state_dict": exploit}, bad)
+    with pytest.raises(WeightsError, match="not a safe weights-only file"):
+        load_teacher("resnet18", str(bad))
+    assert not marker.exists()
+
+
+def test_two_teachers_share_one_decode(tmp_path: Path) -> None:
+    import torchvision
+
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_index_video(videos / "v.mp4", 5)
+    out = tmp_path / "shards"
+    r = distinit(
+        "extract", "--videos", str(videos), "--out", str(out), "--teacher", "efficientnet_lite0",
+        "--teacher", "resnet18", "--teacher-weights", f"resnet18={weights}",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    shards = ShardSet(out)
+    assert shards.teacher_names == ["efficientnet_lite0", "resnet18"]
+    logits = shards.logits("v.mp4")
+    assert logits["efficientnet_lite0"].shape == logits["resnet18"].shape == (5, 1000)

@@ -1,0 +1,190 @@
+"""End-to-end training runs on CPU: CLI, resume after a stop and after kill -9, DDP with gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from distinit.pipeline.errors import CheckpointError, NonFiniteLossError
+from distinit.train import loop
+from distinit.train.checkpoint import load_final
+from distinit.train.command import train
+from distinit.train.config import TrainConfig
+from tests.test_train_support import OBJECTS_CLASSES, SCENES_CLASSES, index_dataset
+
+STEPS = 8
+COMMON = [
+    "--student", "mc3_18", "--clip-len", "4", "--frame-stride", "2", "--resize", "40x32",
+    "--crop", "32", "--lr", "0.05", "--warmup-steps", "2", "--seed", "1", "--device", "cpu",
+]  # fmt: skip
+# One thread per process: the same arithmetic in every run, and room for two DDP ranks.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return index_dataset(tmp_path_factory.mktemp("train_run"))[1]
+
+
+def _argv(shards: Path, out: Path, *extra: str, batch: int = 2) -> list[str]:
+    return [
+        sys.executable, "-m", "distinit.pipeline.cli", "train", "--targets", str(shards),
+        "--out", str(out), *COMMON, "--batch-size", str(batch), "--max-steps", str(STEPS),
+        "--workers", "0", *extra,
+    ]  # fmt: skip
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_final(run / "final.pt").state_dict
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def reference(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run of STEPS steps."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    _run(_argv(shards, out))
+    return out
+
+
+def test_cli_run_writes_final_log_and_curve(shards: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    args = ["--targets", str(shards), "--out", str(out), *COMMON, "--batch-size", "2"]
+    args += ["--max-steps", "4", "--workers", "1", "--teacher-weight", "scenes=0.5"]
+    result = CliRunner().invoke(train, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "1 shorter than a clip" in result.output and "wrote" in result.output
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in lines] == [1, 2, 3, 4]
+    for e in lines:
+        assert set(e) >= {"loss", "loss_per_teacher", "lr", "clips_per_s", "data_s", "compute_s"}
+        per = e["loss_per_teacher"]
+        assert e["loss"] == pytest.approx(per["objects"] + 0.5 * per["scenes"], rel=1e-5)
+    assert lines[0]["lr"] == pytest.approx(0.05 / 3)  # first warm-up step
+    assert (out / "loss.png").stat().st_size > 1000
+    ckpt = load_final(out / "final.pt")  # weights_only=True
+    assert ckpt.heads == {"objects": OBJECTS_CLASSES, "scenes": SCENES_CLASSES}
+    assert ckpt.step == 4 and ckpt.modality == "rgb"
+    assert [t["name"] for t in ckpt.teachers] == ["objects", "scenes"]
+    cfg = TrainConfig.from_json(ckpt.config)
+    assert cfg.student == "mc3_18" and cfg.weight_of("scenes") == 0.5
+    net = ckpt.build_student().eval()
+    with torch.no_grad():
+        y = net(net.normalize(torch.zeros(1, 4, 32, 32, 3, dtype=torch.uint8)))
+    assert y["scenes"].shape == (1, SCENES_CLASSES)
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(
+    shards: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    first = _run(_argv(shards, out, "--stop-after", "3"))
+    assert "run again to continue" in first.stdout
+    assert not (out / "final.pt").exists()
+    # The resumed half loads clips with a worker process: clip draws do not depend on it.
+    _run(_argv(shards, out, "--workers", "1"))
+    _assert_same(_weights(out), _weights(reference))
+    steps = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, STEPS + 1))
+    # A different recipe is refused rather than mixed into the run.
+    (out / "final.pt").unlink()
+    bad = subprocess.run(
+        _argv(shards, out, "--lr", "0.1"), env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert bad.returncode == 2 and "different config (lr: 0.05 -> 0.1)" in bad.stderr
+
+
+def test_kill_9_and_restart_equals_an_uninterrupted_run(
+    shards: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        _argv(shards, out, "--save-every", "1"),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = out / "log.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final.pt").exists()
+    killed_at = torch.load(out / "last.pt", weights_only=True)["step"]
+    assert 2 <= killed_at < STEPS
+    second = _run(_argv(shards, out))
+    assert f"steps {killed_at} -> {STEPS}" in second.stdout
+    _assert_same(_weights(out), _weights(reference))
+
+
+def test_two_gloo_processes_equal_one_with_the_global_batch(shards: Path, tmp_path: Path) -> None:
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    _run(_argv(shards, single, "--stop-after", "4", batch=4))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    torchrun += ["--nproc_per_node", "2", "-m"]
+    argv = _argv(shards, ddp, "--stop-after", "4", batch=2)
+    _run(torchrun + argv[2:])
+    a = torch.load(single / "last.pt", weights_only=True)
+    b = torch.load(ddp / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    for key, value in a["model"].items():
+        # Same clips, same global-batch statistics; only the order of float sums differs.
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    lines = (ddp / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # rank 0 alone logs
+
+
+def test_non_finite_loss_stops_with_a_clear_error(
+    shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = loop.distillation_loss
+
+    def poisoned(*args: object, **kw: object):  # type: ignore[no-untyped-def]
+        total, per = real(*args, **kw)  # type: ignore[arg-type]
+        return total * float("nan"), per
+
+    monkeypatch.setattr(loop, "distillation_loss", poisoned)
+    cfg = TrainConfig(
+        targets=str(shards), out=str(tmp_path / "run"), student="mc3_18", clip_len=4,
+        resize=(40, 32), crop=32, batch_size=1, workers=0, max_steps=2, device="cpu",
+    )  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 1"):
+        loop.run(cfg)
+    assert not (tmp_path / "run" / "final.pt").exists()
+
+
+def test_unreadable_last_checkpoint_is_refused(shards: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"not a checkpoint")
+    cfg = TrainConfig(
+        targets=str(shards), out=str(out), student="mc3_18", clip_len=4,
+        resize=(40, 32), crop=32, batch_size=1, workers=0, max_steps=1, device="cpu",
+    )  # fmt: skip
+    with pytest.raises(CheckpointError, match="cannot resume"):
+        loop.run(cfg)
