@@ -31,7 +31,7 @@ DIS_PRESET = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
 """Why MEDIUM: ULTRAFAST and FAST stop refining at pyramid scale 2, i.e. on a 28x28 grid for a
 112x112 student frame, which blurs motion boundaries and biased a known (+2, -1) px/frame
 translation by ~9% in dy in our measurement; MEDIUM refines down to scale 1 and was within 1%,
-at ~17 ms per 16-frame 112x112 clip on one core, which is small beside decoding the clip."""
+at ~17-25 ms per 16-frame 112x112 clip on one core, which is small beside decoding the clip."""
 
 
 def set_flow_threads(threads: int) -> None:
@@ -77,11 +77,13 @@ def clip_to_flow(frames: np.ndarray, *, clip: float = FLOW_CLIP) -> np.ndarray:
         raise ValueError(f"clip must be positive, got {clip}")
     # A fresh DIS object per clip: creating one costs ~20 us, and sharing one across threads is
     # not safe (it keeps per-call buffers).
-    dis = cv2.DISOpticalFlow_create(DIS_PRESET)
+    dis = cv2.DISOpticalFlow.create(DIS_PRESET)  # = cv2.DISOpticalFlow_create, typed in stubs
     gray = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]
-    out = np.empty((t_len, height, width, FLOW_CHANNELS), dtype=np.float32)  # (T, H, W, 2)
+    out = np.zeros((t_len, height, width, FLOW_CHANNELS), dtype=np.float32)  # (T, H, W, 2)
     for t in range(t_len - 1):
-        out[t] = dis.calc(gray[t], gray[t + 1], None)
+        # out[t] is a contiguous (H, W, 2) float32 view, so DIS writes into it; its contents are
+        # not used as an initial guess (DIS's useInitialFlow is off by default).
+        out[t] = dis.calc(gray[t], gray[t + 1], out[t])
     out[t_len - 1] = out[t_len - 2]
     np.clip(out, -clip, clip, out=out)
     out /= np.float32(clip)
@@ -128,8 +130,10 @@ def moving_texture(
     pad_x, pad_y = abs(vx) * frames, abs(vy) * frames
     rng = np.random.default_rng(seed)
     noise = rng.integers(0, 256, (height + 2 * pad_y, width + 2 * pad_x), dtype=np.uint8)
-    texture = cv2.GaussianBlur(noise, (0, 0), 1.5)
-    texture = cv2.normalize(texture, None, 0, 255, cv2.NORM_MINMAX)
+    blurred = cv2.GaussianBlur(noise, (0, 0), 1.5).astype(np.float32)
+    # Stretch back to the full 0..255 range that blurring narrowed: strong gradients to track.
+    low, high = float(blurred.min()), float(blurred.max())
+    texture = np.round((blurred - low) * (255.0 / max(high - low, 1.0))).astype(np.uint8)
     clip = np.empty((frames, height, width, 3), dtype=np.uint8)  # (T, H, W, 3)
     for t in range(frames):
         # frame_t[y, x] = texture[y - vy*t + pad_y, x - vx*t + pad_x]
