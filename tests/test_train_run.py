@@ -142,21 +142,34 @@ def test_kill_9_and_restart_equals_an_uninterrupted_run(
     _assert_same(_weights(out), _weights(reference))
 
 
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Relative difference ||a - b|| / ||a|| of all parameters and floating-point buffers."""
+    keys = [k for k in a if a[k].is_floating_point()]
+    num = sum((a[k].double() - b[k].double()).square().sum() for k in keys)
+    den = sum(a[k].double().square().sum() for k in keys)
+    return float((num / den).sqrt())
+
+
 def test_two_gloo_processes_equal_one_with_the_global_batch(shards: Path, tmp_path: Path) -> None:
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    _run(_argv(shards, single, "--stop-after", "4", batch=4))
+    single, ddp, half = tmp_path / "single", tmp_path / "ddp", tmp_path / "half"
+    _run(_argv(shards, single, "--stop-after", "2", batch=4))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     torchrun += ["--nproc_per_node", "2", "-m"]
-    argv = _argv(shards, ddp, "--stop-after", "4", batch=2)
-    _run(torchrun + argv[2:])
-    a = torch.load(single / "last.pt", weights_only=True)
-    b = torch.load(ddp / "last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 4
-    for key, value in a["model"].items():
-        # Same clips, same global-batch statistics; only the order of float sums differs.
-        torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    _run(torchrun + _argv(shards, ddp, "--stop-after", "2", batch=2)[2:])
+    # Control: one process on rank 0's share only. The DDP run must be far closer to `single`.
+    _run(_argv(shards, half, "--stop-after", "2", batch=2))
+    a, b, c = (torch.load(d / "last.pt", weights_only=True) for d in (single, ddp, half))
+    assert a["step"] == b["step"] == 2
+    ddp_diff = _max_diff(a["model"], b["model"])
+    control_diff = _max_diff(a["model"], c["model"])
+    # Same clips and global-batch statistics, but the sums run in another order and batch norm
+    # over 4 tiny clips amplifies rounding: one process with 1 vs 2 threads differs by about as
+    # much (~2e-4 here), while the control differs by ~1e-2.
+    assert ddp_diff < 1e-3, (ddp_diff, control_diff)
+    assert control_diff > 20 * ddp_diff, (ddp_diff, control_diff)
+    print(f"relative difference: ddp {ddp_diff:.2e}, control {control_diff:.2e}")
     lines = (ddp / "log.jsonl").read_text().splitlines()
-    assert len(lines) == 4  # rank 0 alone logs
+    assert len(lines) == 2  # rank 0 alone logs
 
 
 def test_non_finite_loss_stops_with_a_clear_error(

@@ -94,18 +94,22 @@ class GlooBatchNorm(nn.BatchNorm3d):
         if not self.training:
             return super().forward(x)
         dims = (0, 2, 3, 4)
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype)
-        stats = torch.cat([x.sum(dims), (x * x).sum(dims), count])  # (2C + 1,)
+        # float64 sums: E[x²] - E[x]² cancels badly in float32, and the point of this module
+        # is to match single-process batch norm to rounding.
+        x64 = x.double()
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64)
+        stats = torch.cat([x64.sum(dims), (x64 * x64).sum(dims), count])  # (2C + 1,)
         stats = dist_fn.all_reduce(stats, group=self.group)
         c = x.shape[1]
         n = stats[-1]
-        mean = stats[:c] / n
-        var = stats[c : 2 * c] / n - mean * mean  # biased, as batch norm normalises
+        mean64 = stats[:c] / n
+        var64 = stats[c : 2 * c] / n - mean64 * mean64  # biased, as batch norm normalises
+        mean, var = mean64.to(x.dtype), var64.to(x.dtype)
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             m = self.momentum if self.momentum is not None else 0.1
             self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-            self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
+            self.running_var.mul_(1 - m).add_(var.detach() * float(n / (n - 1)), alpha=m)
         shape = (1, c, 1, 1, 1)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         return y * self.weight.view(shape) + self.bias.view(shape)
