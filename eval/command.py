@@ -95,6 +95,12 @@ def _size(value: str) -> tuple[int, int]:
     help="Accept missing classes/videos and other counts (recorded in results).",
 )
 @click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
+@click.option(
+    "--precise-bn/--no-precise-bn",
+    default=True,
+    show_default=True,
+    help="Finetune: re-estimate BatchNorm statistics on training clips before testing.",
+)
 def eval_command(runs: tuple[Path, ...], compare: bool, **options: Any) -> None:
     """Fine-tune or linearly probe a student on HMDB51 / UCF101 / a class-folder dataset.
 

@@ -47,6 +47,7 @@ class EvalConfig:
     seed: int = 0
     allow_partial: bool = False
     amp: bool = True  # only has an effect on CUDA
+    precise_bn: bool = True  # finetune: re-estimate BatchNorm statistics before testing
 
     def __post_init__(self) -> None:
         if self.init not in INITS:

@@ -162,7 +162,7 @@ def finetune(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            loss_sum += float(loss) * len(labels)
+            loss_sum += loss.item() * len(labels)
             seen += len(labels)
             done += 1
         elapsed = time.monotonic() - began
@@ -184,3 +184,38 @@ def finetune(
         if world > 1:
             dist.barrier()
     return student
+
+
+def recompute_bn_stats(
+    student: Student,
+    items: list[VideoItem],
+    protocol: ClipProtocol,
+    *,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    seed: int,
+) -> None:
+    """Re-estimate BatchNorm running statistics with the final weights ("precise BN").
+
+    Running averages collected during training mix statistics of earlier weights; after a short
+    fine-tuning they can be far off and test-time predictions collapse. One forward pass over a
+    random clip of every training video, with a cumulative average, replaces them.
+    """
+    norms = [m for m in student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the pass
+    dataset = TrainClips(items, protocol, seed=seed + 1)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    student.train().to(device)
+    with torch.no_grad():
+        for clips, _ in loader:
+            student.features(student.normalize(clips.to(device)))
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    student.eval()
+    log.info("BatchNorm statistics re-estimated on %d training clips", len(dataset))

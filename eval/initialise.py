@@ -18,6 +18,14 @@ log = logging.getLogger(__name__)
 HEAD = "action"
 
 
+def check_init_inputs(cfg: EvalConfig) -> None:
+    """Fail before any dataset work when the checkpoint or weights file cannot be used."""
+    if cfg.checkpoint is not None:
+        load_final(cfg.checkpoint)
+    if cfg.init == "inflated":
+        load_resnet18_weights(cfg.inflate_weights)
+
+
 def build_student(cfg: EvalConfig, num_classes: int) -> tuple[Student, dict[str, Any]]:
     """The student with a fresh ``action`` head, and a description of its initial weights.
 

@@ -15,8 +15,8 @@ import torch.distributed as dist
 
 from distinit.eval.config import EvalConfig
 from distinit.eval.datasets import ClipProtocol
-from distinit.eval.finetune import FinetuneSettings, finetune
-from distinit.eval.initialise import HEAD, build_student
+from distinit.eval.finetune import FinetuneSettings, finetune, recompute_bn_stats
+from distinit.eval.initialise import HEAD, build_student, check_init_inputs
 from distinit.eval.manifests import load_manifest
 from distinit.eval.metrics import score_clips
 from distinit.eval.predict import clip_outputs
@@ -61,6 +61,7 @@ def _start_distributed(device: torch.device) -> int:
 
 def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
     manifest = load_manifest(cfg.dataset)
+    check_init_inputs(cfg)
     device = _device(cfg)
     rank = _start_distributed(device)
     if dist.is_initialized() and cfg.mode == "linear":
@@ -195,6 +196,16 @@ def _finetune(
     if rank != 0:
         dist.barrier()
         return None, info
+    if cfg.precise_bn:
+        recompute_bn_stats(
+            student,
+            data.train,
+            protocol,
+            device=device,
+            batch_size=cfg.batch_size,
+            workers=cfg.workers,
+            seed=cfg.seed,
+        )
     student.eval()
     use_amp = cfg.amp and device.type == "cuda"
 
@@ -248,6 +259,11 @@ def _results(
                 cfg.seed,
                 cfg.amp,
             ).describe()
+        )
+        protocol["bn_stats"] = (
+            "re-estimated after fine-tuning: one pass over a random clip of every training video"
+            if cfg.precise_bn
+            else "running averages from training"
         )
     return {
         "dataset": dataset,
