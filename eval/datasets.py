@@ -70,7 +70,7 @@ def clip_frames(frames: np.ndarray, start: int, clip_len: int) -> np.ndarray:
     return frames[idx]
 
 
-def test_starts(n_frames: int, clip_len: int, k: int) -> np.ndarray:
+def uniform_starts(n_frames: int, clip_len: int, k: int) -> np.ndarray:
     """K uniformly spaced clip starts over the video; all 0 when it is not longer than a clip."""
     last = max(n_frames - clip_len, 0)
     return np.round(np.linspace(0, last, k)).astype(np.int64)
@@ -109,7 +109,7 @@ class TrainClips(Dataset[tuple[torch.Tensor, int]]):
         return torch.from_numpy(np.ascontiguousarray(clip)), item.label
 
 
-class TestClips(Dataset[tuple[torch.Tensor, int, int]]):
+class EvalClips(Dataset[tuple[torch.Tensor, int, int]]):
     """The K centre-cropped test clips of each video: ``(K, T, crop, crop, 3)`` uint8."""
 
     def __init__(self, items: list[VideoItem], protocol: ClipProtocol) -> None:
@@ -125,6 +125,6 @@ class TestClips(Dataset[tuple[torch.Tensor, int, int]]):
             log.debug("%s: %d frames < clip_len %d, looped", item.rel, len(frames), p.clip_len)
         clips = [
             centre_crop(clip_frames(frames, int(s), p.clip_len), p.crop)
-            for s in test_starts(len(frames), p.clip_len, p.clips_per_video)
+            for s in uniform_starts(len(frames), p.clip_len, p.clips_per_video)
         ]
         return torch.from_numpy(np.stack(clips)), item.label, index

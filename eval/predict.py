@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DataLoader
 
-from distinit.eval.datasets import ClipProtocol, TestClips
+from distinit.eval.datasets import ClipProtocol, EvalClips
 from distinit.eval.splits import VideoItem
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def clip_outputs(
 ) -> torch.Tensor:
     """``fn`` maps uint8 clips (B, T, H, W, 3) to (B, X); returns (V, K, X) float32 on the CPU."""
     loader = DataLoader(
-        TestClips(items, protocol),
+        EvalClips(items, protocol),
         batch_size=videos_per_batch,
         shuffle=False,
         num_workers=workers,

@@ -1,0 +1,94 @@
+"""Metrics by hand, clip sampling rules, config validation, reports and --compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distinit.eval.config import EvalConfig
+from distinit.eval.datasets import clip_frames, uniform_starts
+from distinit.eval.metrics import score_clips, topk_accuracy
+from distinit.eval.report import compare_table, load_results
+from distinit.pipeline.errors import ConfigError, DatasetError
+
+
+def test_topk_by_hand() -> None:
+    scores = torch.tensor([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])
+    labels = torch.tensor([2, 0, 0])
+    assert topk_accuracy(scores, labels, 1) == pytest.approx(1 / 3)
+    assert topk_accuracy(scores, labels, 2) == pytest.approx(2 / 3)
+    assert topk_accuracy(scores, labels, 5) == 1.0  # k capped at the number of classes
+
+
+def test_video_score_averages_softmax_over_clips() -> None:
+    # Video 0: one confident wrong clip, two mildly right clips -> softmax mean picks class 0.
+    logits = torch.tensor(
+        [
+            [[0.0, 3.0], [1.0, 0.0], [1.0, 0.0]],
+            [[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]],
+        ]
+    )
+    labels = torch.tensor([0, 1])
+    scores = score_clips(logits, labels)
+    assert scores.clip_top1 == pytest.approx(5 / 6)
+    probs = logits.softmax(2).mean(1)
+    expected = float((probs.argmax(1) == labels).float().mean())
+    assert scores.video_top1 == pytest.approx(expected)
+    assert scores.num_test_videos == 2 and scores.num_test_clips == 6
+    assert scores.confusion.sum() == 2
+
+
+def test_clip_rules() -> None:
+    frames = np.arange(5)[:, None, None, None] * np.ones((1, 2, 2, 3), dtype=np.uint8)
+    looped = clip_frames(frames, 0, 8)  # short video: loop
+    assert [int(f[0, 0, 0]) for f in looped] == [0, 1, 2, 3, 4, 0, 1, 2]
+    assert uniform_starts(100, 16, 3).tolist() == [0, 42, 84]
+    assert uniform_starts(10, 16, 3).tolist() == [0, 0, 0]
+
+
+def test_config_validation(tmp_path: Path) -> None:
+    base = {"dataset": "hmdb51", "root": tmp_path, "out": tmp_path / "o"}
+    with pytest.raises(ConfigError, match="either --checkpoint"):
+        EvalConfig(**base, init="checkpoint")
+    with pytest.raises(ConfigError, match="ResNet-18 layers"):
+        EvalConfig(**base, init="inflated", student="s3d")
+    with pytest.raises(ConfigError, match="--crop"):
+        EvalConfig(**base, init="scratch", crop=200)
+    cfg = EvalConfig(**base, init="scratch", split="all", mode="linear")
+    assert cfg.splits == [1, 2, 3] and cfg.effective_epochs == 300
+
+
+def _fake(out: Path, init: str, top1: float, clip_len: int = 16) -> Path:
+    out.mkdir()
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "dataset": "hmdb51", "init": init, "mode": "finetune", "student": "r3d_18",
+                "clip_top1": top1, "clip_top5": 0.9, "video_top1": top1 + 0.05,
+                "video_top5": 0.95, "per_split": [{"split": 1}],
+                "protocol": {"clip_len": clip_len, "clips_per_video": 10},
+                "allow_partial": False,
+            }
+        )
+    )  # fmt: skip
+    return out
+
+
+def test_compare_table(tmp_path: Path) -> None:
+    runs = [
+        _fake(tmp_path / "scratch", "scratch", 0.254),
+        _fake(tmp_path / "inflated", "inflated", 0.358),
+        _fake(tmp_path / "distinit", "checkpoint", 0.40),
+    ]
+    table = compare_table(runs)
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert [r.split("|")[4].strip() for r in rows] == ["scratch", "inflated", "checkpoint"]
+    assert "25.4" in rows[0] and "40.0" in rows[2] and "Note" not in table
+    odd = _fake(tmp_path / "odd", "scratch", 0.3, clip_len=8)
+    assert "protocol clip_len differs" in compare_table([*runs, odd])
+    with pytest.raises(DatasetError, match="no results.json"):
+        load_results(tmp_path / "missing")
