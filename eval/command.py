@@ -125,6 +125,8 @@ def eval_command(runs: tuple[Path, ...], compare: bool, **options: Any) -> None:
     from distinit.eval.runner import run
 
     results = run(cfg, click.echo)
+    if not results:
+        return  # a torchrun rank other than 0: rank 0 reports
     click.echo(f"results: {cfg.out / 'results.json'}")
     click.echo(
         f"{results['dataset']} {results['init']} {results['mode']}: "

@@ -152,7 +152,8 @@ def finetune(
         model.train()
         loss_sum, seen = 0.0, 0
         for clips, labels in loader:  # clips: (B, T, H, W, 3) uint8
-            x = student.normalize(clips.to(device, non_blocking=True))  # (B, 3, T, H, W)
+            # contiguous: the permuted layout would give DDP gradients of mismatched strides
+            x = student.normalize(clips.to(device, non_blocking=True)).contiguous()  # (B,3,T,H,W)
             labels = labels.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 loss = nn.functional.cross_entropy(model(x)[HEAD], labels)

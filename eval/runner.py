@@ -64,6 +64,8 @@ def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
     check_init_inputs(cfg)
     device = _device(cfg)
     rank = _start_distributed(device)
+    if rank != 0:
+        echo = _silent  # one report per run, from rank 0
     if dist.is_initialized() and cfg.mode == "linear":
         raise ConfigError("--mode linear runs in one process; start it without torchrun")
     protocol = ClipProtocol(cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop)
@@ -116,11 +118,17 @@ def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
             f"video top-1 {100 * row['video_top1']:.1f}%  video top-5 "
             f"{100 * row['video_top5']:.1f}%"
         )
+    if dist.is_initialized():
+        dist.destroy_process_group()
     if rank != 0:
         return {}
     results = _results(cfg, manifest.name, manifest.source, init_info, per_split, notes, classes)
     write_results(cfg.out, results)
     return results
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 def _linear(

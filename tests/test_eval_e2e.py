@@ -161,3 +161,21 @@ def test_cli_errors_are_one_line(
         errors = [line for line in err.splitlines() if line.startswith("Error")]
         assert len(errors) == 1 and expected in errors[0], err
         assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_finetune_under_torchrun_two_cpu_ranks(data: dict[str, Path], tmp_path: Path) -> None:
+    """DDP on CPU (gloo): both ranks train, rank 0 alone evaluates and writes the results."""
+    import subprocess
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "distinit.pipeline.cli", "eval", "--dataset", str(data["manifest"])]
+    cmd += ["--root", str(data["root"]), "--splits", str(data["root"] / "splits")]
+    cmd += ["--init", "scratch", "--student", STUDENT, "--epochs", "3", "--lr", "0.005"]
+    cmd += ["--out", str(out), *TINY]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("epoch 3/3") == 1  # one report, from rank 0
+    results = _check_results(out, "scratch", "finetune")
+    assert results["video_top1"] > CHANCE + 0.3
