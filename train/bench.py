@@ -1,0 +1,160 @@
+"""Does decoding starve training? Loader throughput vs train step rate, real vs synthetic clips.
+
+``python -m distinit.train.bench --targets SHARDS`` (a benchmark, not a test) prints:
+
+* clips/s of the real clip loader in the main process (= one worker's rate) and with
+  ``--workers`` worker processes (and that total divided by the workers);
+* train steps/s of the student fed by the real loader, and fed by synthetic clips already in
+  device memory (the ceiling), and their ratio: well below 1 means add workers or CPUs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from distinit.train.config import TrainConfig, parse_size
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--targets", required=True, type=click.Path(file_okay=False), help="Shard dir.")
+@click.option(
+    "--videos",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Videos dir. Default: recorded by extract.",
+)
+@click.option("--student", default="r2plus1d_18", show_default=True, help="Student network.")
+@click.option("--clip-len", type=int, default=16, show_default=True, help="Frames per clip.")
+@click.option(
+    "--resize", default="171x128", show_default=True, help="Frame size WIDTHxHEIGHT, pixels."
+)
+@click.option("--crop", type=int, default=112, show_default=True, help="Crop side, pixels.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Clips per step.")
+@click.option("--workers", type=int, default=4, show_default=True, help="Loader worker processes.")
+@click.option(
+    "--clips", type=int, default=32, show_default=True, help="Clips timed per loader measurement."
+)
+@click.option(
+    "--steps",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Train steps timed (after 2 warm-up steps).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="float16 autocast on CUDA.")
+def bench_train(
+    targets: str,
+    videos: str | None,
+    student: str,
+    clip_len: int,
+    resize: str,
+    crop: int,
+    batch_size: int,
+    workers: int,
+    clips: int,
+    steps: int,
+    device: str,
+    amp: bool,
+) -> None:
+    """Benchmark the training data path of `distinit train`."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from distinit.train.clips import ClipDataset, StepSampler, worker_init
+    from distinit.train.distributed import pick_device
+    from distinit.train.loop import build_optimizer, clip_spec, open_targets
+    from distinit.train.loss import distillation_loss
+    from distinit.train.students import Student
+
+    cfg = TrainConfig(
+        targets=targets, out="-", videos=videos, student=student, clip_len=clip_len,
+        resize=parse_size(resize), crop=crop, batch_size=batch_size, workers=workers,
+        device=device, amp=amp,
+    )  # fmt: skip
+    dev = pick_device(cfg.device, 0)
+    shards, videos_root = open_targets(cfg)
+    dataset = ClipDataset(shards, videos_root, clip_spec(cfg), seed=0, global_batch=batch_size)
+
+    def loader(n_workers: int, steps_needed: int) -> DataLoader[dict[str, Any]]:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=StepSampler(0, steps_needed, batch_size, 0, 1),
+            num_workers=n_workers,
+            worker_init_fn=worker_init,
+            pin_memory=dev.type == "cuda",
+        )
+
+    def loader_rate(n_workers: int) -> float:
+        it = iter(loader(n_workers, max(1, clips // batch_size) + 1))
+        next(it)  # start-up (worker spawn, first decode) is not throughput
+        t0 = time.perf_counter()
+        n = sum(len(b["clip"]) for b in it)
+        return n / (time.perf_counter() - t0)
+
+    one = loader_rate(0)
+    click.echo(f"loader, main process: {one:.2f} clips/s (one worker's rate)")
+    if workers > 0:
+        many = loader_rate(workers)
+        click.echo(
+            f"loader, {workers} workers: {many:.2f} clips/s ({many / workers:.2f} per worker)"
+        )
+
+    heads = {t.name: t.num_classes for t in shards.teachers}
+    weights = {t: cfg.weight_of(t) for t in heads}
+    torch.manual_seed(0)
+    net = Student(student, heads).to(dev).train()
+    optimizer = build_optimizer(cfg, net)
+    use_amp = amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    def step(batch: dict[str, Any]) -> None:
+        x = batch["clip"].to(dev, non_blocking=True)  # (B, T, H, W, 3) uint8
+        targets_ = {k: v.to(dev, non_blocking=True) for k, v in batch["targets"].items()}
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
+            out = net(net.normalize(x))
+        loss, _ = distillation_loss(out, targets_, cfg.temperature, weights)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def step_rate(batches: Iterator[dict[str, Any]]) -> float:
+        for _ in range(2):
+            step(next(batches))
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(next(batches))
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return steps / (time.perf_counter() - t0)
+
+    real = step_rate(iter(loader(workers, steps + 2)))
+    synthetic_batch = {
+        "clip": torch.randint(0, 256, (batch_size, clip_len, crop, crop, 3), dtype=torch.uint8),
+        "targets": {t: torch.softmax(torch.randn(batch_size, c), dim=1) for t, c in heads.items()},
+    }
+    synthetic_batch["clip"] = synthetic_batch["clip"].to(dev)
+
+    def forever() -> Iterator[dict[str, Any]]:
+        while True:
+            yield synthetic_batch
+
+    synthetic = step_rate(forever())
+    click.echo(
+        f"train {student} on {dev}{' (amp)' if use_amp else ''}, batch {batch_size} x "
+        f"{clip_len}x{crop}x{crop}: real loader {real:.3f} steps/s "
+        f"({real * batch_size:.2f} clips/s), synthetic in-memory {synthetic:.3f} steps/s "
+        f"({synthetic * batch_size:.2f} clips/s); real/synthetic = {real / synthetic:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    bench_train()
