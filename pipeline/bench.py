@@ -1,0 +1,52 @@
+"""``distinit bench``: throughput figures of each stage, printed with the machine they came from."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+
+import click
+
+BENCHES = {
+    "extract": ("distinit.extract.bench:bench_extract", "Stage one: decode, teacher, end to end."),
+    "train": ("distinit.train.bench:bench_train", "Stage two: data loader vs synthetic clips."),
+}
+
+
+def machine_description() -> str:
+    """One line naming the machine, so figures are never read without their context."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} intra-op threads"
+    )
+
+
+class _LazyBenches(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(BENCHES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in BENCHES:
+            return None
+        module_name, attr = BENCHES[cmd_name][0].split(":")
+        return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, line) for name, (_, line) in BENCHES.items()])
+
+
+@click.group(cls=_LazyBenches)
+def bench() -> None:
+    """Measure throughput on this machine (figures, not pass/fail tests)."""
