@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import hashlib
+import os
 from pathlib import Path
 
 from distinit.pipeline.video import VIDEO_EXTENSIONS
