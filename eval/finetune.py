@@ -117,7 +117,7 @@ def finetune(
         return student
 
     dataset = TrainClips(items, protocol, seed=settings.seed)
-    sampler = (
+    sampler: DistributedSampler[int] | None = (
         DistributedSampler(dataset, num_replicas=world, rank=rank, seed=settings.seed)
         if world > 1
         else None

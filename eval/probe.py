@@ -109,6 +109,9 @@ def train_linear(
 
 
 class _Standardise(nn.Module):
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", mean)

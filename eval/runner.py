@@ -89,6 +89,7 @@ def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
             f"split {split}: {len(data.classes)} classes, {len(data.train)} train / "
             f"{len(data.test)} test videos"
         )
+        logits: torch.Tensor | None
         if cfg.mode == "linear":
             logits, init_info = _linear(cfg, data, protocol, device, videos_per_batch, echo)
         else:

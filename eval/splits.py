@@ -165,7 +165,7 @@ def _tagged(
                 train.append((cls, rel))
             elif role == "test":
                 test.append((cls, rel))
-    return classes, *_dedup(train, test, root, split)
+    return classes, *_dedup(train, test, split)
 
 
 def _class_index(manifest: Manifest, split_root: Path) -> list[str]:
@@ -238,7 +238,7 @@ def _lists(
     )
     if train is None or test is None:
         raise DatasetError(f"{manifest.name} split {split}: {'; '.join(problems.items)}")
-    return classes, *_dedup(train, test, root, split)
+    return classes, *_dedup(train, test, split)
 
 
 def _folder(
@@ -264,7 +264,7 @@ def _folder(
         )
         if train is None or test is None:
             raise DatasetError(f"{manifest.name} split {split}: {'; '.join(problems.items)}")
-        return classes, *_dedup(train, test, root, split)
+        return classes, *_dedup(train, test, split)
     train, test = [], []
     for cls in classes:
         videos = sorted(
@@ -282,7 +282,7 @@ def _folder(
     return classes, train, test
 
 
-def _dedup(train: _Pairs, test: _Pairs, root: Path, split: int) -> tuple[_Pairs, _Pairs]:
+def _dedup(train: _Pairs, test: _Pairs, split: int) -> tuple[_Pairs, _Pairs]:
     seen: dict[str, str] = {}
     for role, pairs in (("train", train), ("test", test)):
         for cls, rel in pairs:
@@ -295,7 +295,8 @@ def _dedup(train: _Pairs, test: _Pairs, root: Path, split: int) -> tuple[_Pairs,
 
 
 def _drop_missing(pairs: _Pairs, root: Path, problems: _Problems) -> _Pairs:
-    kept, missing = [], []
+    kept: _Pairs = []
+    missing: _Pairs = []
     for cls, rel in pairs:
         (kept if (root / rel).is_file() else missing).append((cls, rel))
     if missing:
