@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from distinit.pipeline.errors import ConfigError
@@ -59,3 +62,13 @@ def test_option_parsers() -> None:
             parse_teacher_weight(bad)
     with pytest.raises(ConfigError):
         parse_size("171*128")
+
+
+def test_command_module_is_light_and_train_never_imports_extract() -> None:
+    code = (
+        "import sys, distinit.train.command; assert 'torch' not in sys.modules, 'torch'; "
+        "import distinit.train.loop, distinit.train.bench; "
+        "assert not [m for m in sys.modules if m.startswith('distinit.extract')], 'extract'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

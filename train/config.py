@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from distinit.pipeline.errors import ConfigError, UnknownNameError
-from distinit.train.students import student_spec
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
@@ -60,6 +59,9 @@ class TrainConfig:
     stop_after: int | None = None  # exit (resumable) after this many steps; for time-limited jobs
 
     def __post_init__(self) -> None:
+        # Imported here: the registry pulls in torch, and `distinit train --help` should not.
+        from distinit.train.students import student_spec
+
         try:
             spec = student_spec(self.student)
         except UnknownNameError as exc:
