@@ -105,6 +105,8 @@ class GlooBatchNorm(nn.BatchNorm3d):
         mean64 = stats[:c] / n
         var64 = stats[c : 2 * c] / n - mean64 * mean64  # biased, as batch norm normalises
         mean, var = mean64.to(x.dtype), var64.to(x.dtype)
+        assert self.running_mean is not None and self.running_var is not None
+        assert self.num_batches_tracked is not None  # built with track_running_stats=True
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             m = self.momentum if self.momentum is not None else 0.1
@@ -122,6 +124,7 @@ def sync_batchnorm(model: nn.Module, ctx: DistContext) -> nn.Module:
     if ctx.device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     group = dist.new_group(backend="gloo")
+    assert isinstance(group, dist.ProcessGroup)  # this rank is a member of the new group
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.BatchNorm3d:
