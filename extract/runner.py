@@ -197,22 +197,49 @@ class _ShardSequence:
         if self.writer is None:
             path = self.out / f"{self.prefix}{self.next_seq:05d}{SHARD_SUFFIX}"
             self.next_seq += 1
-            self.writer = ShardWriter(path, self.teachers, self.provenance)
+            with self._write_errors(path):
+                self.writer = ShardWriter(path, self.teachers, self.provenance)
         return self.writer
 
-    def video_added(self) -> None:
+    def add_video(
+        self, record: VideoRecord, times: np.ndarray, indices: np.ndarray, logits: Any
+    ) -> None:
+        writer = self.current()
+        with self._write_errors(writer.path):
+            writer.add_video(record, times, indices, logits)
+        self._rotate()
+
+    def add_failure(self, video_id: str, reason: str) -> None:
+        self.current().add_failure(video_id, reason)
+        self._rotate()
+
+    def _rotate(self) -> None:
         if self.writer is not None and len(self.writer.records) >= self.videos_per_shard:
             self.close()
 
     def close(self) -> None:
         if self.writer is not None:
-            self.written.append(self.writer.close().name)
+            with self._write_errors(self.writer.path):
+                self.written.append(self.writer.close().name)
             self.writer = None
 
     def abort(self) -> None:
         if self.writer is not None:
             self.writer.abort()
             self.writer = None
+
+    @contextmanager
+    def _write_errors(self, path: Path) -> Iterator[None]:
+        """A failed write (disk full, quota, permissions) drops only the unfinished shard."""
+        try:
+            yield
+        except OSError as exc:
+            self.abort()
+            reason = exc.strerror or str(exc).splitlines()[0]
+            raise ShardError(
+                f"{path}: write failed ({reason}); finished shards are intact, "
+                "free space and run the same command again to resume"
+            ) from exc
 
 
 @contextmanager
@@ -408,8 +435,7 @@ def _record_failure(video: _Pending, shards: _ShardSequence, summary: ExtractSum
     reason = video.failed or "unknown error"
     summary.failed += 1
     summary.failures.append((video.video_id, reason))
-    shards.current().add_failure(video.video_id, reason)
-    shards.video_added()
+    shards.add_failure(video.video_id, reason)
 
 
 def _write_video(video: _Pending, shards: _ShardSequence, summary: ExtractSummary) -> None:
@@ -429,8 +455,7 @@ def _write_video(video: _Pending, shards: _ShardSequence, summary: ExtractSummar
         height=info.height,
         fps=info.fps,
     )
-    shards.current().add_video(record, times, np.concatenate(video.indices), logits)  # type: ignore[arg-type]
+    shards.add_video(record, times, np.concatenate(video.indices), logits)
     summary.done += 1
     if video.warning:
         summary.warnings.append((video.video_id, video.warning))
-    shards.video_added()

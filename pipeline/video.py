@@ -202,11 +202,18 @@ def _read_stderr(pipe: object, state: _StderrState) -> None:
     state.pts.put(None)
 
 
-def _failure_reason(tail: Sequence[str], returncode: int | None) -> str:
+def _failure_reason(path: str, tail: Sequence[str], returncode: int | None) -> str:
     text = " | ".join(tail)
+    if "moov atom not found" in text:
+        with open(path, "rb") as fh:
+            is_mp4 = fh.read(12)[4:8] == b"ftyp"
+        return (
+            "truncated or damaged MP4 (moov atom not found)"
+            if is_mp4
+            else "not a video file (ffmpeg found no container it knows)"
+        )
     for needle, reason in (
         ("matches no streams", "no video stream"),
-        ("moov atom not found", "truncated or damaged file (moov atom not found)"),
         ("Invalid data found", "not a decodable video (invalid data)"),
         ("No such file", "file not found"),
         ("Permission denied", "permission denied"),
@@ -239,6 +246,8 @@ class VideoReader:
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise VideoDecodeError(self.path, "not a regular file")
+        if os.path.getsize(self.path) == 0:
+            raise VideoDecodeError(self.path, "empty file (0 bytes)")
         self.geometry = geometry
         self.selector = FpsSelector(fps)
         self.chunk_size = chunk_size
@@ -272,10 +281,11 @@ class VideoReader:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
+        # The process is gone, so stderr reaches EOF: let the reader thread finish first.
+        self._stderr_thread.join(timeout=5)
         for pipe in (self._proc.stdout, self._proc.stderr):
             if pipe is not None:
                 pipe.close()
-        self._stderr_thread.join(timeout=5)
 
     def _read_frame(self, into: memoryview) -> bool:
         stdout = self._proc.stdout
@@ -322,10 +332,12 @@ class VideoReader:
         returncode = self._proc.wait()
         self._stderr_thread.join(timeout=5)
         if self.frames_decoded == 0:
-            raise VideoDecodeError(self.path, _failure_reason(self._state.tail, returncode))
+            raise VideoDecodeError(
+                self.path, _failure_reason(self.path, self._state.tail, returncode)
+            )
         if returncode != 0:
             # Decoded as far as ffmpeg could: keep the frames, remember why it stopped.
-            self.warning = _failure_reason(self._state.tail, returncode)
+            self.warning = _failure_reason(self.path, self._state.tail, returncode)
             log.warning("%s: decoding stopped early: %s", self.path, self.warning)
 
 
