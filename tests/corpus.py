@@ -28,7 +28,7 @@ def make_corpus(root: Path, *, heavy: bool = True) -> dict[str, str]:
     make_index_video(root / "good one.mp4", 60)
     make_index_video(root / "sub" / "é clip.avi", 10, codec="mpeg4")
     make_lavfi_video(root / "-dash.mkv", seconds=0.2)
-    make_lavfi_video(root / "it's \"quoted\".webm", seconds=0.2, extra=("-c:v", "libvpx-vp9"))
+    make_lavfi_video(root / 'it\'s "quoted".webm', seconds=0.2, extra=("-c:v", "libvpx-vp9"))
     make_lavfi_video(root / "single.mp4", seconds=0.04)
     make_lavfi_video(root / "movie.mov", seconds=0.2)
     expected.update(dict.fromkeys(
@@ -46,7 +46,9 @@ def make_corpus(root: Path, *, heavy: bool = True) -> dict[str, str]:
     (root / "truncated.mp4").write_bytes(data[: data.rfind(b"moov") - 4])
     moov_last.unlink()
     _ffmpeg("-f", "lavfi", "-i", "sine=duration=0.3", str(root / "audio_only.mp4"))
-    expected.update(dict.fromkeys(["empty.mp4", "notes.mp4", "truncated.mp4", "audio_only.mp4"], FAILED))
+    expected.update(
+        dict.fromkeys(["empty.mp4", "notes.mp4", "truncated.mp4", "audio_only.mp4"], FAILED)
+    )
 
     avi = (root / "sub" / "é clip.avi").read_bytes()
     (root / "truncated.avi").write_bytes(avi[: len(avi) // 2])
@@ -71,8 +73,19 @@ def make_corpus(root: Path, *, heavy: bool = True) -> dict[str, str]:
     expected.update(dict.fromkeys(
         ["one_pixel.mkv", "wide_4001x3.mkv", "rotated_phone.mp4", "vfr.mp4"], OK))  # fmt: skip
     if heavy:
-        _ffmpeg("-f", "lavfi", "-i", "testsrc=size=7680x4320:rate=1:duration=1", "-c:v", "libx264",
-                "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(root / "eight_k.mp4"))  # fmt: skip
+        _ffmpeg(
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=7680x4320:rate=1:duration=1",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            str(root / "eight_k.mp4"),
+        )
         expected["eight_k.mp4"] = OK
 
     (root / "folder.mp4").mkdir()  # a directory named like a video is not a video

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,8 @@ from distinit.extract.teachers import load_teacher
 from distinit.pipeline.errors import UnknownNameError, WeightsError
 from distinit.pipeline.shards import ShardSet
 from distinit.pipeline.video import FrameGeometry, iter_video
-from tests.videogen import make_index_video, make_lavfi_video
+from tests.corpus import EITHER, make_corpus
+from tests.videogen import make_index_video
 
 STREET = {
     "mountain bike", "unicycle", "jinrikisha", "bicycle-built-for-two", "tricycle", "moped",
@@ -85,60 +85,35 @@ def test_storage_is_compact_and_close_to_fp32(real_shards: Path) -> None:
     assert summary["bytes"] / summary["frames"] < 1.5 * 1024  # int8 logits + timestamps
 
 
-def _bad_corpus(root: Path) -> dict[str, str]:
-    """Good and broken files side by side; returns {id: expected status}."""
-    root.mkdir()
-    expected = {}
-    make_index_video(root / "good one.mp4", 6)
-    make_index_video(
-        root / "sub" / "é clip.avi" if (root / "sub").mkdir() is None else root, 5, codec="mpeg4"
-    )
-    make_lavfi_video(root / "-dash.mkv", seconds=0.2)
-    make_lavfi_video(root / "single.mp4", seconds=0.04)
-    expected.update(
-        {"good one.mp4": "ok", "sub/é clip.avi": "ok", "-dash.mkv": "ok", "single.mp4": "ok"}
-    )
-    (root / "empty.mp4").write_bytes(b"")
-    (root / "notes.mp4").write_text("not a video at all\n")
-    good = (root / "good one.mp4").read_bytes()
-    (root / "truncated.mp4").write_bytes(good[: len(good) // 3])
-    subprocess.run(
-        [shutil.which("ffmpeg") or _ffmpeg(), "-nostdin", "-loglevel", "error", "-f", "lavfi",
-         "-i", "sine=duration=0.3", str(root / "audio_only.mp4")], check=True,
-    )  # fmt: skip
-    (root / "folder.mp4").mkdir()
-    (root / "loop").symlink_to(root, target_is_directory=True)
-    expected.update(
-        {n: "failed" for n in ("empty.mp4", "notes.mp4", "truncated.mp4", "audio_only.mp4")}
-    )
-    return expected
-
-
-def _ffmpeg() -> str:
-    from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
-
-    return ffmpeg_binary()
-
-
-def test_bad_input_is_recorded_and_good_videos_complete(tmp_path: Path) -> None:
-    expected = _bad_corpus(tmp_path / "videos")
+def test_bad_input_is_recorded_and_good_videos_complete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = make_corpus(tmp_path / "videos")
     out = tmp_path / "shards"
     result = distinit("extract", "--videos", str(tmp_path / "videos"), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     shards = ShardSet(out)
-    assert {r.id: r.status for r in shards.records.values()} == expected
-    for vid, status in expected.items():
+    got = {r.id: r.status for r in shards.records.values()}
+    assert set(got) == set(expected)
+    for vid, status in got.items():
+        assert expected[vid] in (status, EITHER), (vid, status, shards.records[vid].error)
         if status == "failed":
             error = shards.records[vid].error
             assert error and "\n" not in error
             assert f"failed: {vid}: " in result.stderr
     assert shards.records["single.mp4"].row_count == 1
+    assert shards.records["good one.mp4"].row_count == 60
     verify = distinit("inspect", str(out), "--verify", "3")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    with capsys.disabled():
+        kinds = len(expected) + 2  # plus the directory named like a video and the symlink loop
+        print(f"\nbad-input corpus: {kinds} kinds of input, "
+              f"{sum(s == 'ok' for s in got.values())} decoded, "
+              f"{sum(s == 'failed' for s in got.values())} recorded as failed")  # fmt: skip
     # Re-running skips everything, duplicates nothing; --strict turns failures into exit 1.
-    again = distinit("extract", "--videos", str(tmp_path / "videos"), "--out", str(out), "--strict")
-    assert "0 videos done, 0 failed, 8 skipped" in again.stdout
+    again = distinit("extract", "--videos", str(tmp_path / "videos"), "--out", str(out))
+    assert f"0 videos done, 0 failed, {len(expected)} skipped" in again.stdout
     assert again.returncode == 0
     strict = distinit(
         "extract",
@@ -151,7 +126,7 @@ def test_bad_input_is_recorded_and_good_videos_complete(tmp_path: Path) -> None:
     )
     assert strict.returncode == 1
     assert sorted(r.id for r in ShardSet(out).ok_videos()) == sorted(
-        v for v, s in expected.items() if s == "ok"
+        v for v, s in got.items() if s == "ok"
     )
 
 
@@ -216,7 +191,8 @@ def test_ranks_cover_every_video_once(tmp_path: Path) -> None:
     for rank in (0, 1):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"}
         r = subprocess.run(
-            [sys.executable, "-m", "distinit.pipeline.cli", "extract", "--videos", str(videos), "--out", str(out)],
+            [sys.executable, "-m", "distinit.pipeline.cli", "extract", "--videos", str(videos),
+             "--out", str(out)],
             capture_output=True, text=True, env=env, timeout=300,
         )  # fmt: skip
         assert r.returncode == 0, r.stderr
