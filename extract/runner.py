@@ -55,6 +55,7 @@ from distinit.pipeline.video import FrameChunk, FrameGeometry, VideoInfo, VideoR
 log = logging.getLogger(__name__)
 
 CHUNK_FRAMES = 16
+MAX_SHARD_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -214,7 +215,11 @@ class _ShardSequence:
         self._rotate()
 
     def _rotate(self) -> None:
-        if self.writer is not None and len(self.writer.records) >= self.videos_per_shard:
+        # Shards are built in memory, so they are also closed at a size bound.
+        if self.writer is not None and (
+            len(self.writer.records) >= self.videos_per_shard
+            or self.writer.nbytes >= MAX_SHARD_BYTES
+        ):
             self.close()
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """The shard contract between stage one and stage two. The only module that touches h5py.
 
-A shard directory holds complete ``*.h5`` files (each written under a temporary name and renamed
-when closed, so a crash never leaves a half-written shard under a final name) and a
+A shard directory holds complete ``*.h5`` files (each built in memory, written under a temporary
+name and renamed when closed, so a crash never leaves a half-written shard under a final name) and a
 ``manifest.json`` index regenerated from them after each run. The shard files are the truth: a
 resumed run scans them, so a run killed before writing the manifest loses nothing it finished.
 
@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,7 +113,12 @@ class ShardWriter:
             raise ValueError(f"shard path must end in {SHARD_SUFFIX}: {self.path}")
         self.tmp_path = self.path.with_name(self.path.name[: -len(SHARD_SUFFIX)] + TMP_SUFFIX)
         self.teachers = teachers
-        self._file = h5py.File(self.tmp_path, "w")
+        # The shard is built in memory and written with plain file I/O in close(): HDF5 defers
+        # chunk writes, so a full disk would otherwise surface in its destructors, where it
+        # cannot be reported (and can crash the process) instead of as an OSError we handle.
+        self._file = h5py.File(
+            f"{self.tmp_path}.{uuid.uuid4().hex}", "w", driver="core", backing_store=False
+        )
         self._file.attrs["format"] = FORMAT_NAME
         self._file.attrs["schema_version"] = SCHEMA_VERSION
         self._file.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -175,14 +181,28 @@ class ShardWriter:
                 name, data=np.array([getattr(r, name) for r in self.records], dtype=np.float64)
             )
         self._file.flush()
+        image = self._file.id.get_file_image()
         self._file.close()
-        with open(self.tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp_path, self.path)
+        try:
+            with open(self.tmp_path, "wb") as fh:
+                fh.write(image)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(self.tmp_path, self.path)
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp_path)
+            raise
         return self.path
 
+    @property
+    def nbytes(self) -> int:
+        """Approximate size of the shard so far (its logits and frame tables)."""
+        per_row = 16 + sum(t.num_classes + 8 for t in self.teachers)
+        return self.rows * per_row
+
     def abort(self) -> None:
-        """Drop the temporary file (the videos in it will be extracted again on resume)."""
+        """Drop the shard (the videos in it will be extracted again on resume)."""
         with contextlib.suppress(Exception):
             self._file.close()
         with contextlib.suppress(FileNotFoundError):

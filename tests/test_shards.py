@@ -57,7 +57,7 @@ def test_crash_before_close_leaves_no_final_file(tmp_path: Path) -> None:
     w.add_video(
         VideoRecord("v.mp4", "ok"), np.zeros(2), np.arange(2), {"t": quantize(np.zeros((2, 7)))}
     )
-    assert not (tmp_path / "s.h5").exists()  # only the .tmp exists until close()
+    assert not (tmp_path / "s.h5").exists()  # nothing under the final name before close()
     w.abort()
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ShardError, match="no shard files"):
