@@ -1,0 +1,60 @@
+"""The command line as a user meets it: help, import direction, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from distinit.pipeline.cli import COMMANDS
+
+
+def _run(*code_or_args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *code_or_args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_top_level_help_lists_commands_without_importing_torch() -> None:
+    code = (
+        "import sys\n"
+        "from distinit.pipeline.cli import cli\n"
+        "try:\n    cli.main(['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = _run("-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("False")
+    for name in COMMANDS:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("command", ["extract", "inspect", "train", "eval", "demo", "bench"])
+def test_every_command_has_help(command: str) -> None:
+    result = _run("-m", "distinit.pipeline.cli", command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+
+
+@pytest.mark.parametrize(("stage", "forbidden"), [("extract", "train"), ("train", "extract")])
+def test_stages_meet_only_in_pipeline(stage: str, forbidden: str) -> None:
+    modules = {
+        "extract": ["runner", "commands", "inspection", "bench"],
+        "train": ["loop", "command", "clips", "agreement", "bench"],
+    }[stage]
+    imports = "; ".join(f"import distinit.{stage}.{m}" for m in modules)
+    check = f"any(m.startswith('distinit.{forbidden}') for m in sys.modules)"
+    code = f"import sys; {imports}; print({check})"
+    result = _run("-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_missing_shard_directory_is_one_line() -> None:
+    result = _run(
+        "-m", "distinit.pipeline.cli", "train", "--targets", "/no/such/dir", "--out", "/tmp/x"
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "/no/such/dir" in result.stderr

@@ -1,0 +1,54 @@
+"""Checks that need a CUDA device; skipped elsewhere (see conftest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distinit.extract.inference import TeacherRunner, resolve_precision
+from distinit.extract.inspection import kl_divergence
+from distinit.extract.teachers import load_teacher
+from distinit.pipeline.video import iter_video
+
+pytestmark = pytest.mark.gpu
+
+
+def _frames(sample_clips: Path, runner: TeacherRunner, n: int = 64) -> np.ndarray:
+    chunks = iter_video(sample_clips / "bikes.mp4", runner.geometry, chunk_size=n)
+    return next(iter(chunks)).frames
+
+
+def test_cuda_teacher_matches_cpu(sample_clips: Path) -> None:
+    cpu = TeacherRunner([load_teacher("efficientnet_lite0")], torch.device("cpu"), "fp32")
+    gpu = TeacherRunner([load_teacher("efficientnet_lite0")], torch.device("cuda"), "fp32")
+    frames = _frames(sample_clips, cpu)
+    kl = kl_divergence(cpu(frames)["efficientnet_lite0"], gpu(frames)["efficientnet_lite0"])
+    assert kl.max() < 1e-3
+
+
+def test_reduced_precision_on_cuda_stays_close(sample_clips: Path) -> None:
+    precision = resolve_precision("auto", torch.device("cuda"))
+    assert precision in ("bf16", "fp16")
+    fp32 = TeacherRunner([load_teacher("efficientnet_lite0")], torch.device("cuda"), "fp32")
+    low = TeacherRunner([load_teacher("efficientnet_lite0")], torch.device("cuda"), precision)
+    frames = _frames(sample_clips, fp32)
+    kl = kl_divergence(fp32(frames)["efficientnet_lite0"], low(frames)["efficientnet_lite0"])
+    assert kl.mean() < 2e-2
+
+
+def test_amp_training_step_on_cuda() -> None:
+    from distinit.train.students import Student
+
+    net = Student("r2plus1d_18", {"t": 10}).cuda()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cuda")
+    clips = torch.randint(0, 255, (2, 8, 112, 112, 3), dtype=torch.uint8, device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        loss = net(net.normalize(clips))["t"].logsumexp(1).mean()
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert torch.isfinite(loss)
