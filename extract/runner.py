@@ -343,8 +343,11 @@ def _extract(
             return
         logits = runner(batch[:filled])
         quantised = {name: quantize(x) for name, x in logits.items()}
+        finite = np.logical_and.reduce([np.isfinite(x).all(axis=1) for x in logits.values()])
         row = 0
         for video, rows in owners:
+            if not finite[row : row + rows].all():
+                video.failed = video.failed or "the teacher produced non-finite logits"
             for name, (q, s, o) in quantised.items():
                 video.logits.setdefault(name, []).append(
                     (q[row : row + rows], s[row : row + rows], o[row : row + rows])
@@ -353,14 +356,18 @@ def _extract(
             row += rows
         owners.clear()
         filled = 0
-        for video in [p for p in pending.values() if p.rows_in_batch == 0]:
-            if video.failed is not None:
-                _record_failure(video, shards, summary)
-            elif video.decoded:
-                _write_video(video, shards, summary)
-            else:
-                continue
-            del pending[video.video_id]
+        for video in list(pending.values()):
+            settle(video)
+
+    def settle(video: _Pending) -> None:
+        """Write or record a video once it is over and none of its frames wait in the batch."""
+        if video.rows_in_batch or (video.failed is None and not video.decoded):
+            return
+        if video.failed is not None:
+            _record_failure(video, shards, summary)
+        else:
+            _write_video(video, shards, summary)
+        del pending[video.video_id]
 
     def add_chunk(video: _Pending, chunk: FrameChunk) -> None:
         nonlocal filled
@@ -401,16 +408,12 @@ def _extract(
                         native,
                         warning,
                     )
-                    if video.rows_in_batch == 0:
-                        _write_video(video, shards, summary)
-                        del pending[video_id]
+                    settle(video)
                 elif kind == "failed":
                     _, video_id, reason = item
                     video = pending.setdefault(video_id, _Pending(video_id))
                     video.failed = reason
-                    if video.rows_in_batch == 0:
-                        _record_failure(video, shards, summary)
-                        del pending[video_id]
+                    settle(video)
                 elif kind == "exit":
                     live -= 1
                     if live == 0:

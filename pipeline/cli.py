@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
+from types import FrameType
 
 import click
 
@@ -77,7 +79,13 @@ def cli(verbose: int) -> None:
     )
 
 
+def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM (Slurm preemption, `kill`) ends a run like Ctrl-C: cleanly, with resume advice.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -104,3 +104,21 @@ def test_teacher_provenance_is_stored(tmp_path: Path) -> None:
     path = _write(tmp_path / "a.h5", {"v.mp4": np.zeros((1, 7), np.float32)})
     with h5py.File(path, "r") as f:
         assert json.loads(f.attrs["teachers"])[0]["class_names"] == list("abcdefg")
+
+
+def test_non_finite_logits_are_reported(tmp_path: Path) -> None:
+    path = _write(tmp_path / "a.h5", {"v.mp4": np.zeros((3, 7), np.float32)})
+    with h5py.File(path, "a") as f:
+        f["logits/t/scale"][1] = np.nan
+    shards = ShardSet(tmp_path)
+    assert any("non-finite" in p for p in shards.verify_checksums())
+    with pytest.raises(ShardError, match="non-finite"):
+        shards.logits("v.mp4")
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path: Path) -> None:
+    path = _write(tmp_path / "a.h5", {"v.mp4": np.zeros((3, 7), np.float32)})
+    with h5py.File(path, "a") as f:
+        del f["frames/index"]
+    with pytest.raises(ShardError, match="a.h5: unreadable or damaged shard"):
+        ShardSet(tmp_path)
