@@ -14,7 +14,6 @@ padding at the clip's ends; the test checks it at the centre of a long clip.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -22,6 +21,12 @@ import torch
 from torch import nn
 
 from distinit.pipeline.errors import WeightsError
+from distinit.pipeline.weights import (
+    file_sha256,
+    load_weights_only,
+    torchvision_weights_file,
+    unwrap_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +50,8 @@ def _name_2d(name_3d: str) -> str:
     return name_3d  # downsample.{0,1}.* and BatchNorm buffers keep their names
 
 
-def _unwrap(payload: object, source: str) -> dict[str, torch.Tensor]:
-    state = payload
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{source}: not a state dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+def _resnet18_state(payload: object, source: str) -> dict[str, torch.Tensor]:
+    state = unwrap_state_dict(payload, source)
     conv1 = state.get("conv1.weight")
     if conv1 is None or tuple(conv1.shape) != (64, 3, 7, 7) or "layer4.1.conv2.weight" not in state:
         raise WeightsError(f"{source}: not a 2D ResNet-18 state dict (conv1 64x3x7x7, layer4.1)")
@@ -67,27 +66,16 @@ def load_resnet18_weights(path: Path | None) -> tuple[dict[str, torch.Tensor], s
     downloaded there if the machine is online. There is no fallback to random weights.
     """
     if path is not None:
-        if not path.is_file():
-            raise WeightsError(f"{path}: no such weights file")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for bad or unsafe pickles
-            raise WeightsError(f"{path}: not a loadable weights-only file ({exc})") from exc
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        return _unwrap(payload, str(path)), f"file:{path} sha256:{digest}"
+        state = _resnet18_state(load_weights_only(path), str(path))
+        return state, f"file:{path} sha256:{file_sha256(path)[:16]}"
     from torchvision.models import ResNet18_Weights
 
     weights = ResNet18_Weights.IMAGENET1K_V1
-    try:
-        state = weights.get_state_dict(progress=False, check_hash=True)
-    except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
-        cache = Path(torch.hub.get_dir()) / "checkpoints"
-        raise WeightsError(
-            f"torchvision ResNet-18 ImageNet weights are not in {cache} and could not be "
-            f"downloaded ({type(exc).__name__}); pass --inflate-weights PATH to a local "
-            "resnet18 state dict (e.g. resnet18-f37072fd.pth)"
-        ) from exc
-    return _unwrap(state, weights.url), f"torchvision:ResNet18_Weights.IMAGENET1K_V1 {weights.url}"
+    cached = torchvision_weights_file(
+        weights.url, "pass --inflate-weights PATH to a local resnet18 state dict"
+    )
+    state = _resnet18_state(load_weights_only(cached), str(cached))
+    return state, f"torchvision:ResNet18_Weights.IMAGENET1K_V1 {weights.url}"
 
 
 def inflate_into(backbone: nn.Module, state_2d: dict[str, torch.Tensor]) -> None:

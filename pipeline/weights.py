@@ -1,0 +1,70 @@
+"""Loading weights a user hands in, safely: never unpickling code, never random fallbacks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distinit.pipeline.errors import DistinitError, WeightsError
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_weights_only(
+    path: str | os.PathLike[str], error: type[DistinitError] = WeightsError
+) -> Any:
+    """``torch.load(..., weights_only=True)`` with one-line errors: a pickle that would run code,
+    a truncated file and plain garbage all raise ``error`` naming the file, and run nothing."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such weights file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unsafe pickles, truncated zips and garbage raise many types
+        text = str(exc).strip()
+        first = text.splitlines()[0][:160] if text else type(exc).__name__
+        raise error(f"{path}: not a safe weights-only file ({first})") from exc
+
+
+def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """Accept the usual checkpoint wrappers: ``{"state_dict": ...}``, ``{"model": ...}`` and
+    DataParallel's ``module.`` prefixes."""
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj:
+        raise WeightsError(f"{source}: not a state dict")
+    tensors = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise WeightsError(f"{source}: the state dict holds no tensors")
+    return tensors
+
+
+def torchvision_weights_file(url: str, hint: str) -> Path:
+    """torchvision's cached copy of ``url``, downloaded into the cache when the network allows.
+
+    ``hint`` tells the user what to pass instead when the machine is offline.
+    """
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if cached.is_file():
+        return cached
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(cached), progress=False)
+    except Exception as exc:  # offline: URLError, socket errors, timeouts
+        raise WeightsError(
+            f"{os.path.basename(url)} is not in torchvision's cache ({cached.parent}) and could "
+            f"not be downloaded ({type(exc).__name__}); {hint}"
+        ) from exc
+    return cached
