@@ -110,7 +110,11 @@ def _duration(seconds: float | None) -> str:
 @click.option(
     "--retry-failed", is_flag=True, help="Try again the videos an earlier run recorded as failed."
 )
-@click.option("--strict", is_flag=True, help="Exit with status 1 if any video failed.")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit with status 1 if any video failed (in this run or an earlier one).",
+)
 def extract(
     videos: str,
     out: str,
@@ -173,10 +177,15 @@ def extract(
     for video_id, reason in summary.warnings:
         click.echo(f"partly decoded: {video_id}: {reason}", err=True)
     rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
+    earlier = (
+        f", {summary.failed_earlier} of them failed earlier (--retry-failed tries again)"
+        if summary.failed_earlier
+        else ""
+    )
     click.echo(
         f"{summary.done} videos done, {summary.failed} failed, {summary.skipped} skipped "
-        f"(already in {cfg.out}); {summary.frames} frames in {summary.seconds:.1f}s "
-        f"({rate:.1f} frames/s); {summary.bytes_written / 1e6:.2f} MB written"
+        f"(already in {cfg.out}{earlier}); {summary.frames} frames in {summary.seconds:.1f}s "
+        f"({rate:.1f} frames/s); {summary.bytes_written / 1e6:.2f} MB written to {cfg.out}"
     )
     if summary.interrupted:
         click.echo(
@@ -184,7 +193,7 @@ def extract(
             err=True,
         )
         sys.exit(130)
-    if strict and summary.failed:
+    if strict and (summary.failed or summary.failed_earlier):
         sys.exit(1)
 
 

@@ -78,4 +78,5 @@ class ExtractConfig:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["teachers"] = list(self.teachers)
+        d["videos"], d["out"] = os.path.abspath(self.videos), os.path.abspath(self.out)
         return d

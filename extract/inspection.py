@@ -141,9 +141,11 @@ def verify(shards: ShardSet, n: int, seed: int = 0) -> dict[str, Any]:
 
 def format_verify(report: dict[str, Any]) -> str:
     lines = [
-        f"checked {report['frames_checked']} frames: largest logit difference "
+        "checksums: every chunk of every shard read"
+        + (" — damage found" if report["problems"] else ", all intact"),
+        f"recomputed {report['frames_checked']} frames: largest logit difference "
         f"{report['max_abs_logit_diff']:.4f}, KL max {report['max_kl']:.2e} "
-        f"mean {report['mean_kl']:.2e} (tolerance {report.get('tolerance', float('nan')):.2e})"
+        f"mean {report['mean_kl']:.2e} (tolerance {report.get('tolerance', float('nan')):.2e})",
     ]
     lines += [f"problem: {p}" for p in report["problems"]]
     lines.append("OK" if report.get("ok") else "FAILED")

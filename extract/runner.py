@@ -38,15 +38,18 @@ from distinit.extract.inference import (
 )
 from distinit.extract.lock import RankLock
 from distinit.extract.teachers import load_teacher
-from distinit.pipeline.errors import ShardError, VideoDecodeError
+from distinit.pipeline.errors import ConfigError, ShardError, VideoDecodeError
 from distinit.pipeline.ffmpeg_binary import ffmpeg_version
 from distinit.pipeline.shards import (
     SHARD_SUFFIX,
     TMP_SUFFIX,
+    ShardHeader,
     ShardWriter,
     TeacherInfo,
     VideoRecord,
+    list_shard_files,
     quantize,
+    read_shard_header,
     scan_records,
     write_manifest,
 )
@@ -84,6 +87,7 @@ class ExtractSummary:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    failed_earlier: int = 0  # skipped because an earlier run recorded them as failed
     frames: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
@@ -127,17 +131,26 @@ def run_extract(
             log.info("removing %s left by an interrupted run", stale.name)
             stale.unlink()
         all_ids = videos_for_rank(find_videos(cfg.videos), cfg.num_shards, cfg.shard_index)
+        existing = list_shard_files(out)
+        if existing:
+            _check_same_recipe(cfg, read_shard_header(existing[0]))
         previous = {r.id: r.status for r in scan_records(out)}
         todo = [
             v
             for v in all_ids
             if previous.get(v) is None or (previous[v] == "failed" and cfg.retry_failed)
         ]
-        summary = ExtractSummary(videos_total=len(all_ids), skipped=len(all_ids) - len(todo))
+        summary = ExtractSummary(
+            videos_total=len(all_ids),
+            skipped=len(all_ids) - len(todo),
+            failed_earlier=sum(previous.get(v) == "failed" for v in all_ids if v not in todo),
+        )
         if todo:
             device = resolve_device(cfg.device)
             precision = resolve_precision(cfg.precision, device)
             teachers = [load_teacher(n, cfg.teacher_weights.get(n)) for n in cfg.teachers]
+            if existing:
+                _check_same_teachers([t.info() for t in teachers], read_shard_header(existing[0]))
             runner = TeacherRunner(teachers, device, precision)
             batch_size = cfg.batch_size or default_batch_size(device)
             provenance = _provenance(cfg, runner.geometry, precision, batch_size, str(device))
@@ -150,6 +163,29 @@ def run_extract(
             summary.bytes_written = sum((out / n).stat().st_size for n in shards.written)
         write_manifest(out, cfg.to_json())
     return summary
+
+
+def _check_same_recipe(cfg: ExtractConfig, shard: ShardHeader) -> None:
+    """Shards of one directory must agree: refuse to add frames made another way."""
+    before = shard.provenance.get("config", {})
+    asked = {"teachers": list(cfg.teachers), "fps": cfg.fps}
+    had = {"teachers": [t.name for t in shard.teachers], "fps": before.get("fps")}
+    if asked != had:
+        raise ConfigError(
+            f"{cfg.out} holds shards made with --teacher {had['teachers']} --fps {had['fps']}; "
+            f"this run asks for --teacher {asked['teachers']} --fps {asked['fps']}. "
+            "Use a new --out (the shards of one directory must agree)"
+        )
+
+
+def _check_same_teachers(teachers: list[TeacherInfo], shard: ShardHeader) -> None:
+    for new, old in zip(teachers, shard.teachers, strict=True):
+        if new.to_json() != old.to_json():
+            raise ConfigError(
+                f"{shard.path.parent}: teacher {new.name} now has other weights or preprocessing "
+                f"(sha256 {new.weights_sha256[:12]} vs {old.weights_sha256[:12]} in "
+                f"{shard.path.name}); use a new --out"
+            )
 
 
 def _provenance(

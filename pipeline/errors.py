@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 
 class DistinitError(Exception):
     """Base of every error distinit raises on purpose (bad input, bad config, bad files)."""
@@ -15,8 +17,10 @@ class UnknownNameError(DistinitError):
     """A registry was asked for a name it does not know."""
 
     def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
         shown = ", ".join(sorted(known)[:40]) + (", ..." if len(known) > 40 else "")
-        super().__init__(f"unknown {kind} {name!r}; known: {shown}")
+        super().__init__(f"unknown {kind} {name!r}{hint} Known: {shown}")
         self.kind, self.name, self.known = kind, name, known
 
 

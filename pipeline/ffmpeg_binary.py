@@ -41,12 +41,12 @@ def ffmpeg_binary() -> str:
 
 @functools.lru_cache(maxsize=1)
 def ffmpeg_version() -> str:
-    """The first line of ``ffmpeg -version`` (recorded in shard provenance)."""
+    """``ffmpeg version X`` from ``ffmpeg -version`` (recorded in shard provenance)."""
     out = subprocess.run(
         [ffmpeg_binary(), "-hide_banner", "-version"],
         capture_output=True,
         text=True,
         check=False,
     )
-    first = out.stdout.splitlines()[0] if out.stdout else "unknown"
-    return first.strip()
+    first = out.stdout.splitlines()[0] if out.stdout else "ffmpeg version unknown"
+    return first.split(" Copyright")[0].strip()

@@ -224,14 +224,16 @@ def _append(dataset: h5py.Dataset, values: np.ndarray) -> None:
 
 
 @dataclass
-class _OpenShard:
+class ShardHeader:
+    """A shard's attributes and video table, without its frames."""
+
     path: Path
     records: list[VideoRecord]
     teachers: list[TeacherInfo]
     provenance: dict[str, Any]
 
 
-def read_shard_header(path: str | os.PathLike[str]) -> _OpenShard:
+def read_shard_header(path: str | os.PathLike[str]) -> ShardHeader:
     """Read and validate one shard's attributes and video table."""
     path = Path(path)
     try:
@@ -250,7 +252,7 @@ def read_shard_header(path: str | os.PathLike[str]) -> _OpenShard:
             _check_shapes(f, path, teachers, records)
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
         raise ShardError(f"{path}: unreadable or damaged shard ({exc})") from exc
-    return _OpenShard(path, records, teachers, provenance)
+    return ShardHeader(path, records, teachers, provenance)
 
 
 def _read_records(f: h5py.File, path: Path) -> list[VideoRecord]:

@@ -26,6 +26,6 @@ def test_demo_runs_every_step_and_writes_its_pictures(tmp_path: Path) -> None:
         assert step in text
     assert "c.mp4  (held out)" in text
     assert "held-out video" in text and "untrained" in text
-    for picture in (out / "timeline_c.png", out / "run" / "loss.png"):
+    for picture in (out / "quick" / "timeline_c.png", out / "quick" / "run" / "loss.png"):
         assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "run" / "final.pt").is_file()
+    assert (out / "quick" / "run" / "final.pt").is_file()
