@@ -22,13 +22,17 @@ def _size(value: str) -> tuple[int, int]:
 @click.command("eval")
 @click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--compare", is_flag=True, help="Print one table of the eval outputs RUNS.")
-@click.option("--dataset", help="hmdb51, ucf101, folder, or the path of a manifest .json.")
-@click.option("--root", type=click.Path(path_type=Path), help="Dataset root (class folders).")
+@click.option(
+    "--dataset", help="hmdb51, ucf101, folder, or the path of a manifest .json. [required]"
+)
+@click.option(
+    "--root", type=click.Path(path_type=Path), help="Dataset root (class folders). [required]"
+)
 @click.option(
     "--splits",
     "splits_dir",
     type=click.Path(path_type=Path),
-    help="Folder of the split files (default: the root).",
+    help="Folder of the split files [default: --root].",
 )
 @click.option(
     "--split",
@@ -37,7 +41,11 @@ def _size(value: str) -> tuple[int, int]:
     show_default=True,
     help="Split to run; 'all' runs 1, 2, 3 and reports the mean.",
 )
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Output folder (results.json, results.md, confusion PNGs). [required]",
+)
 @click.option(
     "--checkpoint",
     type=click.Path(path_type=Path),
@@ -47,7 +55,8 @@ def _size(value: str) -> tuple[int, int]:
     "--init",
     type=click.Choice(INITS),
     default=None,
-    help="scratch or inflated (ImageNet ResNet-18 inflated) baselines.",
+    help="Baseline initialisation: scratch, or inflated (ImageNet ResNet-18, I3D-style) "
+    "[default: checkpoint when --checkpoint is given].",
 )
 @click.option(
     "--student",
@@ -60,23 +69,38 @@ def _size(value: str) -> tuple[int, int]:
     type=click.Path(path_type=Path),
     help="Local 2D ResNet-18 state dict for --init inflated.",
 )
-@click.option("--mode", type=click.Choice(MODES), default="finetune", show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="finetune",
+    show_default=True,
+    help="finetune: all layers and a new head; linear: frozen backbone, linear classifier.",
+)
 @click.option(
     "--epochs",
     type=int,
     default=None,
-    help=f"Default {DEFAULTS['finetune']['epochs']} (finetune), "
-    f"{DEFAULTS['linear']['epochs']} full-batch steps (linear).",
+    help=f"Epochs of fine-tuning, or full-batch optimizer steps of the linear probe "
+    f"[default: {DEFAULTS['finetune']['epochs']} finetune, {DEFAULTS['linear']['epochs']} linear].",
 )
 @click.option(
     "--lr",
     type=float,
     default=None,
-    help=f"Default {DEFAULTS['finetune']['lr']} (finetune), {DEFAULTS['linear']['lr']} (linear).",
+    help=f"Peak learning rate [default: {DEFAULTS['finetune']['lr']} finetune, "
+    f"{DEFAULTS['linear']['lr']} linear].",
 )
-@click.option("--weight-decay", type=float, default=None)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--clip-len", type=int, default=16, show_default=True)
+@click.option(
+    "--weight-decay",
+    type=float,
+    default=None,
+    help=f"L2 weight decay [default: {DEFAULTS['finetune']['weight_decay']} finetune, "
+    f"{DEFAULTS['linear']['weight_decay']} linear].",
+)
+@click.option(
+    "--batch-size", type=int, default=32, show_default=True, help="Clips per step (global)."
+)
+@click.option("--clip-len", type=int, default=16, show_default=True, help="Frames per clip.")
 @click.option(
     "--clips-per-video",
     type=int,
@@ -84,11 +108,15 @@ def _size(value: str) -> tuple[int, int]:
     show_default=True,
     help="K uniformly spaced test clips per video.",
 )
-@click.option("--resize", default="171x128", show_default=True, help="Frames are resized to WxH.")
-@click.option("--crop", type=int, default=112, show_default=True)
+@click.option(
+    "--resize", default="171x128", show_default=True, help="Frames are resized to WxH pixels."
+)
+@click.option("--crop", type=int, default=112, show_default=True, help="Square crop side, pixels.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--workers", type=int, default=4, show_default=True, help="Decoding processes.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seeds the head and clip sampling."
+)
 @click.option(
     "--allow-partial",
     is_flag=True,

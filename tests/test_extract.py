@@ -288,3 +288,11 @@ def test_two_teachers_share_one_decode(tmp_path: Path) -> None:
     assert shards.teacher_names == ["efficientnet_lite0", "resnet18"]
     logits = shards.logits("v.mp4")
     assert logits["efficientnet_lite0"].shape == logits["resnet18"].shape == (5, 1000)
+
+
+def test_changed_recipe_into_same_directory_is_refused(
+    real_shards: Path, sample_clips: Path
+) -> None:
+    r = distinit("extract", "--videos", str(sample_clips), "--out", str(real_shards), "--fps", "5")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "Use a new --out" in r.stderr
