@@ -4,9 +4,12 @@ motion, flips), the input routing, the config, and a tiny `distinit train --moda
 from __future__ import annotations
 
 import math
+import os
 import subprocess
+import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -17,7 +20,13 @@ from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
 from distinit.pipeline.shards import ShardSet
 from distinit.train import loop
 from distinit.train.checkpoint import load_final
-from distinit.train.clips import ClipDataset, ClipSpec, clip_input, input_channels
+from distinit.train.clips import (
+    ClipDataset,
+    ClipSpec,
+    clip_input,
+    input_channels,
+    prepare_workers,
+)
 from distinit.train.command import train
 from distinit.train.config import TrainConfig
 from distinit.train.flow import FLOW_CHANNELS, FLOW_CLIP, clip_to_flow, moving_texture
@@ -190,3 +199,46 @@ def test_cli_flow_run_writes_a_flow_checkpoint_and_refuses_an_rgb_resume(tmp_pat
     )  # fmt: skip
     with pytest.raises(CheckpointError, match="modality: 'flow' -> 'rgb'"):
         loop.run(rgb)
+
+
+_FORKED_WORKER_RUN = """
+import sys
+import cv2
+from distinit.train import loop
+from distinit.train.config import TrainConfig
+from distinit.train.flow import clip_to_flow, moving_texture
+
+cv2.setNumThreads(2)  # the parent has used OpenCV's thread pool before the workers fork
+clip_to_flow(moving_texture(4, (64, 64), (2, -1)))
+cfg = TrainConfig(
+    targets=sys.argv[1], out=sys.argv[2], modality="flow", student="mc3_18", clip_len=4,
+    resize=(40, 32), crop=32, batch_size=1, workers=1, max_steps=1, device="cpu",
+)
+loop.run(cfg)
+print("finished")
+"""
+
+
+def test_flow_workers_do_not_hang_after_the_parent_used_opencv_threads(tmp_path: Path) -> None:
+    # OpenCV's thread pool does not survive fork: a worker resizing it hangs for good. In a
+    # subprocess with a timeout, so a regression fails here instead of hanging the suite.
+    _, shards = index_dataset(tmp_path / "data")
+    argv = [sys.executable, "-c", _FORKED_WORKER_RUN, str(shards), str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a flow DataLoader worker hung (OpenCV threads set in a forked worker?)")
+    assert proc.returncode == 0 and "finished" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_prepare_workers_gives_forked_workers_one_opencv_thread() -> None:
+    previous = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(2)
+        prepare_workers(0)  # no workers: the main process computes flow, threads untouched
+        assert cv2.getNumThreads() == 2
+        prepare_workers(2)
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(previous)

@@ -2,14 +2,18 @@
 
 ``python -m distinit.train.bench --targets SHARDS`` (a benchmark, not a test) prints:
 
-* clips/s of the real clip loader in the main process (= one worker's rate) and with
-  ``--workers`` worker processes (and that total divided by the workers);
+* clips/s of the real clip loader in the main process (= one worker's rate), for RGB and for
+  flow clips, and the cost of flow per clip beside RGB: the loader's extra seconds per clip, and
+  DIS alone on a moving texture of the same size (:func:`~distinit.train.flow.flow_cost_per_clip`);
+* clips/s with ``--workers`` worker processes (and that total divided by the workers), in
+  ``--modality``;
 * train steps/s of the student fed by the real loader, and fed by synthetic clips already in
   device memory (the ceiling), and their ratio: well below 1 means add workers or CPUs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +32,14 @@ from distinit.train.config import TrainConfig, parse_size
     help="Videos dir. Default: recorded by extract.",
 )
 @click.option("--student", default="r2plus1d_18", show_default=True, help="Student network.")
+@click.option(
+    "--modality",
+    type=click.Choice(["rgb", "flow"]),
+    default="rgb",
+    show_default=True,
+    help="Student input for the worker and train-step measurements (the main-process loader "
+    "is measured in both).",
+)
 @click.option("--clip-len", type=int, default=16, show_default=True, help="Frames per clip.")
 @click.option(
     "--resize", default="171x128", show_default=True, help="Frame size WIDTHxHEIGHT, pixels."
@@ -51,6 +63,7 @@ def bench_train(
     targets: str,
     videos: str | None,
     student: str,
+    modality: str,
     clip_len: int,
     resize: str,
     crop: int,
@@ -65,24 +78,44 @@ def bench_train(
     import torch
     from torch.utils.data import DataLoader
 
-    from distinit.train.clips import ClipDataset, StepSampler, worker_init
+    from distinit.train.clips import (
+        ClipDataset,
+        StepSampler,
+        input_channels,
+        prepare_workers,
+        worker_init,
+    )
     from distinit.train.distributed import pick_device
+    from distinit.train.flow import flow_cost_per_clip, set_flow_threads
     from distinit.train.loop import build_optimizer, clip_spec, open_targets
     from distinit.train.loss import distillation_loss
     from distinit.train.students import Student
 
     cfg = TrainConfig(
-        targets=targets, out="-", videos=videos, student=student, clip_len=clip_len,
+        targets=targets, out="-", videos=videos, student=student, modality=modality,
+        clip_len=clip_len,
         resize=parse_size(resize), crop=crop, batch_size=batch_size, workers=workers,
         device=device, amp=amp,
     )  # fmt: skip
     dev = pick_device(cfg.device, 0)
     shards, videos_root = open_targets(cfg)
-    dataset = ClipDataset(shards, videos_root, clip_spec(cfg), seed=0, global_batch=batch_size)
+    datasets = {
+        m: ClipDataset(
+            shards,
+            videos_root,
+            clip_spec(dataclasses.replace(cfg, modality=m)),
+            seed=0,
+            global_batch=batch_size,
+        )
+        for m in ("rgb", "flow")
+    }
 
-    def loader(n_workers: int, steps_needed: int) -> DataLoader[dict[str, Any]]:
+    def loader(
+        n_workers: int, steps_needed: int, modality_: str = modality
+    ) -> DataLoader[dict[str, Any]]:
+        prepare_workers(n_workers)
         return DataLoader(
-            dataset,
+            datasets[modality_],
             batch_size=batch_size,
             sampler=StepSampler(0, steps_needed, batch_size, 0, 1),
             num_workers=n_workers,
@@ -90,31 +123,45 @@ def bench_train(
             pin_memory=dev.type == "cuda",
         )
 
-    def loader_rate(n_workers: int) -> float:
-        it = iter(loader(n_workers, max(1, clips // batch_size) + 1))
+    def loader_rate(n_workers: int, modality_: str = modality) -> float:
+        it = iter(loader(n_workers, max(1, clips // batch_size) + 1, modality_))
         next(it)  # start-up (worker spawn, first decode) is not throughput
         t0 = time.perf_counter()
         n = sum(len(b["clip"]) for b in it)
         return n / (time.perf_counter() - t0)
 
-    one = loader_rate(0)
-    click.echo(f"loader, main process: {one:.2f} clips/s (one worker's rate)")
+    # The main process measured like a worker: one OpenCV thread, which is what workers inherit
+    # (prepare_workers). Left at one: the worker loaders below need it set before they fork, and
+    # the train step runs no OpenCV.
+    set_flow_threads(1)
+    rates = {m: loader_rate(0, m) for m in ("rgb", "flow")}
+    for m, rate in rates.items():
+        click.echo(f"loader, main process, {m}: {rate:.2f} clips/s (one worker's rate)")
+    width, height = cfg.resize
+    dis_s = flow_cost_per_clip(clip_len, (height, width), threads=1)
+    click.echo(
+        f"flow cost per clip ({clip_len} frames at {width}x{height}, one thread): loader "
+        f"+{1000 * (1 / rates['flow'] - 1 / rates['rgb']):.1f} ms over RGB's "
+        f"{1000 / rates['rgb']:.1f} ms; DIS alone on a moving texture {1000 * dis_s:.1f} ms"
+    )
     if workers > 0:
         many = loader_rate(workers)
         click.echo(
-            f"loader, {workers} workers: {many:.2f} clips/s ({many / workers:.2f} per worker)"
+            f"loader, {workers} workers, {modality}: {many:.2f} clips/s "
+            f"({many / workers:.2f} per worker)"
         )
 
     heads = {t.name: t.num_classes for t in shards.teachers}
     weights = {t: cfg.weight_of(t) for t in heads}
     torch.manual_seed(0)
-    net = Student(student, heads).to(dev).train()
+    channels = input_channels(modality)
+    net = Student(student, heads, in_channels=channels).to(dev).train()
     optimizer = build_optimizer(cfg, net)
     use_amp = amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     def step(batch: dict[str, Any]) -> None:
-        x = batch["clip"].to(dev, non_blocking=True)  # (B, T, H, W, 3) uint8
+        x = batch["clip"].to(dev, non_blocking=True)  # (B, T, H, W, 3|2) uint8 rgb / float flow
         targets_ = {k: v.to(dev, non_blocking=True) for k, v in batch["targets"].items()}
         with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
             out = net(net.normalize(x))
@@ -137,7 +184,12 @@ def bench_train(
         return steps / (time.perf_counter() - t0)
 
     real = step_rate(iter(loader(workers, steps + 2)))
-    synthetic_clip = torch.randint(0, 256, (batch_size, clip_len, crop, crop, 3), dtype=torch.uint8)
+    shape = (batch_size, clip_len, crop, crop, channels)
+    synthetic_clip = (
+        torch.randint(0, 256, shape, dtype=torch.uint8)
+        if modality == "rgb"
+        else torch.rand(shape) * 2 - 1  # flow: float in [-1, 1]
+    )
     synthetic_batch: dict[str, Any] = {
         "clip": synthetic_clip.to(dev),  # already on the device: no loader, no copy
         "targets": {t: torch.softmax(torch.randn(batch_size, c), dim=1) for t, c in heads.items()},
@@ -149,7 +201,7 @@ def bench_train(
 
     synthetic = step_rate(forever())
     click.echo(
-        f"train {student} on {dev}{' (amp)' if use_amp else ''}, batch {batch_size} x "
+        f"train {modality} {student} on {dev}{' (amp)' if use_amp else ''}, batch {batch_size} x "
         f"{clip_len}x{crop}x{crop}: real loader {real:.3f} steps/s "
         f"({real * batch_size:.2f} clips/s), synthetic in-memory {synthetic:.3f} steps/s "
         f"({synthetic * batch_size:.2f} clips/s); real/synthetic = {real / synthetic:.2f}"

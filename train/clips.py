@@ -16,6 +16,11 @@ different worker count and a DDP run draw the same clips as one uninterrupted pr
 * Frames: decoded by the timestamps stage one stored for those rows (the shared selection rule),
   stretched to ``resize``, then a random ``crop`` square and a coin-flip horizontal flip when
   augmenting, the centre square otherwise.
+* Flow (``modality="flow"``, see :func:`clip_input`): computed by
+  :func:`~distinit.train.flow.clip_to_flow` on the whole resized frames of the clip, *then*
+  cropped and flipped like RGB, a flip also negating dx. Field t is the motion from clip frame t
+  to t+1, so it spans ``frame_stride`` rows; at the seam of a looped short video it is the jump
+  from the video's last sampled frame back to its first, as at a cut in real video.
 * Target per teacher: the mean over the clip's frames of ``softmax(logits / T)`` (a looped frame
   counts once per appearance), or with ``target_frames="random"`` the tempered distribution of
   one uniformly drawn frame of the clip.
@@ -38,6 +43,7 @@ from torch.utils.data import Dataset, Sampler
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.shards import ShardSet, VideoRecord
 from distinit.pipeline.video import FrameGeometry, decode_at_times
+from distinit.train.flow import FLOW_CHANNELS, clip_to_flow, set_flow_threads
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ class ClipSpec:
     temperature: float
     target_frames: str  # "mean" or "random"
     augment: bool = True
+    modality: str = "rgb"  # "rgb" or "flow": what clip_input makes of the decoded frames
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,47 @@ def plan_clip(
     rows = window_rows(rows_available, spec.clip_len, spec.frame_stride, start)
     target_frame = int(rng.integers(0, spec.clip_len))
     return ClipPlan(video, tuple(int(r) for r in rows), crop_x, crop_y, flip, target_frame)
+
+
+def input_channels(modality: str) -> int:
+    """Channels of the student's input for ``modality`` (its first convolution's in_channels)."""
+    if modality == "rgb":
+        return 3
+    if modality == "flow":
+        return FLOW_CHANNELS
+    raise ValueError(f"modality must be rgb or flow, got {modality!r}")
+
+
+def clip_input(
+    frames: np.ndarray, modality: str, crop_x: int, crop_y: int, crop: int, flip: bool
+) -> np.ndarray:
+    """What the student sees of a clip: the one path from decoded frames to a clip array.
+
+    ``frames`` is ``(T, H, W, 3)`` uint8 at the resize resolution (the whole frame, uncropped).
+    Returns the ``crop`` square at ``(crop_x, crop_y)``, mirrored left-right when ``flip``:
+
+    * ``"rgb"``: ``(T, crop, crop, 3)`` uint8, as decoded (the student normalises it).
+    * ``"flow"``: ``(T, crop, crop, 2)`` float32 (dx, dy) in [-1, 1], already the student's input.
+
+    Flow is computed on the whole resized frames and cropped afterwards, not on the crop: a
+    pixel's flow then does not depend on where the crop fell (the crop's edges keep the context
+    DIS needs, so train's random crops and eval's centre crop see the same field there), at
+    ~1.7x the DIS pixels of a 112 crop of 171x128 frames. A flip mirrors the field and negates
+    dx, exactly what the flow of the mirrored frames is, without relying on DIS being mirror-
+    symmetric (it is not, to the last bit).
+    """
+    if modality == "flow":
+        x: np.ndarray = clip_to_flow(frames)  # (T, H, W, 2) float32
+    elif modality == "rgb":
+        x = frames  # (T, H, W, 3) uint8
+    else:
+        raise ValueError(f"modality must be rgb or flow, got {modality!r}")
+    x = x[:, crop_y : crop_y + crop, crop_x : crop_x + crop]
+    if flip:
+        x = x[:, :, ::-1]
+        if modality == "flow":
+            x = x * np.array([-1.0, 1.0], dtype=np.float32)  # mirrored motion: dx -> -dx
+    return np.ascontiguousarray(x)
 
 
 def tempered(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -178,10 +226,9 @@ class ClipDataset(Dataset[dict[str, Any]]):
         rows = np.asarray(plan.rows)
         times = self.shards.times(record.id)[rows]
         frames = decode_at_times(os.fspath(self.videos_root / record.id), self.geometry, times)
-        c = self.spec.crop
-        clip = frames[:, plan.crop_y : plan.crop_y + c, plan.crop_x : plan.crop_x + c]
-        if plan.flip:
-            clip = clip[:, :, ::-1]
+        clip = clip_input(
+            frames, self.spec.modality, plan.crop_x, plan.crop_y, self.spec.crop, plan.flip
+        )
         logits = self.shards.logits(record.id, rows)
         targets: dict[str, torch.Tensor] = {}
         for name, x in logits.items():
@@ -189,7 +236,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
                 x = x[plan.target_frame : plan.target_frame + 1]
             targets[name] = torch.from_numpy(tempered(x, self.spec.temperature).mean(axis=0))
         return {
-            "clip": torch.from_numpy(np.ascontiguousarray(clip)),  # (T, c, c, 3) uint8
+            # (T, c, c, 3) uint8 for rgb, (T, c, c, 2) float32 in [-1, 1] for flow
+            "clip": torch.from_numpy(clip),
             "targets": targets,  # teacher -> (C,) float32, sums to 1
             "rows": torch.from_numpy(rows),  # (T,) for alignment checks
             "index": index,
@@ -216,6 +264,22 @@ class StepSampler(Sampler[int]):
 
 
 def worker_init(_worker_id: int) -> None:
-    # Decoding runs in ffmpeg; the worker itself only crops and averages, so one thread each
-    # keeps N workers from oversubscribing the cores the training step needs.
+    # Decoding runs in ffmpeg; the worker itself only crops, averages and (for flow) runs DIS,
+    # so one torch thread each keeps N workers from oversubscribing the cores the training step
+    # needs. OpenCV's threads are set in the parent instead (see prepare_workers): calling
+    # cv2.setNumThreads here, in a forked child, can hang forever.
     torch.set_num_threads(1)
+
+
+def prepare_workers(workers: int) -> None:
+    """Call in the parent before a DataLoader with ``workers`` processes starts them.
+
+    Workers compute flow with OpenCV, which would start one thread per core in every worker.
+    Its thread count cannot be lowered inside a forked worker: OpenCV's pthread pool does not
+    survive fork, and ``cv2.setNumThreads`` in the child joins the parent's pool threads, which
+    do not exist there (measured: the worker hangs for good once the parent has run any
+    parallel OpenCV call). So the parent drops to one OpenCV thread, which forked workers
+    inherit. The parent does no flow itself while workers load, so this costs it nothing.
+    """
+    if workers > 0:
+        set_flow_threads(1)

@@ -46,6 +46,14 @@ def _default(name: str) -> object:
     help="Student network: r3d_18, mc3_18, r2plus1d_18 or s3d.",
 )
 @click.option(
+    "--modality",
+    type=click.Choice(["rgb", "flow"]),
+    default=_default("modality"),
+    show_default=True,
+    help="What the student sees: RGB frames, or optical flow (OpenCV DIS) between them. "
+    "The teachers' targets are the same RGB-frame targets either way.",
+)
+@click.option(
     "--clip-len", type=int, default=_default("clip_len"), show_default=True, help="Frames per clip."
 )
 @click.option(

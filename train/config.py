@@ -15,6 +15,9 @@ from distinit.pipeline.errors import ConfigError, UnknownNameError
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
 TARGET_FRAMES = ("mean", "random")
+# What the student sees: RGB frames, or the optical flow between them (the teacher always sees
+# RGB; see distinit.train.flow).
+MODALITIES = ("rgb", "flow")
 # Milestones of the step schedule, as fractions of the run: lr x0.1 at each.
 STEP_MILESTONES = (0.5, 0.75)
 
@@ -23,6 +26,10 @@ STEP_MILESTONES = (0.5, 0.75)
 RESUMABLE_CHANGES = frozenset(
     {"targets", "out", "videos", "workers", "log_every", "save_every", "stop_after", "device"}
 )
+
+# Fields added after runs were already being written, with the value those older runs used: a
+# last.pt without the field resumes as if it had been saved with this value.
+_ADDED_FIELDS: dict[str, Any] = {"modality": "rgb"}
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -33,6 +40,7 @@ class TrainConfig:
     out: str
     videos: str | None = None  # None: the videos_root recorded in the shards' provenance
     student: str = "r3d_18"
+    modality: str = "rgb"  # the student's input: "rgb" frames or "flow" between them
     clip_len: int = 16  # frames per clip
     frame_stride: int = 1  # shard rows between consecutive clip frames
     resize: tuple[int, int] = (171, 128)  # (width, height), stretched, video-ResNet convention
@@ -84,9 +92,12 @@ class TrainConfig:
             ("optimizer", OPTIMIZERS),
             ("schedule", SCHEDULES),
             ("target_frames", TARGET_FRAMES),
+            ("modality", MODALITIES),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.modality == "flow" and self.clip_len < 2:
+            raise ConfigError("flow needs clip_len >= 2: one frame has no motion")
         for name in ("max_steps", "stop_after"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -121,6 +132,7 @@ class TrainConfig:
     def resume_mismatches(self, saved: dict[str, Any]) -> list[str]:
         """Fields whose saved value differs from this config's, ignoring RESUMABLE_CHANGES."""
         now = self.to_json()
+        saved = {**_ADDED_FIELDS, **saved}
         return sorted(
             k
             for k in set(now) | set(saved)

@@ -39,10 +39,13 @@ def set_flow_threads(threads: int) -> None:
 
     OpenCV's default is one thread per core *in every process*. A DataLoader with N workers
     that each compute flow would then run N x cores threads, which oversubscribes the CPU and
-    slows decoding down as well; call ``set_flow_threads(1)`` from the DataLoader's
-    ``worker_init_fn`` so the parallelism comes from the workers. The setting is process-wide
-    (OpenCV has no per-call thread count), which is why it is a separate function rather than an
-    argument of :func:`clip_to_flow`.
+    slows decoding down as well; call ``set_flow_threads(1)`` in the *parent* before the
+    DataLoader forks its workers (:func:`distinit.train.clips.prepare_workers`), so they inherit
+    it and the parallelism comes from the workers. Never call it in a forked worker (e.g. from
+    ``worker_init_fn``): OpenCV's thread pool does not survive fork, and resizing it there joins
+    threads that exist only in the parent, which hangs. The setting is process-wide (OpenCV has
+    no per-call thread count), which is why it is a separate function rather than an argument of
+    :func:`clip_to_flow`.
     """
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")

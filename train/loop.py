@@ -29,6 +29,8 @@ from distinit.train.clips import (
     ClipDataset,
     ClipSpec,
     StepSampler,
+    input_channels,
+    prepare_workers,
     resolve_videos_root,
     worker_init,
 )
@@ -86,6 +88,7 @@ def clip_spec(cfg: TrainConfig, *, augment: bool = True) -> ClipSpec:
         temperature=cfg.temperature,
         target_frames=cfg.target_frames,
         augment=augment,
+        modality=cfg.modality,
     )
 
 
@@ -130,7 +133,8 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> RunResult:
     weights = {t: cfg.weight_of(t) for t in heads}
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
-    student = Student(cfg.student, heads)
+    in_channels = input_channels(cfg.modality)
+    student = Student(cfg.student, heads, in_channels=in_channels)
     student = distributed.sync_batchnorm(student, ctx).to(ctx.device)
     use_amp = cfg.amp and ctx.device.type == "cuda"
     optimizer = build_optimizer(cfg, student)
@@ -154,6 +158,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> RunResult:
         model = DistributedDataParallel(student, device_ids=device_ids, broadcast_buffers=False)
 
     end = min(total, cfg.stop_after) if cfg.stop_after is not None else total
+    prepare_workers(cfg.workers)
     loader = DataLoader(
         dataset,
         batch_size=cfg.batch_size,
@@ -173,7 +178,8 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> RunResult:
             t0 = time.perf_counter()
             batch = next(batches)
             t1 = time.perf_counter()
-            clips = batch["clip"].to(ctx.device, non_blocking=True)  # (B, T, H, W, 3) uint8
+            # (B, T, H, W, 3) uint8 for rgb, (B, T, H, W, 2) float32 for flow
+            clips = batch["clip"].to(ctx.device, non_blocking=True)
             targets = {k: v.to(ctx.device, non_blocking=True) for k, v in batch["targets"].items()}
             with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=use_amp):
                 outputs = model(student.normalize(clips))  # head -> (B, C)
@@ -240,7 +246,8 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> RunResult:
                     state_dict=student.state_dict(),
                     config=cfg.to_json(),
                     teachers=[t.to_json() for t in shards.teachers],
-                    modality="rgb",
+                    modality=cfg.modality,
+                    in_channels=in_channels,
                     step=total,
                 ),
             )

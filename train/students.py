@@ -110,13 +110,33 @@ class Student(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1, 1), persistent=False)
 
-    def normalize(self, clips_uint8: torch.Tensor) -> torch.Tensor:
-        """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) float, the student's own normalisation."""
-        x = clips_uint8.permute(0, 4, 1, 2, 3).float().div_(255.0)
-        return (x - self.mean) / self.std
+    def normalize(self, clips: torch.Tensor) -> torch.Tensor:
+        """A batch of clip arrays (``distinit.train.clips.clip_input``) -> the network's input.
+
+        * RGB student (3 input channels): ``(B, T, H, W, 3)`` uint8 -> ``(B, 3, T, H, W)`` float,
+          scaled to [0, 1] and normalised by the student's mean and std.
+        * Flow student (2): ``(B, T, H, W, 2)`` float (dx, dy) already in [-1, 1] ->
+          ``(B, 2, T, H, W)``; no RGB statistics apply, so the values pass through unchanged.
+
+        Anything else (e.g. RGB frames handed to a flow student) raises ``ValueError`` rather
+        than being reinterpreted.
+        """
+        if clips.ndim != 5 or clips.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"{self.name} takes (B, T, H, W, {self.in_channels}) clips, "
+                f"got shape {tuple(clips.shape)}"
+            )
+        if self.in_channels == 3:
+            if clips.dtype != torch.uint8:
+                raise ValueError(f"RGB clips must be uint8, got {clips.dtype}")
+            x = clips.permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, 3, T, H, W)
+            return (x - self.mean) / self.std
+        if not clips.is_floating_point():
+            raise ValueError(f"flow clips must be float in [-1, 1], got {clips.dtype}")
+        return clips.permute(0, 4, 1, 2, 3).float()  # (B, C, T, H, W)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)  # (B, 3, T, H, W) -> (B, D)
+        return self.backbone(x)  # (B, in_channels, T, H, W) -> (B, D)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.features(x)
