@@ -48,9 +48,13 @@ def _s3d() -> nn.Module:
 
 
 class _S3DFeatures(nn.Module):
+    features: nn.Module  # declared: nn.Module's __getattr__ is typed as Tensor | Module
+
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.features = net.features
+        features = net.features
+        assert isinstance(features, nn.Module)  # torchvision's S3D.features is a Sequential
+        self.features = features
         # Global pooling instead of S3D's fixed (2, 7, 7) window, which only fits 224px input.
         self.pool = nn.AdaptiveAvgPool3d(1)
 
@@ -97,6 +101,9 @@ def replace_first_conv(backbone: nn.Module, in_channels: int) -> None:
 
 class Student(nn.Module):
     """A video backbone with named linear heads (one per teacher, or one for action classes)."""
+
+    mean: torch.Tensor  # buffers, declared for the type checker: (1, 3, 1, 1, 1)
+    std: torch.Tensor
 
     def __init__(self, name: str, heads: dict[str, int], in_channels: int = 3) -> None:
         super().__init__()
