@@ -20,6 +20,10 @@ def rank_from_environment() -> tuple[int, int]:
     return 0, 1
 
 
+# Compiling costs tens of seconds once; below this many videos it rarely pays for itself.
+COMPILE_AUTO_MIN_VIDEOS = 20
+
+
 def parse_teacher_weights(values: tuple[str, ...], teachers: tuple[str, ...]) -> dict[str, str]:
     """``NAME=PATH`` pairs; a bare ``PATH`` is allowed when there is exactly one teacher."""
     out: dict[str, str] = {}
@@ -47,6 +51,7 @@ class ExtractConfig:
     decoder_threads: int = 1  # threads inside each ffmpeg
     device: str = "auto"
     precision: str = "auto"
+    compile: str = "auto"  # torch.compile the teachers: auto = when there are many videos
     num_shards: int = 1
     shard_index: int = 0
     videos_per_shard: int = 200
@@ -70,6 +75,8 @@ class ExtractConfig:
             raise ConfigError(
                 f"--shard-index {self.shard_index} is outside 0..{self.num_shards - 1}"
             )
+        if self.compile not in ("auto", "on", "off"):
+            raise ConfigError(f"--compile must be auto, on or off, got {self.compile!r}")
         if self.videos_per_shard < 1:
             raise ConfigError("--videos-per-shard must be at least 1")
         if os.path.abspath(self.out) == os.path.abspath(self.videos):

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from distinit.extract.config import ExtractConfig
+from distinit.extract.config import COMPILE_AUTO_MIN_VIDEOS, ExtractConfig
 from distinit.extract.discovery import find_videos, videos_for_rank
 from distinit.extract.inference import (
     TeacherRunner,
@@ -151,9 +151,21 @@ def run_extract(
             teachers = [load_teacher(n, cfg.teacher_weights.get(n)) for n in cfg.teachers]
             if existing:
                 _check_same_teachers([t.info() for t in teachers], read_shard_header(existing[0]))
-            runner = TeacherRunner(teachers, device, precision)
-            batch_size = cfg.batch_size or default_batch_size(device)
-            provenance = _provenance(cfg, runner.geometry, precision, batch_size, str(device))
+            compile_teachers = cfg.compile == "on" or (
+                cfg.compile == "auto" and len(todo) >= COMPILE_AUTO_MIN_VIDEOS
+            )
+            batch_size = cfg.batch_size or default_batch_size(device, compile_teachers)
+            if compile_teachers:
+                log.info("compiling the teachers (a one-off cost of tens of seconds)")
+            runner = TeacherRunner(
+                teachers,
+                device,
+                precision,
+                compile=compile_teachers,
+                batch_size=batch_size,
+                eager_if_compile_fails=cfg.compile == "auto",
+            )
+            provenance = _provenance(cfg, runner, batch_size)
             shards = _ShardSequence(
                 out, prefix, [t.info() for t in teachers], provenance, cfg.videos_per_shard
             )
@@ -188,23 +200,22 @@ def _check_same_teachers(teachers: list[TeacherInfo], shard: ShardHeader) -> Non
             )
 
 
-def _provenance(
-    cfg: ExtractConfig, geometry: FrameGeometry, precision: str, batch_size: int, device: str
-) -> dict[str, Any]:
+def _provenance(cfg: ExtractConfig, runner: TeacherRunner, batch_size: int) -> dict[str, Any]:
     return {
         "videos_root": os.path.abspath(cfg.videos),
         "decoder": "distinit.pipeline.video: ffmpeg rawvideo pipe, showinfo timestamps",
         "ffmpeg_version": ffmpeg_version(),
-        "frame_geometry": geometry.describe(),
+        "frame_geometry": runner.geometry.describe(),
         "frame_selection": (
             "every native frame"
             if cfg.fps is None
             else f"first native frame at or after n/{cfg.fps}"
         ),
         "fps": cfg.fps,
-        "precision": precision,
+        "precision": runner.precision,
+        "compiled": runner.compiled,
         "batch_size": batch_size,
-        "device": device,
+        "device": str(runner.device),
         "code_version": version("distinit"),
         "config": cfg.to_json(),
     }
