@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from distinit.pipeline.bench import machine_description
 from distinit.train.config import TrainConfig, parse_size
 
 
@@ -134,6 +135,7 @@ def bench_train(
     # (prepare_workers). Left at one: the worker loaders below need it set before they fork, and
     # the train step runs no OpenCV.
     set_flow_threads(1)
+    click.echo(f"machine: {machine_description()}")
     rates = {m: loader_rate(0, m) for m in ("rgb", "flow")}
     for m, rate in rates.items():
         click.echo(f"loader, main process, {m}: {rate:.2f} clips/s (one worker's rate)")
