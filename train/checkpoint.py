@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from distinit.pipeline.errors import CheckpointError
+from distinit.pipeline.weights import load_weights_only
 from distinit.train.students import STUDENTS, Student
 
 FINAL_FORMAT = "distinit-student"
@@ -67,10 +68,7 @@ def load_final(path: str | os.PathLike[str]) -> FinalCheckpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad or unsafe pickles
-        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
+    payload = load_weights_only(path, CheckpointError)
     if not isinstance(payload, dict) or payload.get("format") != FINAL_FORMAT:
         raise CheckpointError(f"{path}: not a distinit student checkpoint")
     if payload.get("schema_version") != FINAL_SCHEMA_VERSION:

@@ -7,12 +7,15 @@ command body.
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import click
 
 from distinit.train.config import TrainConfig, parse_size, parse_teacher_weight
 
 _D = TrainConfig.__dataclass_fields__
+PROGRESS_EVERY_S = 5.0  # seconds between progress lines on stderr
 
 
 def _default(name: str) -> object:
@@ -230,9 +233,25 @@ def train(
         grad_clip=grad_clip if grad_clip > 0 else None,
         **options,  # type: ignore[arg-type]
     )
-    from distinit.train.loop import run
+    from distinit.train.loop import StepReport, run
 
-    result = run(cfg)
+    started = time.monotonic()
+    last_shown = -1.0
+
+    def show(r: StepReport) -> None:
+        nonlocal last_shown
+        now = time.monotonic() - started
+        if now - last_shown < PROGRESS_EVERY_S and r.step not in (1, r.total):
+            return
+        last_shown = now
+        click.echo(
+            f"step {r.step}/{r.total}  loss {r.loss:.4f}  lr {r.lr:.3g}  "
+            f"{r.clips_per_s:.1f} clips/s",
+            err=True,
+        )
+
+    click.echo(f"training {cfg.student} ({cfg.modality}) into {cfg.out}", err=True)
+    result = run(cfg, progress=show)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
         return
     click.echo(
@@ -242,6 +261,7 @@ def train(
     if result.first_loss is not None:
         click.echo(f"loss: first {result.first_loss:.4f}, last {result.last_loss:.4f}")
     if result.final_path is not None:
-        click.echo(f"wrote {result.final_path}")
+        out = Path(cfg.out)
+        click.echo(f"wrote {result.final_path}; log {out / 'log.jsonl'}, curve {out / 'loss.png'}")
     else:
         click.echo(f"stopped after step {result.steps_done}; run again to continue")

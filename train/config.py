@@ -6,6 +6,7 @@ The whole config is stored in ``last.pt`` (to refuse resuming with a different r
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -46,7 +47,8 @@ class TrainConfig:
     resize: tuple[int, int] = (171, 128)  # (width, height), stretched, video-ResNet convention
     crop: int = 112  # square crop side, pixels
     batch_size: int = 8  # clips per process and step
-    workers: int = 4  # DataLoader worker processes per training process
+    # DataLoader worker processes per training process; never more than the cores.
+    workers: int = min(4, os.cpu_count() or 1)
     optimizer: str = "sgd"
     lr: float = 0.01  # peak learning rate for the global batch
     momentum: float = 0.9

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,15 +105,31 @@ def open_targets(cfg: TrainConfig) -> tuple[ShardSet, Path]:
     return shards, resolve_videos_root(shards, cfg.videos)
 
 
-def run(cfg: TrainConfig) -> RunResult:
+@dataclass(frozen=True)
+class StepReport:
+    """What the command shows while training (rank 0 only)."""
+
+    step: int
+    total: int
+    loss: float
+    lr: float
+    clips_per_s: float
+
+
+ProgressFn = Callable[[StepReport], None]
+
+
+def run(cfg: TrainConfig, progress: ProgressFn | None = None) -> RunResult:
     ctx = distributed.setup(cfg.device)
     try:
-        return _train(cfg, ctx)
+        return _train(cfg, ctx, progress)
     finally:
         distributed.teardown(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> RunResult:
+def _train(
+    cfg: TrainConfig, ctx: distributed.DistContext, progress: ProgressFn | None = None
+) -> RunResult:
     out = Path(cfg.out)
     shards, videos_root = open_targets(cfg)
     global_batch = cfg.batch_size * ctx.world_size
@@ -226,6 +242,8 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext) -> RunResult:
                         "compute_s": t2 - t1,
                     }
                 )
+            if ctx.is_main and progress is not None:
+                progress(StepReport(done, total, values[0], lr, global_batch / (t2 - t0)))
             if ctx.is_main and (done % cfg.save_every == 0 or done == end):
                 _save_last(last_path, cfg, student, optimizer, scheduler, scaler, done)
         if ctx.is_main and end > start:

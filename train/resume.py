@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from distinit.pipeline.errors import CheckpointError
+from distinit.pipeline.weights import load_weights_only
 
 LAST_FORMAT = "distinit-train-state"
 LAST_SCHEMA_VERSION = 1
@@ -45,9 +46,9 @@ def save_last(path: Path, payload: dict[str, Any]) -> None:
 
 def load_last(path: Path) -> dict[str, Any]:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad or unsafe pickles
-        raise CheckpointError(f"{path}: cannot resume, unreadable checkpoint ({exc})") from exc
+        payload = load_weights_only(path, CheckpointError)
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot resume: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != LAST_FORMAT:
         raise CheckpointError(f"{path}: not a distinit training state")
     if payload.get("schema_version") != LAST_SCHEMA_VERSION:
