@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from distinit.eval.config import DEFAULTS, INITS, MODES, SPLITS, EvalConfig
+from distinit.eval.config import DEFAULTS, INITS, MODALITIES, MODES, SPLITS, EvalConfig
 from distinit.pipeline.errors import ConfigError
 
 
@@ -21,7 +21,12 @@ def _size(value: str) -> tuple[int, int]:
 
 @click.command("eval")
 @click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--compare", is_flag=True, help="Print one table of the eval outputs RUNS.")
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Print one table of the eval outputs RUNS; an RGB and a flow run on the same test "
+    "videos also get their late fusion (mean of the two video-level softmaxes).",
+)
 @click.option(
     "--dataset", help="hmdb51, ucf101, folder, or the path of a manifest .json. [required]"
 )
@@ -63,6 +68,14 @@ def _size(value: str) -> tuple[int, int]:
     default="r3d_18",
     show_default=True,
     help="Architecture for --init scratch/inflated.",
+)
+@click.option(
+    "--modality",
+    type=click.Choice(MODALITIES),
+    default=None,
+    help="Student input for --init scratch/inflated: rgb frames, or flow (DIS optical flow "
+    "between consecutive frames, 2 channels; inflated averages the RGB first conv over colour) "
+    "[default: rgb; a checkpoint's own, which a different value contradicts].",
 )
 @click.option(
     "--inflate-weights",
@@ -136,6 +149,7 @@ def eval_command(runs: tuple[Path, ...], compare: bool, **options: Any) -> None:
       distinit eval --dataset hmdb51 --root HMDB51 --checkpoint RUN/final.pt --out OUT
       distinit eval --dataset hmdb51 --root HMDB51 --init inflated --out OUT_INFL
       distinit eval --compare OUT_SCRATCH OUT_INFL OUT
+      distinit eval --compare OUT_RGB OUT_FLOW        (adds RGB + flow late fusion)
     """
     if compare:
         if not runs:
@@ -157,7 +171,7 @@ def eval_command(runs: tuple[Path, ...], compare: bool, **options: Any) -> None:
         return  # a torchrun rank other than 0: rank 0 reports
     click.echo(f"results: {cfg.out / 'results.json'}")
     click.echo(
-        f"{results['dataset']} {results['init']} {results['mode']}: "
+        f"{results['dataset']} {results['init']} {results['modality']} {results['mode']}: "
         f"video top-1 {100 * results['video_top1']:.1f}%  "
         f"clip top-1 {100 * results['clip_top1']:.1f}%"
     )

@@ -12,6 +12,7 @@ from distinit.pipeline.errors import ConfigError
 INITS = ("checkpoint", "scratch", "inflated")
 MODES = ("finetune", "linear")
 SPLITS = ("1", "2", "3", "all")
+MODALITIES = ("rgb", "flow")
 
 # Mode-specific defaults, used when --epochs / --lr are not given (stated in results.json).
 # finetune: SGD (momentum 0.9) on all layers, cosine schedule, one random clip per video per epoch.
@@ -30,6 +31,9 @@ class EvalConfig:
     init: str = "checkpoint"
     checkpoint: Path | None = None
     student: str = "r3d_18"  # for scratch / inflated; a checkpoint names its own student
+    # The student's input. None: the checkpoint's, or rgb for scratch / inflated. Given with a
+    # checkpoint it must agree with it (checked when the checkpoint is read).
+    modality: str | None = None
     inflate_weights: Path | None = None
     splits_dir: Path | None = None
     split: str = "1"
@@ -63,6 +67,12 @@ class EvalConfig:
                 f"--init inflated needs a student with ResNet-18 layers ({', '.join(INFLATABLE)}),"
                 f" got {self.student!r}"
             )
+        if self.modality is not None and self.modality not in MODALITIES:
+            raise ConfigError(
+                f"--modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}"
+            )
+        if self.modality == "flow" and self.clip_len < 2:
+            raise ConfigError("--modality flow needs --clip-len >= 2: one frame has no motion")
         if self.inflate_weights is not None and self.init != "inflated":
             raise ConfigError("--inflate-weights only applies to --init inflated")
         for name in ("batch_size", "clip_len", "clips_per_video", "crop", "epochs"):

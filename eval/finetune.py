@@ -28,6 +28,7 @@ from distinit.eval.datasets import ClipProtocol, TrainClips
 from distinit.eval.initialise import HEAD
 from distinit.eval.splits import VideoItem
 from distinit.pipeline.errors import CheckpointError, ConfigError, NonFiniteLossError
+from distinit.train.clips import prepare_workers
 from distinit.train.students import Student
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,8 @@ def finetune(
     use_amp = settings.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
+    # Flow workers run OpenCV; its thread count can only be lowered here, before they fork.
+    prepare_workers(settings.workers)
     steps_per_epoch = math.ceil(len(sampler if sampler is not None else dataset) / per_rank)
     total = steps_per_epoch * (settings.epochs - start_epoch)
     done, began = 0, time.monotonic()
@@ -151,9 +154,9 @@ def finetune(
         )
         model.train()
         loss_sum, seen = 0.0, 0
-        for clips, labels in loader:  # clips: (B, T, H, W, 3) uint8
+        for clips, labels in loader:  # clips: (B, T, H, W, 3) uint8 or (B, T, H, W, 2) flow
             # contiguous: the permuted layout would give DDP gradients of mismatched strides
-            x = student.normalize(clips.to(device, non_blocking=True)).contiguous()  # (B,3,T,H,W)
+            x = student.normalize(clips.to(device, non_blocking=True)).contiguous()  # (B,C,T,H,W)
             labels = labels.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 loss = nn.functional.cross_entropy(model(x)[HEAD], labels)
@@ -211,6 +214,7 @@ def recompute_bn_stats(
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average over the pass
     dataset = TrainClips(items, protocol, seed=seed + 1)
+    prepare_workers(workers)  # before the workers fork (see distinit.train.clips)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     student.train().to(device)
     with torch.no_grad():

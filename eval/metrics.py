@@ -1,11 +1,62 @@
-"""Clip and video accuracy (top-1, top-5) and the confusion matrix, from test-clip logits."""
+"""Clip and video accuracy (top-1, top-5) and the confusion matrix, from test-clip logits;
+the per-video probabilities saved for late fusion (``OUT/split<N>/video_probs.npz``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from distinit.pipeline.errors import DatasetError
+
+VIDEO_PROBS_NAME = "video_probs.npz"
+
+
+@dataclass(frozen=True)
+class VideoProbs:
+    """One split's test videos: ids (paths relative to the root), labels, (V, C) probabilities."""
+
+    ids: list[str]
+    labels: np.ndarray  # (V,) int64
+    probs: np.ndarray  # (V, C) float32, rows sum to 1
+    classes: list[str]
+
+
+def video_probabilities(clip_logits: torch.Tensor) -> torch.Tensor:
+    """``(V, K, C)`` clip logits -> ``(V, C)`` video scores: the softmax averaged over K clips."""
+    return clip_logits.float().softmax(dim=2).mean(dim=1)
+
+
+def save_video_probs(
+    folder: Path, *, ids: list[str], labels: torch.Tensor, probs: torch.Tensor, classes: list[str]
+) -> Path:
+    """Write ``folder/video_probs.npz`` atomically (what ``--compare`` fuses); returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / VIDEO_PROBS_NAME
+    tmp = folder / ("tmp_" + VIDEO_PROBS_NAME)  # ends in .npz, so numpy keeps the name
+    np.savez(
+        tmp,
+        ids=np.asarray(ids, dtype=np.str_),
+        labels=labels.numpy().astype(np.int64),
+        probs=probs.numpy().astype(np.float32),
+        classes=np.asarray(classes, dtype=np.str_),
+    )
+    tmp.replace(path)
+    return path
+
+
+def load_video_probs(path: Path) -> VideoProbs:
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file (an eval output made before fusion support?)")
+    with np.load(path, allow_pickle=False) as z:  # plain arrays only: never unpickles
+        return VideoProbs(
+            ids=[str(i) for i in z["ids"]],
+            labels=z["labels"].astype(np.int64),
+            probs=z["probs"].astype(np.float32),
+            classes=[str(c) for c in z["classes"]],
+        )
 
 
 @dataclass(frozen=True)
@@ -41,7 +92,7 @@ def score_clips(clip_logits: torch.Tensor, labels: torch.Tensor) -> Scores:
     v, k, c = clip_logits.shape
     flat = clip_logits.reshape(v * k, c).float()
     clip_labels = labels.repeat_interleave(k)
-    video_probs = clip_logits.float().softmax(dim=2).mean(dim=1)  # (V, C)
+    video_probs = video_probabilities(clip_logits)  # (V, C)
     confusion = np.zeros((c, c), dtype=np.int64)
     np.add.at(confusion, (labels.numpy(), video_probs.argmax(dim=1).numpy()), 1)
     return Scores(

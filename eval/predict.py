@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from distinit.eval.datasets import ClipProtocol, EvalClips
 from distinit.eval.splits import VideoItem
+from distinit.train.clips import prepare_workers
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,9 @@ def clip_outputs(
     workers: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """``fn`` maps uint8 clips (B, T, H, W, 3) to (B, X); returns (V, K, X) float32 on the CPU."""
+    """``fn`` maps clips (B, T, H, W, C) — uint8 RGB or float flow, as ``protocol.modality``
+    makes them — to (B, X); returns (V, K, X) float32 on the CPU."""
+    prepare_workers(workers)  # before the workers fork: flow runs OpenCV in them
     loader = DataLoader(
         EvalClips(items, protocol),
         batch_size=videos_per_batch,
@@ -33,7 +36,7 @@ def clip_outputs(
     out: list[torch.Tensor] = []
     done = 0
     with torch.no_grad():
-        for clips, _, _ in loader:  # clips: (B, K, T, H, W, 3)
+        for clips, _, _ in loader:  # clips: (B, K, T, H, W, C)
             b, k = clips.shape[:2]
             y = fn(clips.flatten(0, 1))  # (B*K, X)
             out.append(y.float().cpu().view(b, k, -1))

@@ -1,4 +1,5 @@
-"""Results on disk: ``results.json``, a markdown table, confusion matrices, and ``--compare``."""
+"""Results on disk: ``results.json``, a markdown table, confusion matrices, and ``--compare``
+(with late fusion of an RGB and a flow run: the mean of their video-level softmaxes)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from distinit.eval.metrics import VIDEO_PROBS_NAME, VideoProbs, load_video_probs
 from distinit.pipeline.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ def _pct(x: float) -> str:
 def markdown_table(results: dict[str, Any]) -> str:
     head = (
         f"# {results['dataset']} — init {results['init']} ({results['student']}), "
-        f"mode {results['mode']}\n\n"
+        f"modality {results.get('modality', 'rgb')}, mode {results['mode']}\n\n"
         "| split | clip top-1 | clip top-5 | video top-1 | video top-5 | test videos |\n"
         "|---|---|---|---|---|---|\n"
     )
@@ -107,19 +109,106 @@ def compare_table(outs: list[Path]) -> str:
     """One markdown table of several runs (the paper's scratch / inflated / DistInit view)."""
     runs = [(out, load_results(out)) for out in outs]
     lines = [
-        "| run | dataset | student | init | mode | splits | clip top-1 | video top-1 | "
-        "video top-5 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | dataset | student | init | modality | mode | splits | clip top-1 | "
+        "video top-1 | video top-5 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for out, r in runs:
         splits = ",".join(str(s["split"]) for s in r.get("per_split", []))
         lines.append(
-            f"| {out} | {r['dataset']} | {r.get('student', '?')} | {r['init']} | {r['mode']} | "
+            f"| {out} | {r['dataset']} | {r.get('student', '?')} | {r['init']} | "
+            f"{modality_of(r)} | {r['mode']} | "
             f"{splits} | {_pct(r['clip_top1'])} | {_pct(r['video_top1'])} | "
             f"{_pct(r['video_top5'])} |"
         )
     notes = _protocol_differences([r for _, r in runs])
-    return "\n".join(lines) + "\n" + "".join(f"\nNote: {n}" for n in notes)
+    fusion, fusion_notes = fusion_tables(runs)
+    notes += fusion_notes
+    return "\n".join(lines) + "\n" + fusion + "".join(f"\nNote: {n}" for n in notes)
+
+
+def modality_of(results: dict[str, Any]) -> str:
+    # Results written before flow students existed have no modality: they are RGB.
+    return str(results.get("modality", "rgb"))
+
+
+def _split_ids(results: dict[str, Any]) -> list[int]:
+    return [int(s["split"]) for s in results.get("per_split", [])]
+
+
+def _probs_path(out: Path, split_row: dict[str, Any]) -> Path:
+    folder = out if out.is_dir() else out.parent  # RUNS may name results.json itself
+    default = f"split{split_row['split']}/{VIDEO_PROBS_NAME}"
+    return folder / str(split_row.get("video_probs", default))
+
+
+def _aligned(rgb: VideoProbs, flow: VideoProbs) -> tuple[np.ndarray, np.ndarray] | str:
+    """Flow probabilities in the RGB run's video order, or why the two cannot be fused."""
+    if rgb.classes != flow.classes:
+        return "their class lists differ"
+    if sorted(rgb.ids) != sorted(flow.ids):
+        only = sorted(set(rgb.ids) ^ set(flow.ids))
+        return f"their test videos differ ({len(only)} in one run only, e.g. {only[:1]})"
+    order = {vid: i for i, vid in enumerate(flow.ids)}
+    idx = np.array([order[vid] for vid in rgb.ids])
+    if not np.array_equal(rgb.labels, flow.labels[idx]):
+        return "the same videos carry different labels"
+    return rgb.probs, flow.probs[idx]
+
+
+def fused_top1(rgb: VideoProbs, flow_probs: np.ndarray) -> float:
+    """Video top-1 of the late fusion: argmax of the mean of the two (V, C) softmaxes."""
+    fused = (rgb.probs.astype(np.float64) + flow_probs.astype(np.float64)) / 2
+    return float((fused.argmax(axis=1) == rgb.labels).mean())
+
+
+def fusion_tables(runs: list[tuple[Path, dict[str, Any]]]) -> tuple[str, list[str]]:
+    """A table per (RGB run, flow run) pair on the same dataset and splits: RGB, flow and fused
+    video top-1 per split (and their mean). Pairs that cannot be fused are explained in notes."""
+    rgb_runs = [(o, r) for o, r in runs if modality_of(r) == "rgb"]
+    flow_runs = [(o, r) for o, r in runs if modality_of(r) == "flow"]
+    text, notes = "", []
+    for rgb_out, rgb in rgb_runs:
+        for flow_out, flow in flow_runs:
+            pair = f"{rgb_out} + {flow_out}"
+            if rgb["dataset"] != flow["dataset"] or _split_ids(rgb) != _split_ids(flow):
+                notes.append(f"no fusion of {pair}: different dataset or splits")
+                continue
+            rows, accs, why = [], [], ""
+            for r_row, f_row in zip(rgb["per_split"], flow["per_split"], strict=True):
+                try:
+                    p_rgb = load_video_probs(_probs_path(rgb_out, r_row))
+                    p_flow = load_video_probs(_probs_path(flow_out, f_row))
+                except DatasetError as exc:
+                    why = str(exc)
+                    break
+                aligned = _aligned(p_rgb, p_flow)
+                if isinstance(aligned, str):
+                    why = f"split {r_row['split']}: {aligned}"
+                    break
+                rgb_probs, flow_probs = aligned
+                acc = (
+                    float((rgb_probs.argmax(axis=1) == p_rgb.labels).mean()),
+                    float((flow_probs.argmax(axis=1) == p_rgb.labels).mean()),
+                    fused_top1(p_rgb, flow_probs),
+                )
+                accs.append(acc)
+                rows.append(
+                    f"| {r_row['split']} | {_pct(acc[0])} | {_pct(acc[1])} | {_pct(acc[2])} | "
+                    f"{len(p_rgb.ids)} |"
+                )
+            if why:
+                notes.append(f"no fusion of {pair}: {why}")
+                continue
+            if len(accs) > 1:
+                m = np.mean(accs, axis=0)
+                rows.append(f"| mean | {_pct(m[0])} | {_pct(m[1])} | {_pct(m[2])} | |")
+            text += (
+                f"\nLate fusion (mean of video softmaxes), RGB {rgb_out} + flow {flow_out}:\n\n"
+                "| split | RGB video top-1 | flow video top-1 | fused video top-1 | videos |\n"
+                "|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+            )
+    return text, notes
 
 
 def _protocol_differences(runs: list[dict[str, Any]]) -> list[str]:

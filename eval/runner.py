@@ -18,7 +18,7 @@ from distinit.eval.datasets import ClipProtocol
 from distinit.eval.finetune import FinetuneSettings, finetune, recompute_bn_stats
 from distinit.eval.initialise import HEAD, build_student, check_init_inputs
 from distinit.eval.manifests import load_manifest
-from distinit.eval.metrics import score_clips
+from distinit.eval.metrics import save_video_probs, score_clips, video_probabilities
 from distinit.eval.predict import clip_outputs
 from distinit.eval.probe import FeatureCache, compute_features, train_linear
 from distinit.eval.report import mean_over_splits, plot_confusion, write_results
@@ -33,6 +33,10 @@ Echo = Callable[[str], None]
 def fingerprint(cfg: EvalConfig, split: int) -> str:
     """What a fine-tuning state must match to be resumed (not where it runs or how fast)."""
     keep = {k: v for k, v in cfg.to_json().items() if k not in ("out", "device", "workers")}
+    if keep.get("modality") is None:
+        # Unset means rgb or the checkpoint's own: drop it, so states written before
+        # --modality existed still resume.
+        keep.pop("modality", None)
     keep["split"] = split
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
@@ -61,14 +65,14 @@ def _start_distributed(device: torch.device) -> int:
 
 def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
     manifest = load_manifest(cfg.dataset)
-    check_init_inputs(cfg)
+    modality = check_init_inputs(cfg)
     device = _device(cfg)
     rank = _start_distributed(device)
     if rank != 0:
         echo = _silent  # one report per run, from rank 0
     if dist.is_initialized() and cfg.mode == "linear":
         raise ConfigError("--mode linear runs in one process; start it without torchrun")
-    protocol = ClipProtocol(cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop)
+    protocol = ClipProtocol(cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop, modality)
     cfg.out.mkdir(parents=True, exist_ok=True)
     videos_per_batch = max(1, cfg.batch_size // cfg.clips_per_video)
     per_split: list[dict[str, Any]] = []
@@ -98,6 +102,13 @@ def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
             continue  # a non-zero rank: rank 0 evaluates and reports
         labels = torch.tensor([item.label for item in data.test])
         scores = score_clips(logits, labels)
+        probs_file = save_video_probs(
+            cfg.out / f"split{split}",
+            ids=[item.rel for item in data.test],
+            labels=labels,
+            probs=video_probabilities(logits),
+            classes=data.classes,
+        )
         plot_confusion(
             cfg.out / f"confusion_split{split}.png",
             scores.confusion,
@@ -112,6 +123,7 @@ def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
             "num_train_videos": len(data.train),
             "num_classes": len(data.classes),
             "confusion_png": f"confusion_split{split}.png",
+            "video_probs": str(probs_file.relative_to(cfg.out)),
         }
         per_split.append(row)
         echo(
@@ -123,7 +135,9 @@ def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
         dist.destroy_process_group()
     if rank != 0:
         return {}
-    results = _results(cfg, manifest.name, manifest.source, init_info, per_split, notes, classes)
+    results = _results(
+        cfg, manifest.name, manifest.source, modality, init_info, per_split, notes, classes
+    )
     write_results(cfg.out, results)
     return results
 
@@ -235,13 +249,16 @@ def _results(
     cfg: EvalConfig,
     dataset: str,
     manifest_source: str,
+    modality: str,
     init_info: dict[str, Any],
     per_split: list[dict[str, Any]],
     notes: list[str],
     classes: list[str],
 ) -> dict[str, Any]:
     headline = per_split[0] if len(per_split) == 1 else mean_over_splits(per_split)
-    protocol = ClipProtocol(cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop).describe()
+    protocol = ClipProtocol(
+        cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop, modality
+    ).describe()
     protocol.update(
         {
             "mode": cfg.mode,
@@ -282,6 +299,7 @@ def _results(
         "student": init_info.get("student", cfg.student),
         "checkpoint": str(cfg.checkpoint) if cfg.checkpoint is not None else None,
         "mode": cfg.mode,
+        "modality": modality,
         **{k: headline[k] for k in ("clip_top1", "clip_top5", "video_top1", "video_top5")},
         "num_test_videos": headline["num_test_videos"],
         "clips_per_video": cfg.clips_per_video,
