@@ -12,6 +12,7 @@ import sys
 import click
 
 from distinit.extract.config import (
+    COMPILE_AUTO_MIN_VIDEOS,
     ExtractConfig,
     parse_teacher_weights,
     rank_from_environment,
@@ -91,6 +92,15 @@ def _duration(seconds: float | None) -> str:
     default="auto",
     show_default=True,
     help="Teacher arithmetic; auto = fp16/bf16 on CUDA, fp32 on CPU.",
+)
+@click.option(
+    "--compile",
+    "compile_mode",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="torch.compile the teachers: ~2x faster on CPU after a one-off ~30 s; "
+    f"auto = on from {COMPILE_AUTO_MIN_VIDEOS} videos.",
 )
 @click.option(
     "--num-shards",
