@@ -100,7 +100,9 @@ def naive_rate(teacher: Teacher, frames: np.ndarray, source: Path) -> float:
         for frame in raw:
             img = Image.fromarray(frame)
             scale = teacher.resize_size / min(img.size)
-            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)
+            img = img.resize(
+                (round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR
+            )
             left = (img.width - teacher.crop_size) // 2
             top = (img.height - teacher.crop_size) // 2
             img = img.crop((left, top, left + teacher.crop_size, top + teacher.crop_size))

@@ -71,6 +71,8 @@ class _TeacherOnFrames(nn.Module):
         super().__init__()
         self.model = teacher.model
         self.crop = teacher.crop_size
+        self.mean: torch.Tensor
+        self.inv_std: torch.Tensor
         self.register_buffer("mean", torch.tensor(teacher.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer(
             "inv_std", 1.0 / torch.tensor(teacher.std).view(1, 3, 1, 1), persistent=False
@@ -115,7 +117,8 @@ class TeacherRunner:
         self._eager: dict[str, nn.Module] = {}
         for t in self.teachers:
             t.model.eval()
-            self._eager[t.name] = _TeacherOnFrames(t).to(device, memory_format=torch.channels_last)
+            module = _TeacherOnFrames(t).to(device)
+            self._eager[t.name] = module.to(memory_format=torch.channels_last)
         self._forward: dict[str, nn.Module] = (
             {name: torch.compile(m) for name, m in self._eager.items()}  # type: ignore[misc]
             if compile

@@ -68,9 +68,7 @@ def _link_tree(root: Path, ids: list[str], dest: Path) -> None:
     default=None,
     help="Video id kept out of training [default: bikes.mp4, else the last video].",
 )
-@click.option(
-    "--quick", is_flag=True, help="About 1 minute on 2 CPU cores: 10 frames/s, 30 steps."
-)
+@click.option("--quick", is_flag=True, help="About 1 minute on 2 CPU cores: 10 frames/s, 30 steps.")
 @click.option(
     "--steps", type=int, default=None, help="Training steps [default: 150, or 30 with --quick]."
 )

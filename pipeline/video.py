@@ -18,6 +18,7 @@ removed), which is what a decode with or without seeking reports.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -289,7 +290,7 @@ class VideoReader:
 
     def _read_frame(self, into: memoryview) -> bool:
         stdout = self._proc.stdout
-        assert stdout is not None
+        assert isinstance(stdout, io.RawIOBase)  # bufsize=0: readinto without a copy
         got = 0
         while got < len(into):
             n = stdout.readinto(into[got:])
@@ -315,8 +316,8 @@ class VideoReader:
         filled = 0
         scratch = np.empty((g.height, g.width, 3), dtype=np.uint8)
         while True:
-            target = buf[filled] if filled < self.chunk_size else scratch
-            if not self._read_frame(memoryview(target).cast("B")):
+            target: np.ndarray = buf[filled] if filled < self.chunk_size else scratch
+            if not self._read_frame(memoryview(target).cast("B")):  # type: ignore[arg-type]
                 break
             index, t = self._frame_time()
             self.frames_decoded += 1
