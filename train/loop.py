@@ -217,7 +217,7 @@ def _train(
                 if cfg.grad_clip is not None
                 else float("nan")
             )
-            lr = scheduler.get_last_lr()[0]
+            lr = float(scheduler.get_last_lr()[0])
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
