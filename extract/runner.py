@@ -50,7 +50,6 @@ from distinit.pipeline.shards import (
     list_shard_files,
     quantize,
     read_shard_header,
-    scan_records,
     write_manifest,
 )
 from distinit.pipeline.video import FrameChunk, FrameGeometry, VideoInfo, VideoReader
@@ -131,10 +130,10 @@ def run_extract(
             log.info("removing %s left by an interrupted run", stale.name)
             stale.unlink()
         all_ids = videos_for_rank(find_videos(cfg.videos), cfg.num_shards, cfg.shard_index)
-        existing = list_shard_files(out)
-        if existing:
-            _check_same_recipe(cfg, read_shard_header(existing[0]))
-        previous = {r.id: r.status for r in scan_records(out)}
+        headers = [read_shard_header(p) for p in list_shard_files(out)]
+        if headers:
+            _check_same_recipe(cfg, headers[0])
+        previous = {r.id: r.status for h in headers for r in h.records}
         todo = [
             v
             for v in all_ids
@@ -149,8 +148,8 @@ def run_extract(
             device = resolve_device(cfg.device)
             precision = resolve_precision(cfg.precision, device)
             teachers = [load_teacher(n, cfg.teacher_weights.get(n)) for n in cfg.teachers]
-            if existing:
-                _check_same_teachers([t.info() for t in teachers], read_shard_header(existing[0]))
+            if headers:
+                _check_same_teachers([t.info() for t in teachers], headers[0])
             compile_teachers = cfg.compile == "on" or (
                 cfg.compile == "auto" and len(todo) >= COMPILE_AUTO_MIN_VIDEOS
             )

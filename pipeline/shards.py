@@ -410,14 +410,6 @@ def _iter_datasets(f: h5py.File) -> Iterator[str]:
     yield from names
 
 
-def scan_records(directory: str | os.PathLike[str]) -> list[VideoRecord]:
-    """Every video record of every complete shard (for resuming and for the manifest)."""
-    out: list[VideoRecord] = []
-    for path in list_shard_files(directory):
-        out.extend(read_shard_header(path).records)
-    return out
-
-
 def write_manifest(directory: str | os.PathLike[str], config: dict[str, Any]) -> Path:
     """Regenerate ``manifest.json`` from the shards (atomically, last)."""
     directory = Path(directory)
