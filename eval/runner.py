@@ -73,20 +73,27 @@ def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
     if dist.is_initialized() and cfg.mode == "linear":
         raise ConfigError("--mode linear runs in one process; start it without torchrun")
     protocol = ClipProtocol(cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop, modality)
+    # Every split is checked before anything is written, so a bad layout leaves no OUT behind.
+    splits = [
+        (
+            split,
+            load_split(
+                manifest,
+                cfg.root,
+                split,
+                splits_dir=cfg.splits_dir,
+                allow_partial=cfg.allow_partial,
+            ),
+        )
+        for split in cfg.splits
+    ]
     cfg.out.mkdir(parents=True, exist_ok=True)
     videos_per_batch = max(1, cfg.batch_size // cfg.clips_per_video)
     per_split: list[dict[str, Any]] = []
     init_info: dict[str, Any] = {}
     notes: list[str] = []
     classes: list[str] = []
-    for split in cfg.splits:
-        data = load_split(
-            manifest,
-            cfg.root,
-            split,
-            splits_dir=cfg.splits_dir,
-            allow_partial=cfg.allow_partial,
-        )
+    for split, data in splits:
         notes += data.notes
         classes = data.classes
         echo(

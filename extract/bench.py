@@ -77,12 +77,17 @@ def decode_only(
     return np.concatenate([f for i in sorted(out) for f in out[i]]), seconds
 
 
-def teacher_only(runner: TeacherRunner, frames: np.ndarray, batch: int) -> float:
+def teacher_only(runner: TeacherRunner, frames: np.ndarray, batch: int, repeats: int = 2) -> float:
+    """Seconds for the teacher alone on ``frames``: the best of ``repeats`` passes, since other
+    load on the machine only ever makes a pass slower."""
     runner(frames[:batch])  # warm-up: first-call allocations are not throughput
-    start = time.perf_counter()
-    for i in range(0, len(frames), batch):
-        runner(frames[i : i + batch])
-    return time.perf_counter() - start
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, len(frames), batch):
+            runner(frames[i : i + batch])
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def naive_rate(teacher: Teacher, frames: np.ndarray, source: Path) -> float:
@@ -172,7 +177,10 @@ def bench_extract(
     click.echo(f"clips: {len(paths)} from {root}")
 
     runner = TeacherRunner([t], dev, "fp32")
-    decode_runs = {w: decode_only(paths, runner.geometry, w) for w in (1, 2, 4)}
+    decode_runs = {
+        w: min((decode_only(paths, runner.geometry, w) for _ in range(2)), key=lambda r: r[1])
+        for w in (1, 2, 4)
+    }
     frames = decode_runs[1][0]
     n = len(frames)
     best_workers = min(decode_runs, key=lambda w: decode_runs[w][1])
@@ -212,8 +220,11 @@ def bench_extract(
             summary = run_extract(cfg)
         return summary.frames / summary.seconds, summary
 
-    e2e, summary = end_to_end("on" if use_compile else "off", batch)
-    e2e_eager, _ = end_to_end("off", best_batch)
+    # Best of two runs, like the parts of the limit: load from elsewhere only slows a run.
+    e2e, summary = max(
+        (end_to_end("on" if use_compile else "off", batch) for _ in range(2)), key=lambda r: r[0]
+    )
+    e2e_eager = max(end_to_end("off", best_batch)[0] for _ in range(2))
     naive = naive_rate(t, frames[: min(n, 96)], paths[0])
     click.echo(f"limit ({rule}): {limit:.1f} frames/s")
     click.echo(f"end to end (distinit extract, fp32, {setting}): {e2e:.1f} frames/s"

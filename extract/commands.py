@@ -217,7 +217,10 @@ def extract(
 @click.argument("shards", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option(
-    "--video", "video_id", default=None, help="A video id (path relative to --videos) to look at."
+    "--video",
+    "video_id",
+    default=None,
+    help="A video id: its path relative to the directory given to extract --videos.",
 )
 @click.option("--teacher", default=None, help="Teacher for --video [default: the first].")
 @click.option("--top", type=int, default=5, show_default=True, help="Classes shown for --video.")

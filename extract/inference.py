@@ -119,6 +119,10 @@ class TeacherRunner:
             t.model.eval()
             module = _TeacherOnFrames(t).to(device)
             self._eager[t.name] = module.to(memory_format=torch.channels_last)
+        if compile and device.type == "cpu":
+            # Inductor warns on every CPU compile of a CUDA build that no CUDA runtime is found;
+            # that is expected here and says nothing a user can act on.
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self._forward: dict[str, nn.Module] = (
             {name: torch.compile(m) for name, m in self._eager.items()}  # type: ignore[misc]
             if compile

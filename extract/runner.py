@@ -179,13 +179,17 @@ def run_extract(
 def _check_same_recipe(cfg: ExtractConfig, shard: ShardHeader) -> None:
     """Shards of one directory must agree: refuse to add frames made another way."""
     before = shard.provenance.get("config", {})
-    asked = {"teachers": list(cfg.teachers), "fps": cfg.fps}
-    had = {"teachers": [t.name for t in shard.teachers], "fps": before.get("fps")}
+    asked = (list(cfg.teachers), cfg.fps)
+    had = ([t.name for t in shard.teachers], before.get("fps"))
     if asked != had:
+
+        def recipe(teachers: list[str], fps: float | None) -> str:
+            rate = "every frame" if fps is None else f"{fps:g} fps"
+            return f"teachers {', '.join(teachers)} at {rate}"
+
         raise ConfigError(
-            f"{cfg.out} holds shards made with --teacher {had['teachers']} --fps {had['fps']}; "
-            f"this run asks for --teacher {asked['teachers']} --fps {asked['fps']}. "
-            "Use a new --out (the shards of one directory must agree)"
+            f"{cfg.out} holds shards made with {recipe(*had)}; this run asks for "
+            f"{recipe(*asked)}. Use a new --out (the shards of one directory must agree)."
         )
 
 

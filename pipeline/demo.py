@@ -66,7 +66,8 @@ def _link_tree(root: Path, ids: list[str], dest: Path) -> None:
 @click.option(
     "--holdout",
     default=None,
-    help="Video id kept out of training [default: bikes.mp4, else the last video].",
+    help="Video id kept out of training [default: carphone_distorted.mp4 for the sample "
+    "clips, else the last video].",
 )
 @click.option("--quick", is_flag=True, help="About 1 minute on 2 CPU cores: 10 frames/s, 30 steps.")
 @click.option(

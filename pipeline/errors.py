@@ -18,9 +18,9 @@ class UnknownNameError(DistinitError):
 
     def __init__(self, kind: str, name: str, known: list[str]) -> None:
         close = difflib.get_close_matches(name, known, n=3)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        shown = ", ".join(sorted(known)[:40]) + (", ..." if len(known) > 40 else "")
-        super().__init__(f"unknown {kind} {name!r}{hint} Known: {shown}")
+        hint = f"; did you mean {' or '.join(close)}?" if close else "."
+        shown = ", ".join(sorted(known))
+        super().__init__(f"unknown {kind} {name!r}{hint} Known: {shown}.")
         self.kind, self.name, self.known = kind, name, known
 
 

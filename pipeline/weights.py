@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,14 @@ def load_weights_only(
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unsafe pickles, truncated zips and garbage raise many types
-        text = str(exc).strip()
-        first = text.splitlines()[0][:160] if text else type(exc).__name__
-        raise error(f"{path}: not a safe weights-only file ({first})") from exc
+        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+            raise error(
+                f"{path}: not a safe weights-only file: it holds objects other than tensors and "
+                "plain containers, which could run code when loaded"
+            ) from exc
+        text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        raise error(f"{path}: not a PyTorch weights file ({detail})") from exc
 
 
 def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:

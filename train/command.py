@@ -262,6 +262,9 @@ def train(
         click.echo(f"loss: first {result.first_loss:.4f}, last {result.last_loss:.4f}")
     if result.final_path is not None:
         out = Path(cfg.out)
-        click.echo(f"wrote {result.final_path}; log {out / 'log.jsonl'}, curve {out / 'loss.png'}")
+        click.echo(
+            f"wrote {result.final_path}; log {out / 'log.jsonl'}, curve {out / 'loss.png'}, "
+            f"resumable state {out / 'last.pt'}"
+        )
     else:
         click.echo(f"stopped after step {result.steps_done}; run again to continue")
