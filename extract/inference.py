@@ -51,8 +51,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def default_batch_size(device: torch.device, compiled: bool) -> int:
     """Frames per teacher batch. GPUs want large batches; on CPU small ones stay in cache:
-    ``distinit bench extract`` measured EfficientNet-Lite0 on 2 cores fastest at 4 compiled
-    (213 frames/s vs 139 at 8) and at 4-8 uncompiled (91-110 frames/s, 37 at 64)."""
+    ``distinit bench extract`` on 2 cores measured EfficientNet-Lite0 compiled at 213/139 and
+    209/236 frames/s for batch 4/8 in two runs (noise), and uncompiled fastest at 8 (124 vs 50
+    at 64)."""
     if device.type == "cuda":
         return 256
     return 4 if compiled else 8
