@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import platform
 
 import click
+
+from distinit.pipeline.cli import LazyGroup
 
 BENCHES = {
     "extract": ("distinit.extract.bench:bench_extract", "Stage one: decode, teacher, end to end."),
@@ -32,21 +33,6 @@ def machine_description() -> str:
     )
 
 
-class _LazyBenches(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(BENCHES)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in BENCHES:
-            return None
-        module_name, attr = BENCHES[cmd_name][0].split(":")
-        return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        with formatter.section("Commands"):
-            formatter.write_dl([(name, line) for name, (_, line) in BENCHES.items()])
-
-
-@click.group(cls=_LazyBenches)
+@click.group(cls=LazyGroup, lazy=BENCHES)
 def bench() -> None:
     """Measure throughput on this machine (figures, not pass/fail tests)."""
