@@ -260,7 +260,9 @@ def train(
     )
     if result.first_loss is not None:
         click.echo(f"loss: first {result.first_loss:.4f}, last {result.last_loss:.4f}")
-    if result.final_path is not None:
+    if result.final_path is not None and result.resumed_from == result.total_steps:
+        click.echo(f"already complete: {result.final_path} (nothing to train)")
+    elif result.final_path is not None:
         out = Path(cfg.out)
         click.echo(
             f"wrote {result.final_path}; log {out / 'log.jsonl'}, curve {out / 'loss.png'}, "
