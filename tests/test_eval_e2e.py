@@ -7,21 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
-from torchvision.models import resnet18
 
 from distinit.eval.command import eval_command
 from distinit.pipeline.cli import main
-from distinit.train.checkpoint import FinalCheckpoint, save_final
-from distinit.train.students import Student
-from tests.test_eval_splits import make_hmdb_layout, write_test_manifest
+from tests.eval_support import STUDENT, TINY, make_eval_data
 
-STUDENT = "mc3_18"  # the smallest inflatable student keeps CPU fine-tuning short
-TINY = [
-    "--clip-len", "4", "--clips-per-video", "2", "--resize", "40x32", "--crop", "32",
-    "--workers", "0", "--batch-size", "4",
-]  # fmt: skip
 FIELDS = (
     "dataset", "split", "init", "mode", "clip_top1", "clip_top5", "video_top1", "video_top5",
     "num_test_videos", "clips_per_video",
@@ -31,29 +22,7 @@ CHANCE = 1 / 3
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("evaldata")
-    root = make_hmdb_layout(base / "hmdb")
-    torch.manual_seed(1)
-    weights = base / "resnet18.pth"
-    torch.save(resnet18(weights=None).state_dict(), weights)  # stands in for ImageNet weights
-    checkpoint = base / "final.pt"
-    distilled = Student(STUDENT, {"efficientnet_lite0": 1000})
-    save_final(
-        checkpoint,
-        FinalCheckpoint(
-            student=STUDENT,
-            heads={"efficientnet_lite0": 1000},
-            state_dict=distilled.state_dict(),
-            config={"note": "test"},
-            teachers=[{"name": "efficientnet_lite0"}],
-        ),
-    )
-    return {
-        "root": root,
-        "manifest": write_test_manifest(base / "hmdb3.json"),
-        "weights": weights,
-        "checkpoint": checkpoint,
-    }
+    return make_eval_data(tmp_path_factory.mktemp("evaldata"), seed=1)
 
 
 def _init_args(init: str, data: dict[str, Path]) -> list[str]:

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from torchvision.models import resnet18
 
 from distinit.eval.command import eval_command
 from distinit.eval.config import EvalConfig
@@ -21,46 +20,19 @@ from distinit.eval.initialise import HEAD, build_student
 from distinit.eval.metrics import load_video_probs
 from distinit.eval.splits import VideoItem
 from distinit.pipeline.errors import ConfigError
-from distinit.train.checkpoint import FinalCheckpoint, save_final
 from distinit.train.flow import flow_init_from_rgb
 from distinit.train.students import Student, first_conv
-from tests.test_eval_splits import make_hmdb_layout, write_test_manifest
+from tests.eval_support import STUDENT, TINY, make_eval_data
 
-STUDENT = "mc3_18"
 RESIZE = (40, 32)  # the checkpoint's training resize: flow is in pixels per frame at this size
-TINY = [
-    "--clip-len", "4", "--clips-per-video", "2", "--resize", "40x32", "--crop", "32",
-    "--workers", "0", "--batch-size", "4",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("evalflow")
-    root = make_hmdb_layout(base / "hmdb")
-    torch.manual_seed(2)
-    weights = base / "resnet18.pth"
-    torch.save(resnet18(weights=None).state_dict(), weights)  # stands in for ImageNet weights
-    checkpoint = base / "flow_final.pt"
-    distilled = Student(STUDENT, {"efficientnet_lite0": 1000}, in_channels=2)
-    save_final(
-        checkpoint,
-        FinalCheckpoint(
-            student=STUDENT,
-            heads={"efficientnet_lite0": 1000},
-            state_dict=distilled.state_dict(),
-            config={"resize": list(RESIZE), "frame_stride": 1, "modality": "flow"},
-            teachers=[{"name": "efficientnet_lite0"}],
-            modality="flow",
-            in_channels=2,
-        ),
+    config = {"resize": list(RESIZE), "frame_stride": 1, "modality": "flow"}
+    return make_eval_data(
+        tmp_path_factory.mktemp("evalflow"), seed=2, modality="flow", config=config
     )
-    return {
-        "root": root,
-        "manifest": write_test_manifest(base / "hmdb3.json"),
-        "weights": weights,
-        "checkpoint": checkpoint,
-    }
 
 
 def _base(data: dict[str, Path], out: Path, mode: str) -> list[str]:
