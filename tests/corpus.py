@@ -5,14 +5,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
-from tests.videogen import make_index_video, make_lavfi_video
+from tests.videogen import generator_ffmpeg, make_index_video, make_lavfi_video
 
 OK, FAILED, EITHER = "ok", "failed", "ok-or-failed"
 
 
 def _ffmpeg(*args: str) -> None:
-    subprocess.run([ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y", *args], check=True)
+    subprocess.run([generator_ffmpeg(), "-nostdin", "-loglevel", "error", "-y", *args], check=True)
 
 
 def make_corpus(root: Path, *, heavy: bool = True) -> dict[str, str]:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
 from distinit.pipeline.video import FrameGeometry, iter_video
 from distinit.train.flow import (
     FLOW_CHANNELS,
@@ -23,6 +22,7 @@ from distinit.train.flow import (
     moving_texture,
     set_flow_threads,
 )
+from tests.videogen import generator_ffmpeg
 
 VELOCITY = (2, -1)  # px/frame: rightwards and up
 SIZE = (112, 112)  # (H, W), the students' resolution
@@ -35,7 +35,7 @@ def _encode(frames: np.ndarray, path: Path, fps: int = 25) -> Path:
     """H.264 / yuv420p at a moderate quality: the student sees decoded, lossy frames."""
     t_len, height, width = frames.shape[:3]
     cmd = [
-        ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y",
+        generator_ffmpeg(), "-nostdin", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps),
         "-i", "-", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", str(path),
     ]  # fmt: skip

@@ -18,12 +18,21 @@ from distinit.pipeline.video import FrameGeometry, iter_video
 from tests.videogen import make_lavfi_video
 
 
-def ffmpeg_frame_times(path: Path) -> np.ndarray:
-    out = subprocess.run(
+def _framemd5(path: Path, time_base: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-i", str(path), "-map", "0:v:0",
-         "-fps_mode", "passthrough", "-enc_time_base", "demux", "-f", "framemd5", "-"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+         "-fps_mode", "passthrough", "-enc_time_base", time_base, "-f", "framemd5", "-"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def ffmpeg_frame_times(path: Path) -> np.ndarray:
+    # Keep the demuxer's time base: "demux" in ffmpeg 7 and later, "-1" before (Debian's 5.1).
+    result = _framemd5(path, "demux")
+    if result.returncode != 0:
+        result = _framemd5(path, "-1")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
     tb = next(
         Fraction(line.split(":")[1].strip()) for line in out.splitlines() if line.startswith("#tb")
     )

@@ -16,7 +16,6 @@ import torch
 from click.testing import CliRunner
 
 from distinit.pipeline.errors import CheckpointError, ConfigError
-from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
 from distinit.pipeline.shards import ShardSet
 from distinit.train import loop
 from distinit.train.checkpoint import load_final
@@ -32,6 +31,7 @@ from distinit.train.config import TrainConfig
 from distinit.train.flow import FLOW_CHANNELS, FLOW_CLIP, clip_to_flow, moving_texture
 from distinit.train.students import Student, first_conv
 from tests.test_train_support import OBJECTS_CLASSES, SCENES_CLASSES, index_dataset, write_shards
+from tests.videogen import generator_ffmpeg
 
 VELOCITY = (2, -1)  # px per frame: rightwards and up
 SIZE = 96  # the generated video's side, = the resize, so pixels per frame are the video's
@@ -44,7 +44,7 @@ def _encode(frames: np.ndarray, path: Path) -> Path:
     """H.264 / yuv420p: the dataset decodes lossy frames, as it will on real videos."""
     t_len, height, width = frames.shape[:3]
     cmd = [
-        ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y",
+        generator_ffmpeg(), "-nostdin", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", "25",
         "-i", "-", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", str(path),
     ]  # fmt: skip

@@ -6,9 +6,15 @@ import importlib.util
 import subprocess
 from pathlib import Path
 
+import imageio_ffmpeg
 import numpy as np
 
-from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
+
+def generator_ffmpeg() -> str:
+    """The ffmpeg that *makes* test videos: always the imageio-ffmpeg build, so the inputs are the
+    same whichever ffmpeg (PATH or wheel) the decoder under test runs."""
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
 
 GRID = 4  # a GRID x GRID grid of black/white cells holds the frame index in binary (16 bits)
 
@@ -43,7 +49,7 @@ def make_index_video(
     if codec == "mpeg4":
         extra += ["-q:v", "2", "-g", "12"]
     cmd = [
-        ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y",
+        generator_ffmpeg(), "-nostdin", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size}x{size}", "-r", str(fps), "-i", "-",
         "-c:v", codec, *extra, str(path),
     ]  # fmt: skip
@@ -63,7 +69,7 @@ def make_lavfi_video(
 ) -> Path:
     """A video from one of ffmpeg's lavfi sources (testsrc, mandelbrot, smptebars, ...)."""
     cmd = [
-        ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",
+        generator_ffmpeg(), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",
         "-i", f"{source}=size={size}:rate={fps}:duration={seconds}",
         "-pix_fmt", "yuv420p", *extra, str(path),
     ]  # fmt: skip
