@@ -52,3 +52,12 @@ def test_amp_training_step_on_cuda() -> None:
     scaler.step(opt)
     scaler.update()
     assert torch.isfinite(loss)
+
+
+def test_cuda_without_index_follows_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    from distinit.extract.inference import resolve_device
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    expected = 1 % torch.cuda.device_count()
+    assert resolve_device("cuda") == torch.device("cuda", expected)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
