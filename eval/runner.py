@@ -23,6 +23,7 @@ from distinit.eval.predict import clip_outputs
 from distinit.eval.probe import FeatureCache, compute_features, train_linear
 from distinit.eval.report import mean_over_splits, plot_confusion, write_results
 from distinit.eval.splits import SplitData, load_split
+from distinit.pipeline.device import resolve_device
 from distinit.pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -41,17 +42,6 @@ def fingerprint(cfg: EvalConfig, split: int) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
 
-def _device(cfg: EvalConfig) -> torch.device:
-    if os.environ.get("WORLD_SIZE", "1") != "1" and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {cfg.device}: no CUDA device is available")
-    return device
-
-
 def _start_distributed(device: torch.device) -> int:
     """Join the torchrun process group when launched by torchrun; returns this rank."""
     if os.environ.get("WORLD_SIZE", "1") == "1":
@@ -66,7 +56,7 @@ def _start_distributed(device: torch.device) -> int:
 def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
     manifest = load_manifest(cfg.dataset)
     modality = check_init_inputs(cfg)
-    device = _device(cfg)
+    device = resolve_device(cfg.device)
     rank = _start_distributed(device)
     if rank != 0:
         echo = _silent  # one report per run, from rank 0

@@ -28,11 +28,12 @@ import torch
 
 from distinit.extract.config import ExtractConfig
 from distinit.extract.discovery import find_videos
-from distinit.extract.inference import TeacherRunner, resolve_device
+from distinit.extract.inference import TeacherRunner
 from distinit.extract.inspection import kl_divergence
 from distinit.extract.runner import ExtractSummary, run_extract
 from distinit.extract.teachers import Teacher, load_teacher
 from distinit.pipeline.bench import machine_description
+from distinit.pipeline.device import resolve_device
 from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
 from distinit.pipeline.shards import dequantize, quantize
 from distinit.pipeline.video import FrameGeometry, VideoReader

@@ -18,6 +18,7 @@ from distinit.extract.config import (
     rank_from_environment,
 )
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.video import VIDEO_EXTENSIONS
 
 
 def _duration(seconds: float | None) -> str:
@@ -186,6 +187,15 @@ def extract(
         click.echo(("\r" + line) if tty else line, err=True, nl=not tty)
 
     summary = run_extract(cfg, progress=show)
+    if summary.videos_total == 0:
+        click.echo(
+            f"no videos found under {cfg.videos}"
+            + (f" for rank {cfg.shard_index} of {cfg.num_shards}" if cfg.num_shards > 1 else "")
+            + " (looked for: "
+            + ", ".join(sorted(VIDEO_EXTENSIONS))
+            + ")",
+            err=True,
+        )
     if tty:
         click.echo(err=True)
     for video_id, reason in summary.failures:

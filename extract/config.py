@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -75,6 +76,8 @@ class ExtractConfig:
             raise ConfigError(
                 f"--shard-index {self.shard_index} is outside 0..{self.num_shards - 1}"
             )
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"--device {self.device!r}: expected auto, cpu, cuda or cuda:N")
         if self.compile not in ("auto", "on", "off"):
             raise ConfigError(f"--compile must be auto, on or off, got {self.compile!r}")
         if self.videos_per_shard < 1:

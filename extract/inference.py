@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,25 +23,6 @@ from distinit.pipeline.video import FrameGeometry
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when present. A CUDA device without an index is this process's own GPU
-    under torchrun (``LOCAL_RANK``) or Slurm (``SLURM_LOCALID``), so ranks on one node spread
-    over its GPUs instead of all landing on GPU 0."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {device!r}") from exc
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} asked for, but CUDA is not available")
-        if resolved.index is None:
-            local = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
-            resolved = torch.device("cuda", int(local) % torch.cuda.device_count())
-    return resolved
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -91,8 +91,9 @@ def format_top(result: dict[str, Any]) -> str:
 
 def verify(shards: ShardSet, n: int, seed: int = 0) -> dict[str, Any]:
     """Read every byte (checksums), then recompute ``n`` random cached frames with the teachers."""
-    from distinit.extract.inference import TeacherRunner, resolve_device
+    from distinit.extract.inference import TeacherRunner
     from distinit.extract.teachers import load_teacher
+    from distinit.pipeline.device import resolve_device
     from distinit.pipeline.video import decode_at_times
 
     problems = shards.verify_checksums()

@@ -33,11 +33,11 @@ from distinit.extract.discovery import find_videos, videos_for_rank
 from distinit.extract.inference import (
     TeacherRunner,
     default_batch_size,
-    resolve_device,
     resolve_precision,
 )
 from distinit.extract.lock import RankLock
 from distinit.extract.teachers import load_teacher
+from distinit.pipeline.device import resolve_device
 from distinit.pipeline.errors import ConfigError, ShardError, VideoDecodeError
 from distinit.pipeline.ffmpeg_binary import ffmpeg_version
 from distinit.pipeline.shards import (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,14 @@ def test_missing_shard_directory_is_one_line() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "/no/such/dir" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["extract", "train"])
+def test_unknown_or_unavailable_device_is_one_line(command: str, tmp_path: Path) -> None:
+    args = {
+        "extract": ["--videos", str(tmp_path), "--out", str(tmp_path / "o")],
+        "train": ["--targets", str(tmp_path), "--out", str(tmp_path / "o")],
+    }[command]
+    result = _run("-m", "distinit.pipeline.cli", command, *args, "--device", "tpu")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "tpu" in result.stderr

@@ -55,7 +55,7 @@ def test_amp_training_step_on_cuda() -> None:
 
 
 def test_cuda_without_index_follows_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
-    from distinit.extract.inference import resolve_device
+    from distinit.pipeline.device import resolve_device
 
     monkeypatch.setenv("LOCAL_RANK", "1")
     expected = 1 % torch.cuda.device_count()

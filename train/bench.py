@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from distinit.pipeline.bench import machine_description
+from distinit.pipeline.device import resolve_device
 from distinit.train.config import TrainConfig, parse_size
 
 
@@ -86,7 +87,6 @@ def bench_train(
         prepare_workers,
         worker_init,
     )
-    from distinit.train.distributed import pick_device
     from distinit.train.flow import flow_cost_per_clip, set_flow_threads
     from distinit.train.loop import build_optimizer, clip_spec, open_targets
     from distinit.train.loss import distillation_loss
@@ -98,7 +98,7 @@ def bench_train(
         resize=parse_size(resize), crop=crop, batch_size=batch_size, workers=workers,
         device=device, amp=amp,
     )  # fmt: skip
-    dev = pick_device(cfg.device, 0)
+    dev = resolve_device(cfg.device)
     shards, videos_root = open_targets(cfg)
     datasets = {
         m: ClipDataset(

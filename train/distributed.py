@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
-from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +39,12 @@ class DistContext:
         return self.world_size > 1
 
 
-def pick_device(option: str, local_rank: int) -> torch.device:
-    if option == "auto":
-        option = "cuda" if torch.cuda.is_available() else "cpu"
-    if option.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {option!r} asked for, but CUDA is not available")
-        # Under torchrun each process takes its own GPU, whatever index was asked for.
-        return torch.device("cuda", local_rank if option == "cuda" else int(option.split(":")[1]))
-    return torch.device("cpu")
-
-
 def setup(device_option: str) -> DistContext:
     """Join torchrun's process group if there is one (env://), else a single process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_option, local_rank)
+    device = resolve_device(device_option)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
