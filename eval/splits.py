@@ -228,8 +228,15 @@ def _read_list(
 def _lists(
     manifest: Manifest, root: Path, split_root: Path, split: int, problems: _Problems
 ) -> tuple[list[str], _Pairs, _Pairs]:
-    assert manifest.train_list is not None and manifest.test_list is not None
     classes = _class_index(manifest, split_root)
+    return classes, *_train_test_lists(manifest, split_root, split, classes, problems)
+
+
+def _train_test_lists(
+    manifest: Manifest, split_root: Path, split: int, classes: list[str], problems: _Problems
+) -> tuple[_Pairs, _Pairs]:
+    """The split's train and test list files, parsed and checked."""
+    assert manifest.train_list is not None and manifest.test_list is not None
     train = _read_list(
         split_root / manifest.train_list.format(split=split), classes, problems, labelled=True
     )
@@ -238,7 +245,7 @@ def _lists(
     )
     if train is None or test is None:
         raise DatasetError(f"{manifest.name} split {split}: {'; '.join(problems.items)}")
-    return classes, *_dedup(train, test, split)
+    return _dedup(train, test, split)
 
 
 def _folder(
@@ -255,16 +262,7 @@ def _folder(
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders")
     if splits_dir is not None:
-        assert manifest.train_list is not None and manifest.test_list is not None
-        train = _read_list(
-            splits_dir / manifest.train_list.format(split=split), classes, problems, labelled=True
-        )
-        test = _read_list(
-            splits_dir / manifest.test_list.format(split=split), classes, problems, labelled=False
-        )
-        if train is None or test is None:
-            raise DatasetError(f"{manifest.name} split {split}: {'; '.join(problems.items)}")
-        return classes, *_dedup(train, test, split)
+        return classes, *_train_test_lists(manifest, splits_dir, split, classes, problems)
     train, test = [], []
     for cls in classes:
         videos = sorted(

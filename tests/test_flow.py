@@ -48,7 +48,8 @@ def _interior_mean_px(flow: np.ndarray) -> np.ndarray:
     return flow[:, MARGIN:-MARGIN, MARGIN:-MARGIN].reshape(-1, 2).mean(axis=0) * FLOW_CLIP
 
 
-def _assert_matches_velocity(mean_px: np.ndarray, velocity: tuple[int, int]) -> None:
+def assert_matches_velocity(mean_px: np.ndarray, velocity: tuple[float, float]) -> None:
+    """Direction within ANGLE_TOLERANCE_DEG and magnitude within TOLERANCE of ``velocity``."""
     truth = np.asarray(velocity, dtype=np.float64)
     magnitude_error = abs(np.linalg.norm(mean_px) - np.linalg.norm(truth)) / np.linalg.norm(truth)
     # Signed angle between the two vectors, in (-180, 180]: no wrap-around at +-180 degrees.
@@ -75,16 +76,16 @@ def test_known_motion_through_encoder_and_decoder(tmp_path: Path) -> None:
     )
     assert decoded.shape == (16, height, width, 3)
     flow = clip_to_flow(decoded)
-    _assert_matches_velocity(_interior_mean_px(flow), VELOCITY)
+    assert_matches_velocity(_interior_mean_px(flow), VELOCITY)
     # Every field, not just the clip mean, sees the motion (no field lost or misaligned).
     for field in flow:
-        _assert_matches_velocity(_interior_mean_px(field[None]), VELOCITY)
+        assert_matches_velocity(_interior_mean_px(field[None]), VELOCITY)
 
 
 @pytest.mark.parametrize("velocity", [(0, 3), (-3, 0), (1, 1)])
 def test_other_directions_on_raw_frames(velocity: tuple[int, int]) -> None:
     flow = clip_to_flow(moving_texture(6, SIZE, velocity))
-    _assert_matches_velocity(_interior_mean_px(flow), velocity)
+    assert_matches_velocity(_interior_mean_px(flow), velocity)
 
 
 def test_shape_dtype_range_and_last_field_rule() -> None:

@@ -3,7 +3,6 @@ motion, flips), the input routing, the config, and a tiny `distinit train --moda
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -30,14 +29,13 @@ from distinit.train.command import train
 from distinit.train.config import TrainConfig
 from distinit.train.flow import FLOW_CHANNELS, FLOW_CLIP, clip_to_flow, moving_texture
 from distinit.train.students import Student, first_conv
+from tests.test_flow import assert_matches_velocity
 from tests.test_train_support import OBJECTS_CLASSES, SCENES_CLASSES, index_dataset, write_shards
 from tests.videogen import generator_ffmpeg
 
 VELOCITY = (2, -1)  # px per frame: rightwards and up
 SIZE = 96  # the generated video's side, = the resize, so pixels per frame are the video's
 CROP = 64
-MAGNITUDE_TOLERANCE = 0.15  # relative error on the flow's magnitude (as in tests/test_flow.py)
-ANGLE_TOLERANCE_DEG = 5.0
 
 
 def _encode(frames: np.ndarray, path: Path) -> Path:
@@ -56,15 +54,6 @@ def _motion_px(flow: np.ndarray) -> np.ndarray:
     """Median (dx, dy) in pixels of a (T, H, W, 2) flow clip; the median ignores the strip
     where texture enters the frame (no true match there)."""
     return np.median(flow.reshape(-1, 2), axis=0) * FLOW_CLIP
-
-
-def _assert_motion(got_px: np.ndarray, truth: tuple[float, float]) -> None:
-    t = np.asarray(truth, dtype=np.float64)
-    magnitude_error = abs(np.linalg.norm(got_px) - np.linalg.norm(t)) / np.linalg.norm(t)
-    cross = t[0] * got_px[1] - t[1] * got_px[0]
-    angle = math.degrees(math.atan2(cross, float(np.dot(t, got_px))))
-    assert magnitude_error < MAGNITUDE_TOLERANCE, (got_px, truth)
-    assert abs(angle) < ANGLE_TOLERANCE_DEG, (got_px, truth)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +97,7 @@ def test_dataset_flow_clips_show_the_known_motion_with_rgb_targets(
         flip = flow_ds.plan(index).flip
         flips.add(flip)
         vx, vy = VELOCITY[0] * stride, VELOCITY[1] * stride
-        _assert_motion(_motion_px(clip), (-vx if flip else vx, vy))
+        assert_matches_velocity(_motion_px(clip), (-vx if flip else vx, vy))
         # The targets are the RGB teacher's, of the same frames, whatever the student sees.
         assert torch.equal(item["rows"], rgb_item["rows"])
         for name, target in item["targets"].items():
@@ -124,8 +113,8 @@ def test_flip_negates_dx_and_matches_the_flow_of_mirrored_frames() -> None:
     # Exactly the mirrored field with dx negated, dy kept.
     np.testing.assert_array_equal(flipped[..., 0], -plain[:, :, ::-1, 0])
     np.testing.assert_array_equal(flipped[..., 1], plain[:, :, ::-1, 1])
-    _assert_motion(_motion_px(plain), VELOCITY)
-    _assert_motion(_motion_px(flipped), (-VELOCITY[0], VELOCITY[1]))
+    assert_matches_velocity(_motion_px(plain), VELOCITY)
+    assert_matches_velocity(_motion_px(flipped), (-VELOCITY[0], VELOCITY[1]))
     # And it is what DIS measures on the mirrored video itself (same crop, mirrored position).
     mirrored = clip_to_flow(np.ascontiguousarray(frames[:, :, ::-1]))
     mirrored = mirrored[:, y : y + CROP, SIZE - x - CROP : SIZE - x]
