@@ -63,19 +63,25 @@ def save_final(path: str | os.PathLike[str], ckpt: FinalCheckpoint) -> None:
     os.replace(tmp, path)
 
 
+def load_tagged(path: Path, fmt: str, version: int, what: str, hint: str = "") -> dict[str, Any]:
+    """A weights-only file whose ``format`` tag and ``schema_version`` must match (the shape
+    shared by ``final.pt`` and ``last.pt``)."""
+    payload = load_weights_only(path, CheckpointError)
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{path}: not a distinit {what}")
+    if payload.get("schema_version") != version:
+        raise CheckpointError(
+            f"{path}: {what} schema {payload.get('schema_version')}, expected {version}{hint}"
+        )
+    return payload
+
+
 def load_final(path: str | os.PathLike[str]) -> FinalCheckpoint:
     """Load and validate ``final.pt``; never unpickles code (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
-    payload = load_weights_only(path, CheckpointError)
-    if not isinstance(payload, dict) or payload.get("format") != FINAL_FORMAT:
-        raise CheckpointError(f"{path}: not a distinit student checkpoint")
-    if payload.get("schema_version") != FINAL_SCHEMA_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint schema {payload.get('schema_version')}, "
-            f"expected {FINAL_SCHEMA_VERSION}"
-        )
+    payload = load_tagged(path, FINAL_FORMAT, FINAL_SCHEMA_VERSION, "student checkpoint")
     if payload["student"] not in STUDENTS:
         raise CheckpointError(f"{path}: unknown student {payload['student']!r}")
     return FinalCheckpoint(

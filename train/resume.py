@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from distinit.pipeline.errors import CheckpointError
-from distinit.pipeline.weights import load_weights_only
+from distinit.train.checkpoint import load_tagged
 
 LAST_FORMAT = "distinit-train-state"
 LAST_SCHEMA_VERSION = 1
@@ -46,14 +46,8 @@ def save_last(path: Path, payload: dict[str, Any]) -> None:
 
 def load_last(path: Path) -> dict[str, Any]:
     try:
-        payload = load_weights_only(path, CheckpointError)
+        return load_tagged(
+            path, LAST_FORMAT, LAST_SCHEMA_VERSION, "training state", "; start a new run directory"
+        )
     except CheckpointError as exc:
         raise CheckpointError(f"cannot resume: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != LAST_FORMAT:
-        raise CheckpointError(f"{path}: not a distinit training state")
-    if payload.get("schema_version") != LAST_SCHEMA_VERSION:
-        raise CheckpointError(
-            f"{path}: training state schema {payload.get('schema_version')}, "
-            f"expected {LAST_SCHEMA_VERSION}; start a new run directory"
-        )
-    return payload
