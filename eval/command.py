@@ -34,6 +34,13 @@ def _size(value: str) -> tuple[int, int]:
     "--root", type=click.Path(path_type=Path), help="Dataset root (class folders). [required]"
 )
 @click.option(
+    "--store",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Frame store of the dataset (distinit extract --videos ROOT --teacher none --out DIR): "
+    "clips are read by row from it instead of decoding the source videos every epoch.",
+)
+@click.option(
     "--splits",
     "splits_dir",
     type=click.Path(path_type=Path),

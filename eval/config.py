@@ -36,6 +36,7 @@ class EvalConfig:
     modality: str | None = None
     inflate_weights: Path | None = None
     splits_dir: Path | None = None
+    store: Path | None = None  # a frame store of the dataset (extract --teacher none)
     split: str = "1"
     mode: str = "finetune"
     epochs: int | None = None

@@ -2,24 +2,22 @@
 
 Protocol (stated in every results.json through :meth:`ClipProtocol.describe`):
 
-* Frames are decoded by the shared decoder, every native frame, stretched to ``resize``
-  (video-ResNet convention 171x128), and clips are ``clip_len`` consecutive native frames.
-* Training: one clip per video per epoch at a random start, random ``crop`` x ``crop`` crop,
-  random horizontal flip.
-* Testing: ``clips_per_video`` (K) clips with uniformly spaced starts from the first to the last
-  possible one, centre crop, one crop per clip.
-* Short videos (fewer frames than ``clip_len``; many HMDB51 clips are 10-20 frames) are looped:
-  frame ``i`` of a clip is frame ``(start + i) mod N``. Their K test clips are then identical.
-* What the student sees of a clip comes from :func:`distinit.train.clips.clip_input`, the one
-  path training uses too: RGB is cropped (and flipped) as decoded; flow (``modality="flow"``) is
-  computed on the clip's whole resized frames, one clip at a time (field t is frame t -> t+1, the
-  last field repeats the one before, a looped clip's seam is a jump), then cropped and flipped
-  with dx negated. Flow therefore needs ``clip_len >= 2``.
+* Frames: every native frame, stretched to ``resize`` (video-ResNet convention 171x128), decoded
+  from the source video by the shared decoder — or, with ``store`` (``eval --store DIR``, made by
+  ``distinit extract --teacher none``), read by row from that frame store, so no epoch touches
+  the source videos. Clips are ``clip_len`` consecutive native frames.
+* Window, looping, crop, flip and modality: the clip rules of ``train/clip_rules.py``, the ones
+  training uses. Training: one clip per video per epoch at a random start, random crop, random
+  horizontal flip. Testing: ``clips_per_video`` (K) uniformly spaced clips, centre crop, one crop
+  per clip. Short videos (many HMDB51 clips are 10-20 frames) loop, so their K test clips are
+  identical. Flow is computed on each clip's whole resized frames, then cropped (``clip_len >= 2``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,9 +26,11 @@ import torch
 from torch.utils.data import Dataset
 
 from distinit.eval.splits import VideoItem
-from distinit.pipeline.errors import DatasetError, VideoDecodeError
+from distinit.pipeline.errors import DatasetError, ShardError, VideoDecodeError
+from distinit.pipeline.shards import ShardSet
 from distinit.pipeline.video import FrameGeometry, iter_video
-from distinit.train.clips import clip_input, input_channels
+from distinit.train import clip_rules
+from distinit.train.clip_rules import clip_input, input_channels
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class ClipProtocol:
     resize: tuple[int, int] = (171, 128)  # (width, height)
     crop: int = 112
     modality: str = "rgb"  # "rgb" or "flow": what clip_input makes of the decoded frames
+    store: str | None = None  # a frame store directory (extract --teacher none) to read from
 
     def __post_init__(self) -> None:
         if self.clip_len < 1 or self.clips_per_video < 1:
@@ -61,6 +62,11 @@ class ClipProtocol:
             "crops_per_clip": 1,
             "short_video_rule": "loop: clip frame i is frame (start + i) mod N",
             "video_score": "softmax averaged over the K clips",
+            "frames": (
+                f"frame store {self.store} (H.264 of every native frame at the resize)"
+                if self.store
+                else "decoded from the source videos"
+            ),
             "input": (
                 "uint8 RGB crop"
                 if self.modality == "rgb"
@@ -80,22 +86,58 @@ def decode_frames(path: Path, resize: tuple[int, int]) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-def clip_frames(frames: np.ndarray, start: int, clip_len: int) -> np.ndarray:
-    """``clip_len`` frames from ``start``, looping short videos (the stated rule)."""
-    idx = (start + np.arange(clip_len)) % len(frames)
-    return frames[idx]
+_STORES: dict[tuple[str, int], ShardSet] = {}  # opened once per process (handles never fork)
 
 
-def uniform_starts(n_frames: int, clip_len: int, k: int) -> np.ndarray:
-    """K uniformly spaced clip starts over the video; all 0 when it is not longer than a clip."""
-    last = max(n_frames - clip_len, 0)
-    return np.round(np.linspace(0, last, k)).astype(np.int64)
+def _store(directory: str) -> ShardSet:
+    key = (directory, os.getpid())
+    if key not in _STORES:
+        _STORES[key] = ShardSet(directory)
+    return _STORES[key]
 
 
-def centre_input(clip: np.ndarray, modality: str, crop: int) -> np.ndarray:
-    """The test-time student input of one clip of whole resized frames: the centre square."""
-    h, w = clip.shape[1:3]
-    return clip_input(clip, modality, (w - crop) // 2, (h - crop) // 2, crop, False)
+def check_store(directory: Path, resize: tuple[int, int], items: list[VideoItem]) -> None:
+    """Refuse a frame store that cannot serve the protocol: wrong size, a frame rate other than
+    every native frame, or videos of the split missing from it."""
+    try:
+        shards = ShardSet(directory)
+    except ShardError as exc:
+        raise DatasetError(f"--store: {exc}") from exc
+    if shards.store is None:
+        raise DatasetError(f"--store {directory}: the shards hold no frame store")
+    if shards.store.size != resize:
+        w, h = shards.store.size
+        raise DatasetError(
+            f"--store {directory}: frames are {w}x{h}, the protocol resizes to "
+            f"{resize[0]}x{resize[1]} (extract --store-size)"
+        )
+    if shards.provenance.get("fps") is not None:
+        raise DatasetError(
+            f"--store {directory}: made with --fps {shards.provenance['fps']}; evaluation clips "
+            "are consecutive native frames, so the store must hold every frame"
+        )
+    missing = [item.rel for item in items if item.rel not in {r.id for r in shards.ok_videos()}]
+    if missing:
+        raise DatasetError(
+            f"--store {directory}: {len(missing)} videos of the split are not in it "
+            f"(e.g. {missing[0]!r}); extract them with --videos ROOT --teacher none"
+        )
+
+
+FramesOf = Callable[[np.ndarray], np.ndarray]  # rows -> (k, H, W, 3) uint8
+
+
+def video_frames(item: VideoItem, protocol: ClipProtocol) -> tuple[int, FramesOf]:
+    """A video's frame count and a function from rows to ``(k, H, W, 3)`` frames at the resize:
+    by row from the frame store when the protocol has one, else from one decode of the source."""
+    if protocol.store is not None:
+        shards = _store(protocol.store)
+        record = shards.records.get(item.rel)
+        if record is None or record.status != "ok":
+            raise DatasetError(f"{item.rel}: not in the frame store {protocol.store}")
+        return record.row_count, lambda rows: shards.frames(item.rel, rows)
+    frames = decode_frames(item.path, protocol.resize)
+    return len(frames), lambda rows: frames[rows]
 
 
 class TrainClips(Dataset[tuple[torch.Tensor, int]]):
@@ -114,16 +156,12 @@ class TrainClips(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         item, p = self.items[index], self.protocol
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        frames = decode_frames(item.path, p.resize)
-        start = int(rng.integers(0, max(len(frames) - p.clip_len, 0) + 1))
-        clip = clip_frames(frames, start, p.clip_len)  # (T, H, W, 3) uint8, whole frames
-        h, w = clip.shape[1:3]
-        # Same draw order as before flow existed (y, x, flip), so RGB runs sample the same clips.
-        y, x = int(rng.integers(0, h - p.crop + 1)), int(rng.integers(0, w - p.crop + 1))
-        flip = bool(rng.random() < 0.5)
+        count, take = video_frames(item, p)
+        start = clip_rules.random_start(rng, count, p.clip_len, 1)
+        x, y, flip = clip_rules.draw_crop(rng, p.resize, p.crop)
+        frames = take(clip_rules.window_rows(count, p.clip_len, 1, start))  # (T, H, W, 3)
         # (T, c, c, 3) uint8 for rgb, (T, c, c, 2) float32 in [-1, 1] for flow
-        x_clip = clip_input(clip, p.modality, x, y, p.crop, flip)
-        return torch.from_numpy(x_clip), item.label
+        return torch.from_numpy(clip_input(frames, p.modality, x, y, p.crop, flip)), item.label
 
 
 class EvalClips(Dataset[tuple[torch.Tensor, int, int]]):
@@ -138,11 +176,15 @@ class EvalClips(Dataset[tuple[torch.Tensor, int, int]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         item, p = self.items[index], self.protocol
-        frames = decode_frames(item.path, p.resize)
-        if len(frames) < p.clip_len:
-            log.debug("%s: %d frames < clip_len %d, looped", item.rel, len(frames), p.clip_len)
+        count, take = video_frames(item, p)
+        if clip_rules.is_short(count, p.clip_len, 1):
+            log.debug("%s: %d frames < clip_len %d, looped", item.rel, count, p.clip_len)
+        x, y, flip = clip_rules.centre_crop(p.resize, p.crop)
         clips = [
-            centre_input(clip_frames(frames, int(s), p.clip_len), p.modality, p.crop)
-            for s in uniform_starts(len(frames), p.clip_len, p.clips_per_video)
-        ]
+            clip_input(
+                take(clip_rules.window_rows(count, p.clip_len, 1, int(s))), p.modality, x, y,
+                p.crop, flip,
+            )
+            for s in clip_rules.uniform_starts(count, p.clip_len, 1, p.clips_per_video)
+        ]  # fmt: skip
         return torch.from_numpy(np.stack(clips)), item.label, index

@@ -18,7 +18,7 @@ from distinit.eval.config import EvalConfig
 from distinit.eval.inflate import inflate_into, load_resnet18_weights
 from distinit.pipeline.errors import CheckpointError, ConfigError
 from distinit.train.checkpoint import FinalCheckpoint, load_final
-from distinit.train.clips import input_channels
+from distinit.train.clip_rules import input_channels
 from distinit.train.flow import flow_init_from_rgb
 from distinit.train.students import Student, first_conv
 

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from distinit.eval.config import EvalConfig
-from distinit.eval.datasets import ClipProtocol
+from distinit.eval.datasets import ClipProtocol, check_store
 from distinit.eval.finetune import FinetuneSettings, finetune, recompute_bn_stats
 from distinit.eval.initialise import HEAD, build_student, check_init_inputs
 from distinit.eval.manifests import load_manifest
@@ -62,7 +62,10 @@ def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
         echo = _silent  # one report per run, from rank 0
     if dist.is_initialized() and cfg.mode == "linear":
         raise ConfigError("--mode linear runs in one process; start it without torchrun")
-    protocol = ClipProtocol(cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop, modality)
+    store = str(cfg.store) if cfg.store is not None else None
+    protocol = ClipProtocol(
+        cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop, modality, store
+    )
     # Every split is checked before anything is written, so a bad layout leaves no OUT behind.
     splits = [
         (
@@ -77,6 +80,8 @@ def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
         )
         for split in cfg.splits
     ]
+    if cfg.store is not None:
+        check_store(cfg.store, cfg.resize, [i for _, d in splits for i in d.train + d.test])
     cfg.out.mkdir(parents=True, exist_ok=True)
     videos_per_batch = max(1, cfg.batch_size // cfg.clips_per_video)
     per_split: list[dict[str, Any]] = []
@@ -253,8 +258,9 @@ def _results(
     classes: list[str],
 ) -> dict[str, Any]:
     headline = per_split[0] if len(per_split) == 1 else mean_over_splits(per_split)
+    store = str(cfg.store) if cfg.store is not None else None
     protocol = ClipProtocol(
-        cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop, modality
+        cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop, modality, store
     ).describe()
     protocol.update(
         {

@@ -18,7 +18,7 @@ from distinit.extract.config import (
     rank_from_environment,
 )
 from distinit.pipeline.errors import ConfigError
-from distinit.pipeline.video import VIDEO_EXTENSIONS
+from distinit.pipeline.video import VIDEO_EXTENSIONS, parse_size
 
 
 def _duration(seconds: float | None) -> str:
@@ -47,7 +47,8 @@ def _duration(seconds: float | None) -> str:
     multiple=True,
     default=("efficientnet_lite0",),
     show_default=True,
-    help="Teacher name; repeat for several (frames are decoded once for all).",
+    help="Teacher name; repeat for several (frames are decoded once for all). "
+    "'none': only the frame store (e.g. of an evaluation dataset, for eval --store).",
 )
 @click.option(
     "--teacher-weights",
@@ -123,6 +124,23 @@ def _duration(seconds: float | None) -> str:
     help="Videos per shard file (a crash loses at most one unfinished shard).",
 )
 @click.option(
+    "--frames",
+    "frames_mode",
+    type=click.Choice(["store", "none"]),
+    default="store",
+    show_default=True,
+    help="store: also keep every cached frame at --store-size in the shards (H.264, ~1.8 KB "
+    "per frame), so training reads clips by row and never needs the source videos; "
+    "none: targets only (training then decodes the source videos).",
+)
+@click.option(
+    "--store-size",
+    default="171x128",
+    show_default=True,
+    metavar="WxH",
+    help="Size of the stored frames: the student's frame size (train's --resize), stretched.",
+)
+@click.option(
     "--retry-failed", is_flag=True, help="Try again the videos an earlier run recorded as failed."
 )
 @click.option(
@@ -147,6 +165,8 @@ def extract(
     videos_per_shard: int,
     retry_failed: bool,
     strict: bool,
+    frames_mode: str,
+    store_size: str,
 ) -> None:
     """Decode every frame of every video once, run the teacher(s), write logits to HDF5 shards."""
     env_index, env_shards = rank_from_environment()
@@ -167,12 +187,14 @@ def extract(
         videos_per_shard=videos_per_shard,
         strict=strict,
         retry_failed=retry_failed,
+        frames=frames_mode,
+        store_size=parse_size(store_size),
     )
     from distinit.extract.runner import Progress, run_extract
     from distinit.extract.teachers import is_known_teacher, known_teachers
     from distinit.pipeline.errors import UnknownNameError
 
-    for name in cfg.teachers:
+    for name in cfg.teacher_names:
         if not is_known_teacher(name):
             raise UnknownNameError("teacher", name, known_teachers())
 

@@ -21,6 +21,10 @@ def rank_from_environment() -> tuple[int, int]:
     return 0, 1
 
 
+FRAME_MODES = ("store", "none")
+NO_TEACHER = "none"  # --teacher none: a frames-only store (e.g. of an evaluation dataset)
+
+
 # Compiling costs tens of seconds once; below this many videos it rarely pays for itself.
 COMPILE_AUTO_MIN_VIDEOS = 20
 
@@ -58,12 +62,22 @@ class ExtractConfig:
     videos_per_shard: int = 200
     strict: bool = False
     retry_failed: bool = False
+    frames: str = "store"  # "store": also keep the student's frames; "none": targets only
+    store_size: tuple[int, int] = (171, 128)  # (width, height): train's --resize
 
     def __post_init__(self) -> None:
         if not os.path.isdir(self.videos):
             raise ConfigError(f"--videos {self.videos}: no such directory")
         if not self.teachers:
-            raise ConfigError("at least one --teacher is needed")
+            raise ConfigError("at least one --teacher is needed (or --teacher none)")
+        if NO_TEACHER in self.teachers and len(self.teachers) > 1:
+            raise ConfigError("--teacher none cannot be combined with other teachers")
+        if self.frames not in FRAME_MODES:
+            raise ConfigError(f"--frames must be store or none, got {self.frames!r}")
+        if self.frames == "none" and not self.teacher_names:
+            raise ConfigError("--teacher none with --frames none would store nothing")
+        if min(self.store_size) < 16:
+            raise ConfigError(f"--store-size {self.store_size}: both sides must be >= 16")
         if len(set(self.teachers)) != len(self.teachers):
             raise ConfigError(f"--teacher given twice: {list(self.teachers)}")
         if self.fps is not None and not self.fps > 0:
@@ -85,8 +99,14 @@ class ExtractConfig:
         if os.path.abspath(self.out) == os.path.abspath(self.videos):
             raise ConfigError("--out must not be the --videos directory")
 
+    @property
+    def teacher_names(self) -> tuple[str, ...]:
+        """The teachers to run: none for a frames-only store."""
+        return () if self.teachers == (NO_TEACHER,) else self.teachers
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        d["store_size"] = list(self.store_size)
         d["teachers"] = list(self.teachers)
         d["videos"], d["out"] = os.path.abspath(self.videos), os.path.abspath(self.out)
         return d

@@ -40,6 +40,7 @@ from distinit.extract.teachers import load_teacher
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.errors import ConfigError, ShardError, VideoDecodeError
 from distinit.pipeline.ffmpeg_binary import ffmpeg_version
+from distinit.pipeline.framestore import StoreFormat, encode_gop
 from distinit.pipeline.shards import (
     SHARD_SUFFIX,
     TMP_SUFFIX,
@@ -104,6 +105,7 @@ class _Pending:
     times: list[np.ndarray] = field(default_factory=list)
     indices: list[np.ndarray] = field(default_factory=list)
     logits: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    gops: list[tuple[int, bytes]] = field(default_factory=list)  # frame store: (rows, H.264)
     rows_in_batch: int = 0
     decoded: bool = False
     info: VideoInfo | None = None
@@ -145,47 +147,60 @@ def run_extract(
             failed_earlier=sum(previous.get(v) == "failed" for v in all_ids if v not in todo),
         )
         if todo:
-            device = resolve_device(cfg.device)
-            precision = resolve_precision(cfg.precision, device)
-            teachers = [load_teacher(n, cfg.teacher_weights.get(n)) for n in cfg.teachers]
-            if headers:
-                _check_same_teachers([t.info() for t in teachers], headers[0])
-            compile_teachers = cfg.compile == "on" or (
-                cfg.compile == "auto" and len(todo) >= COMPILE_AUTO_MIN_VIDEOS
-            )
-            batch_size = cfg.batch_size or default_batch_size(device, compile_teachers)
-            if compile_teachers:
-                log.info("compiling the teachers (a one-off cost of tens of seconds)")
-            runner = TeacherRunner(
-                teachers,
-                device,
-                precision,
-                compile=compile_teachers,
-                batch_size=batch_size,
-                eager_if_compile_fails=cfg.compile == "auto",
-            )
-            provenance = _provenance(cfg, runner, batch_size)
-            shards = _ShardSequence(
-                out, prefix, [t.info() for t in teachers], provenance, cfg.videos_per_shard
-            )
+            store = StoreFormat(*cfg.store_size) if cfg.frames == "store" else None
+            runner, batch_size = _teacher_runner(cfg, len(todo), headers)
+            provenance = _provenance(cfg, runner, batch_size, store)
+            infos = [t.info() for t in runner.teachers] if runner is not None else []
+            shards = _ShardSequence(out, prefix, infos, provenance, cfg.videos_per_shard, store)
             with _stop_on_signals() as stop:
-                _extract(cfg, todo, runner, batch_size, shards, summary, stop, progress)
+                _extract(cfg, todo, runner, batch_size, store, shards, summary, stop, progress)
             summary.shards_written = shards.written
             summary.bytes_written = sum((out / n).stat().st_size for n in shards.written)
         write_manifest(out, cfg.to_json())
     return summary
 
 
+def _teacher_runner(
+    cfg: ExtractConfig, videos: int, headers: list[ShardHeader]
+) -> tuple[TeacherRunner | None, int]:
+    """The teachers on their device, and the frames per batch (no runner for --teacher none)."""
+    if not cfg.teacher_names:
+        return None, 0
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    teachers = [load_teacher(n, cfg.teacher_weights.get(n)) for n in cfg.teacher_names]
+    if headers:
+        _check_same_teachers([t.info() for t in teachers], headers[0])
+    compile_teachers = cfg.compile == "on" or (
+        cfg.compile == "auto" and videos >= COMPILE_AUTO_MIN_VIDEOS
+    )
+    batch_size = cfg.batch_size or default_batch_size(device, compile_teachers)
+    if compile_teachers:
+        log.info("compiling the teachers (a one-off cost of tens of seconds)")
+    runner = TeacherRunner(
+        teachers,
+        device,
+        precision,
+        compile=compile_teachers,
+        batch_size=batch_size,
+        eager_if_compile_fails=cfg.compile == "auto",
+    )
+    return runner, batch_size
+
+
 def _check_same_recipe(cfg: ExtractConfig, shard: ShardHeader) -> None:
     """Shards of one directory must agree: refuse to add frames made another way."""
     before = shard.provenance.get("config", {})
-    asked = (list(cfg.teachers), cfg.fps)
-    had = ([t.name for t in shard.teachers], before.get("fps"))
+    store = f"{cfg.store_size[0]}x{cfg.store_size[1]}" if cfg.frames == "store" else None
+    asked = (list(cfg.teacher_names), cfg.fps, store)
+    had_store = f"{shard.store.width}x{shard.store.height}" if shard.store else None
+    had = ([t.name for t in shard.teachers], before.get("fps"), had_store)
     if asked != had:
 
-        def recipe(teachers: list[str], fps: float | None) -> str:
+        def recipe(teachers: list[str], fps: float | None, store: str | None) -> str:
             rate = "every frame" if fps is None else f"{fps:g} fps"
-            return f"teachers {', '.join(teachers)} at {rate}"
+            frames = f"a {store} frame store" if store else "no frame store"
+            return f"teachers {', '.join(teachers) or 'none'} at {rate} with {frames}"
 
         raise ConfigError(
             f"{cfg.out} holds shards made with {recipe(*had)}; this run asks for "
@@ -203,22 +218,30 @@ def _check_same_teachers(teachers: list[TeacherInfo], shard: ShardHeader) -> Non
             )
 
 
-def _provenance(cfg: ExtractConfig, runner: TeacherRunner, batch_size: int) -> dict[str, Any]:
+def _provenance(
+    cfg: ExtractConfig, runner: TeacherRunner | None, batch_size: int, store: StoreFormat | None
+) -> dict[str, Any]:
     return {
         "videos_root": os.path.abspath(cfg.videos),
         "decoder": "distinit.pipeline.video: ffmpeg rawvideo pipe, showinfo timestamps",
         "ffmpeg_version": ffmpeg_version(),
-        "frame_geometry": runner.geometry.describe(),
+        "frame_geometry": runner.geometry.describe() if runner is not None else None,
+        "frame_store": (
+            f"{store.describe()}; frames {FrameGeometry(*store.size).describe()} from the "
+            "same decode as the teachers', then coded with PyAV's libx264"
+            if store is not None
+            else None
+        ),
         "frame_selection": (
             "every native frame"
             if cfg.fps is None
             else f"first native frame at or after n/{cfg.fps}"
         ),
         "fps": cfg.fps,
-        "precision": runner.precision,
-        "compiled": runner.compiled,
+        "precision": runner.precision if runner is not None else None,
+        "compiled": runner.compiled if runner is not None else None,
         "batch_size": batch_size,
-        "device": str(runner.device),
+        "device": str(runner.device) if runner is not None else None,
         "code_version": version("distinit"),
         "config": cfg.to_json(),
     }
@@ -234,9 +257,10 @@ class _ShardSequence:
         teachers: list[TeacherInfo],
         provenance: dict[str, Any],
         videos_per_shard: int,
+        store: StoreFormat | None,
     ) -> None:
         self.out, self.prefix, self.teachers = out, prefix, teachers
-        self.provenance, self.videos_per_shard = provenance, videos_per_shard
+        self.provenance, self.videos_per_shard, self.store = provenance, videos_per_shard, store
         existing = [p.name for p in out.glob(prefix + "*" + SHARD_SUFFIX)]
         self.next_seq = 1 + max(
             (int(n[len(prefix) : -len(SHARD_SUFFIX)]) for n in existing), default=-1
@@ -249,15 +273,20 @@ class _ShardSequence:
             path = self.out / f"{self.prefix}{self.next_seq:05d}{SHARD_SUFFIX}"
             self.next_seq += 1
             with self._write_errors(path):
-                self.writer = ShardWriter(path, self.teachers, self.provenance)
+                self.writer = ShardWriter(path, self.teachers, self.provenance, self.store)
         return self.writer
 
     def add_video(
-        self, record: VideoRecord, times: np.ndarray, indices: np.ndarray, logits: Any
+        self,
+        record: VideoRecord,
+        times: np.ndarray,
+        indices: np.ndarray,
+        logits: Any,
+        gops: list[tuple[int, bytes]] | None,
     ) -> None:
         writer = self.current()
         with self._write_errors(writer.path):
-            writer.add_video(record, times, indices, logits)
+            writer.add_video(record, times, indices, logits, gops)
         self._rotate()
 
     def add_failure(self, video_id: str, reason: str) -> None:
@@ -322,9 +351,12 @@ def _decode_worker(
     jobs: queue.Queue[str | None],
     results: queue.Queue[tuple[Any, ...]],
     cfg: ExtractConfig,
-    geometry: FrameGeometry,
+    geometries: tuple[FrameGeometry, ...],
+    store: StoreFormat | None,
     stop: threading.Event,
 ) -> None:
+    """Decode videos; with a store, also code each chunk's store view as one GOP (here, in the
+    decode thread, so coding overlaps the teachers)."""
     while not stop.is_set():
         video_id = jobs.get()
         if video_id is None:
@@ -332,12 +364,17 @@ def _decode_worker(
         path = os.path.join(cfg.videos, video_id)
         try:
             with VideoReader(
-                path, geometry, fps=cfg.fps, chunk_size=CHUNK_FRAMES, threads=cfg.decoder_threads
+                path,
+                geometries,
+                fps=cfg.fps,
+                chunk_size=store.gop if store else CHUNK_FRAMES,
+                threads=cfg.decoder_threads,
             ) as reader:
                 for chunk in reader:
                     if stop.is_set():
                         break
-                    results.put(("chunk", video_id, chunk))
+                    gop = encode_gop(chunk.views[-1], store) if store is not None else None
+                    results.put(("chunk", video_id, chunk, gop))
                 else:
                     results.put(
                         ("done", video_id, reader.info, reader.frames_decoded, reader.warning)
@@ -353,14 +390,19 @@ def _decode_worker(
 def _extract(
     cfg: ExtractConfig,
     todo: list[str],
-    runner: TeacherRunner,
+    runner: TeacherRunner | None,
     batch_size: int,
+    store: StoreFormat | None,
     shards: _ShardSequence,
     summary: ExtractSummary,
     stop: threading.Event,
     progress: Callable[[Progress], None] | None,
 ) -> None:
-    geometry = runner.geometry
+    # One decode per video feeds the teachers (first view) and the store (last view).
+    views = [runner.geometry] if runner is not None else []
+    if store is not None:
+        views.append(FrameGeometry(*store.size))
+    geometries = tuple(views)
     jobs: queue.Queue[str | None] = queue.Queue()
     for v in todo:
         jobs.put(v)
@@ -373,14 +415,17 @@ def _extract(
     )
     threads = [
         threading.Thread(
-            target=_decode_worker, args=(jobs, results, cfg, geometry, stop), daemon=True
+            target=_decode_worker,
+            args=(jobs, results, cfg, geometries, store, stop),
+            daemon=True,
         )
         for _ in range(n_workers)
     ]
     for t in threads:
         t.start()
 
-    batch = np.empty((batch_size, geometry.height, geometry.width, 3), dtype=np.uint8)
+    first = geometries[0]
+    batch = np.empty((batch_size, first.height, first.width, 3), dtype=np.uint8)
     owners: list[tuple[_Pending, int]] = []  # (video, rows) runs in batch order
     filled = 0
     pending: dict[str, _Pending] = {}
@@ -389,7 +434,7 @@ def _extract(
 
     def flush() -> None:
         nonlocal filled
-        if filled == 0:
+        if filled == 0 or runner is None:
             return
         logits = runner(batch[:filled])
         quantised = {name: quantize(x) for name, x in logits.items()}
@@ -419,10 +464,14 @@ def _extract(
             _write_video(video, shards, summary)
         del pending[video.video_id]
 
-    def add_chunk(video: _Pending, chunk: FrameChunk) -> None:
+    def add_chunk(video: _Pending, chunk: FrameChunk, gop: bytes | None) -> None:
         nonlocal filled
         video.times.append(chunk.times)
         video.indices.append(chunk.indices)
+        if gop is not None:
+            video.gops.append((len(chunk), gop))
+        if runner is None:
+            return
         start = 0
         while start < len(chunk):
             take = min(batch_size - filled, len(chunk) - start)
@@ -445,9 +494,9 @@ def _extract(
             if item is not None:
                 kind = item[0]
                 if kind == "chunk":
-                    _, video_id, chunk = item
+                    _, video_id, chunk, gop = item
                     video = pending.setdefault(video_id, _Pending(video_id))
-                    add_chunk(video, chunk)
+                    add_chunk(video, chunk, gop)
                     summary.frames += len(chunk)
                 elif kind == "done":
                     _, video_id, info, native, warning = item
@@ -513,7 +562,8 @@ def _write_video(video: _Pending, shards: _ShardSequence, summary: ExtractSummar
         height=info.height,
         fps=info.fps,
     )
-    shards.add_video(record, times, np.concatenate(video.indices), logits)
+    gops = video.gops if shards.store is not None else None
+    shards.add_video(record, times, np.concatenate(video.indices), logits, gops)
     summary.done += 1
     if video.warning:
         summary.warnings.append((video.video_id, video.warning))

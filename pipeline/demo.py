@@ -83,6 +83,7 @@ def demo(out: str, videos: str | None, holdout: str | None, quick: bool, steps: 
     from distinit.extract.config import ExtractConfig
     from distinit.extract.discovery import find_videos
     from distinit.extract.runner import run_extract
+    from distinit.pipeline.frame_source import open_frame_source
     from distinit.pipeline.shards import ShardSet
     from distinit.train.agreement import top1_agreement
     from distinit.train.checkpoint import load_final
@@ -106,12 +107,13 @@ def demo(out: str, videos: str | None, holdout: str | None, quick: bool, steps: 
     _link_tree(root, [held], out_dir / "videos" / "heldout")
 
     fps = 10.0 if quick else None
+    resize = (86, 64)  # the student's frames: stored at this size, trained at 56 px crops
     click.echo(f"[1/4] extract: EfficientNet-Lite0 (ImageNet) on {len(ids)} videos from {root}"
                + (" at 10 frames/s" if quick else ", every frame"))  # fmt: skip
     for part in ("train", "heldout"):
         summary = run_extract(ExtractConfig(
             videos=str(out_dir / "videos" / part), out=str(out_dir / "shards" / part), fps=fps,
-            device="cpu"))  # fmt: skip
+            device="cpu", store_size=resize))  # fmt: skip
         for video_id, reason in summary.failures:
             click.echo(f"      failed: {video_id}: {reason}")
     train_shards = ShardSet(out_dir / "shards" / "train")
@@ -133,7 +135,7 @@ def demo(out: str, videos: str | None, holdout: str | None, quick: bool, steps: 
     n_steps = steps or (30 if quick else 150)
     cfg = TrainConfig(
         targets=str(out_dir / "shards" / "train"), out=str(out_dir / "run"), student=student,
-        clip_len=8, resize=(86, 64), crop=56, batch_size=4, workers=1, lr=0.05,
+        clip_len=8, resize=resize, crop=56, batch_size=4, workers=1, lr=0.05,
         warmup_steps=max(1, n_steps // 10), max_steps=n_steps, device="cpu", seed=0,
         save_every=max(10, n_steps // 5),
     )  # fmt: skip
@@ -147,13 +149,13 @@ def demo(out: str, videos: str | None, holdout: str | None, quick: bool, steps: 
     trained = load_final(out_dir / "run" / "final.pt").build_student()
     torch.manual_seed(0)
     untrained = Student(student, {t.name: t.num_classes for t in train_shards.teachers})
-    kwargs = {"clip_len": cfg.clip_len, "resize": cfg.resize, "crop": cfg.crop,
+    kwargs = {"clip_len": cfg.clip_len, "crop": cfg.crop,
               "clips_per_video": AGREEMENT_CLIPS}  # fmt: skip
     for label, shards, where in (("held-out video", held_shards, "heldout"),
                                  ("training videos", train_shards, "train")):  # fmt: skip
-        vroot = out_dir / "videos" / where
-        a_trained = top1_agreement(trained, shards, vroot, **kwargs)[0]  # type: ignore[arg-type]
-        a_random = top1_agreement(untrained, shards, vroot, **kwargs)[0]  # type: ignore[arg-type]
+        frames = open_frame_source(shards, cfg.resize, videos=str(out_dir / "videos" / where))
+        a_trained = top1_agreement(trained, shards, frames, **kwargs)[0]  # type: ignore[arg-type]
+        a_random = top1_agreement(untrained, shards, frames, **kwargs)[0]  # type: ignore[arg-type]
         click.echo(f"      {label:16s} trained student {a_trained.top1_agreement:5.0%} "
                    f"(top-5 {a_trained.top5_hit:4.0%}) | untrained {a_random.top1_agreement:5.0%} "
                    f"(top-5 {a_random.top5_hit:4.0%})  over {a_trained.clips} clips")  # fmt: skip

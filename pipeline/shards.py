@@ -5,15 +5,23 @@ name and renamed when closed, so a crash never leaves a half-written shard under
 ``manifest.json`` index regenerated from them after each run. The shard files are the truth: a
 resumed run scans them, so a run killed before writing the manifest loses nothing it finished.
 
-Layout of one shard (``SCHEMA_VERSION`` 1)::
+Layout of one shard (``SCHEMA_VERSION`` 2)::
 
     attrs  format="distinit-shard", schema_version, provenance (JSON), teachers (JSON list)
     /frames/time           float64 (N,)    seconds from the video's first frame
     /frames/index          int64   (N,)    native frame index (decode order)
     /logits/<teacher>/q    int8    (N, C)  per-frame affine quantised logits
     /logits/<teacher>/scale, /offset  float32 (N,)   logit = q * scale + offset
+    /store                 the frame store (absent with ``--frames none``): attrs format (JSON,
+                           see pipeline/framestore.py)
+    /store/bytes           uint8   (B,)    H.264 GOPs, one after another
+    /store/gop_row         int64   (G,)    first row of each GOP (a GOP never spans two videos)
+    /store/gop_offset      int64   (G+1,)  GOP g is bytes[gop_offset[g]:gop_offset[g+1]]
     /videos/<field>        one entry per video: id (path relative to --videos), status, error,
                            row_start, row_count, native_frames, duration, width, height, fps
+
+Row r of the store is the frame whose targets are row r. Schema 1 shards (no store) are still
+read; stage two then decodes their frames from the source videos.
 
 Logits, not probabilities, are stored so the temperature stays a training-time choice. Per-frame
 int8 quantisation costs about 1 KB per frame for a 1000-class teacher; every chunk carries a
@@ -36,13 +44,16 @@ import h5py
 import numpy as np
 
 from distinit.pipeline.errors import ShardError
+from distinit.pipeline.framestore import StoreFormat, decode_gop
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)  # 1: no frame store
 FORMAT_NAME = "distinit-shard"
 SHARD_SUFFIX = ".h5"
 TMP_SUFFIX = ".h5.tmp"
 MANIFEST_NAME = "manifest.json"
 _ROW_CHUNK = 64  # rows per HDF5 chunk: small padding at a shard's end, cheap random reads
+_BYTE_CHUNK = 32 * 1024  # store bytes per HDF5 chunk: one or two GOPs, each checksummed
 _VIDEO_INT_FIELDS = ("row_start", "row_count", "native_frames", "width", "height")
 _VIDEO_FLOAT_FIELDS = ("duration", "fps")
 _VIDEO_STR_FIELDS = ("id", "status", "error")
@@ -106,13 +117,18 @@ class ShardWriter:
     """Writes one shard under a temporary name; :meth:`close` makes it final by renaming."""
 
     def __init__(
-        self, path: str | os.PathLike[str], teachers: list[TeacherInfo], provenance: dict[str, Any]
+        self,
+        path: str | os.PathLike[str],
+        teachers: list[TeacherInfo],
+        provenance: dict[str, Any],
+        store: StoreFormat | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.name.endswith(SHARD_SUFFIX):
             raise ValueError(f"shard path must end in {SHARD_SUFFIX}: {self.path}")
         self.tmp_path = self.path.with_name(self.path.name[: -len(SHARD_SUFFIX)] + TMP_SUFFIX)
         self.teachers = teachers
+        self.store = store
         # The shard is built in memory and written with plain file I/O in close(): HDF5 defers
         # chunk writes, so a full disk would otherwise surface in its destructors, where it
         # cannot be reported (and can crash the process) instead of as an OSError we handle.
@@ -133,8 +149,15 @@ class ShardWriter:
             g.create_dataset("q", (0, t.num_classes), dtype=np.int8, **_growable((t.num_classes,)))
             for name in ("scale", "offset"):
                 g.create_dataset(name, (0,), dtype=np.float32, **_growable(()))
+        if store is not None:
+            st = self._file.create_group("store")
+            st.attrs["format"] = json.dumps(store.to_json(), sort_keys=True)
+            st.create_dataset("bytes", (0,), dtype=np.uint8, **_growable((), _BYTE_CHUNK))
+            st.create_dataset("gop_row", (0,), dtype=np.int64, **_growable(()))
+            st.create_dataset("gop_offset", data=np.zeros(1, np.int64), **_growable(()))
         self.records: list[VideoRecord] = []
         self.rows = 0
+        self.store_bytes = 0
 
     def add_video(
         self,
@@ -142,14 +165,28 @@ class ShardWriter:
         times: np.ndarray,
         indices: np.ndarray,
         logits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+        gops: list[tuple[int, bytes]] | None = None,
     ) -> None:
-        """Append a complete video: ``logits[teacher] = quantize(...)`` of its frames."""
+        """Append a complete video: ``logits[teacher] = quantize(...)`` of its frames and, when
+        the shard has a store, its frames as ``gops``: ``(rows, H.264 bytes)`` in row order."""
         n = len(times)
         if len(indices) != n or any(len(v[0]) != n for v in logits.values()):
             raise ShardError(f"{record.id}: frames, indices and logits disagree in length")
         if set(logits) != {t.name for t in self.teachers}:
             raise ShardError(f"{record.id}: logits for {sorted(logits)}, shard has other teachers")
+        if (gops is None) != (self.store is None):
+            raise ShardError(f"{record.id}: frame store rows given to a shard without one, or none")
+        if gops is not None and sum(rows for rows, _ in gops) != n:
+            raise ShardError(f"{record.id}: the frame store's GOPs do not cover its {n} rows")
         start = self.rows
+        if gops is not None:
+            st = self._file["store"]
+            first_rows = start + np.cumsum([0] + [rows for rows, _ in gops[:-1]])
+            ends = self.store_bytes + np.cumsum([len(blob) for _, blob in gops])
+            _append(st["bytes"], np.frombuffer(b"".join(blob for _, blob in gops), np.uint8))
+            _append(st["gop_row"], first_rows.astype(np.int64))
+            _append(st["gop_offset"], ends.astype(np.int64))
+            self.store_bytes = int(ends[-1]) if len(ends) else self.store_bytes
         _append(self._file["frames/time"], times)
         _append(self._file["frames/index"], indices)
         for name, (q, scale, offset) in logits.items():
@@ -197,9 +234,9 @@ class ShardWriter:
 
     @property
     def nbytes(self) -> int:
-        """Approximate size of the shard so far (its logits and frame tables)."""
+        """Approximate size of the shard so far (its logits, frame tables and store)."""
         per_row = 16 + sum(t.num_classes + 8 for t in self.teachers)
-        return self.rows * per_row
+        return self.rows * per_row + self.store_bytes
 
     def abort(self) -> None:
         """Drop the shard (the videos in it will be extracted again on resume)."""
@@ -209,10 +246,10 @@ class ShardWriter:
             os.unlink(self.tmp_path)
 
 
-def _growable(row_shape: tuple[int, ...]) -> dict[str, Any]:
+def _growable(row_shape: tuple[int, ...], chunk_rows: int = _ROW_CHUNK) -> dict[str, Any]:
     return {
         "maxshape": (None, *row_shape),
-        "chunks": (_ROW_CHUNK, *row_shape),
+        "chunks": (chunk_rows, *row_shape),
         "fletcher32": True,
     }
 
@@ -231,6 +268,8 @@ class ShardHeader:
     records: list[VideoRecord]
     teachers: list[TeacherInfo]
     provenance: dict[str, Any]
+    schema_version: int = SCHEMA_VERSION
+    store: StoreFormat | None = None
 
 
 def read_shard_header(path: str | os.PathLike[str]) -> ShardHeader:
@@ -241,18 +280,24 @@ def read_shard_header(path: str | os.PathLike[str]) -> ShardHeader:
             if f.attrs.get("format") != FORMAT_NAME:
                 raise ShardError(f"{path}: not a distinit shard")
             version = int(f.attrs.get("schema_version", -1))
-            if version != SCHEMA_VERSION:
+            if version not in READABLE_SCHEMA_VERSIONS:
                 raise ShardError(
                     f"{path}: shard schema version {version}, this distinit reads "
-                    f"{SCHEMA_VERSION}; re-extract or use a matching distinit"
+                    f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; re-extract or use a "
+                    "matching distinit"
                 )
             teachers = [TeacherInfo.from_json(d) for d in json.loads(f.attrs["teachers"])]
             provenance = json.loads(f.attrs["provenance"])
+            store = (
+                StoreFormat.from_json(json.loads(f["store"].attrs["format"]))
+                if "store" in f
+                else None
+            )
             records = _read_records(f, path)
             _check_shapes(f, path, teachers, records)
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
         raise ShardError(f"{path}: unreadable or damaged shard ({exc})") from exc
-    return ShardHeader(path, records, teachers, provenance)
+    return ShardHeader(path, records, teachers, provenance, version, store)
 
 
 def _read_records(f: h5py.File, path: Path) -> list[VideoRecord]:
@@ -283,6 +328,11 @@ def _check_shapes(
     for r in records:
         if r.row_start < 0 or r.row_start + r.row_count > rows:
             raise ShardError(f"{path}: video {r.id} points outside the frame table")
+    if "store" in f:
+        st = f["store"]
+        gops = st["gop_row"].shape[0]
+        if st["gop_offset"].shape != (gops + 1,) or (gops == 0) != (rows == 0):
+            raise ShardError(f"{path}: the frame store's GOP table has the wrong shape")
 
 
 def list_shard_files(directory: str | os.PathLike[str]) -> list[Path]:
@@ -307,6 +357,10 @@ class ShardSet:
         shards = [read_shard_header(p) for p in files]
         self.teachers = shards[0].teachers
         self.provenance = shards[0].provenance
+        # The store is used only when every shard has one, all coded alike.
+        formats = {s.store for s in shards}
+        self.store: StoreFormat | None = formats.pop() if len(formats) == 1 else None
+        self.schema_versions = sorted({s.schema_version for s in shards})
         for s in shards[1:]:
             if [t.to_json() for t in s.teachers] != [t.to_json() for t in self.teachers]:
                 raise ShardError(
@@ -321,6 +375,7 @@ class ShardSet:
                 if r.id not in self.records or self.records[r.id].status != "ok":
                     self.records[r.id] = r
         self._handles: dict[str, h5py.File] = {}
+        self._gop_tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._pid = os.getpid()
 
     @property
@@ -332,7 +387,7 @@ class ShardSet:
 
     def _file(self, shard: str) -> h5py.File:
         if os.getpid() != self._pid:  # forked: never reuse the parent's handles
-            self._handles, self._pid = {}, os.getpid()
+            self._handles, self._gop_tables, self._pid = {}, {}, os.getpid()
         if shard not in self._handles:
             self._handles[shard] = h5py.File(self.directory / shard, "r")
         return self._handles[shard]
@@ -369,6 +424,43 @@ class ShardSet:
             out[t.name] = x if rows is None else x[inverse]
         return out
 
+    def frames(self, video_id: str, rows: Iterable[int]) -> np.ndarray:
+        """The store's frames of a video's ``rows`` (any order, may repeat): ``(k, H, W, 3)``
+        uint8 RGB at the store size. Each GOP involved is decoded once, up to its last row."""
+        if self.store is None:
+            raise ShardError(f"{self.directory}: these shards have no frame store")
+        r = self._ok(video_id)
+        local = np.asarray(list(rows), dtype=np.int64)
+        if len(local) == 0 or local.min() < 0 or local.max() >= r.row_count:
+            raise IndexError(f"{video_id}: rows outside 0..{r.row_count - 1}")
+        f = self._file(r.shard)
+        first_rows, offsets = self._gop_table(r.shard)
+        rows_global = local + r.row_start
+        gop_of = np.searchsorted(first_rows, rows_global, side="right") - 1
+        out = np.empty((len(local), self.store.height, self.store.width, 3), dtype=np.uint8)
+        data = f["store/bytes"]
+        for g in np.unique(gop_of):
+            mine = np.flatnonzero(gop_of == g)
+            blob = data[offsets[g] : offsets[g + 1]].tobytes()
+            out[mine] = decode_gop(blob, self.store, rows_global[mine] - first_rows[g])
+        return out
+
+    def total_rows(self) -> int:
+        return sum(r.row_count for r in self.ok_videos())
+
+    def store_nbytes(self) -> int:
+        """Bytes of coded frames in the store, over every shard."""
+        total = 0
+        for shard in {r.shard for r in self.ok_videos()}:
+            total += int(self._gop_table(shard)[1][-1])
+        return total
+
+    def _gop_table(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
+        if shard not in self._gop_tables:
+            st = self._file(shard)["store"]
+            self._gop_tables[shard] = (st["gop_row"][()], st["gop_offset"][()])
+        return self._gop_tables[shard]
+
     def _ok(self, video_id: str) -> VideoRecord:
         r = self.records.get(video_id)
         if r is None or r.status != "ok":
@@ -401,6 +493,7 @@ class ShardSet:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_handles"] = {}
+        state["_gop_tables"] = {}
         return state
 
 

@@ -9,8 +9,15 @@ Frame-selection rule (both stages):
 * Stage one decodes every native frame from the start and keeps all of them, or with ``fps`` the
   first native frame at or after each point of the grid ``0, 1/fps, 2/fps, ...`` (a frame is
   never duplicated). It stores each kept frame's timestamp and native index.
-* Stage two asks for frames *by those stored timestamps* (:func:`decode_at_times`), so a clip is
-  made of exactly the frames whose teacher targets were cached, whatever the container.
+* Stage two reads a clip's rows from the frame store (``pipeline/framestore.py``), made from this
+  same decode. Shards without a store fall back to :func:`decode_at_times`, which finds frames
+  *by their stored timestamps*: each wanted time is matched to the nearest decoded native frame,
+  and the match must be closer than half the native frame period around it, so at any frame rate
+  (24 to 120 fps, or variable) a clip is made of exactly the frames whose targets were cached.
+
+One decode can produce several *views* of every frame (e.g. the teacher's crop and the student's
+whole resized frame): ffmpeg splits the decoded frame, scales each branch, pads them to one width
+and stacks them vertically, so all views travel through one pipe in one process.
 
 Timestamps are seconds from the stream's first frame as ffmpeg normalises them (``start_time``
 removed), which is what a decode with or without seeking reports.
@@ -30,11 +37,12 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 import ffmpeg
 import numpy as np
 
-from distinit.pipeline.errors import VideoDecodeError
+from distinit.pipeline.errors import ConfigError, VideoDecodeError
 from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
 
 log = logging.getLogger(__name__)
@@ -68,6 +76,14 @@ _STREAM = re.compile(r"Stream #0:\d+.*?: Video: .*?, (\d{1,5})x(\d{1,5})(?=[\s,\
 _FPS = re.compile(r"([\d.]+)\s+fps")
 # Stderr lines that explain a failure better than the generic last line does.
 _NOISE = ("Parsed_showinfo", "color_range", "Press [q]", "frame=", "video:", "Metadata", "encoder")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``171x128`` -> ``(171, 128)`` (width, height): how frame sizes are written on the CLI."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m:
+        raise ConfigError(f"size must look like 171x128 (width x height), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 @dataclass(frozen=True)
@@ -117,12 +133,22 @@ class VideoInfo:
 class FrameChunk:
     """Consecutive kept frames of one video."""
 
-    frames: np.ndarray  # (N, H, W, 3) uint8 RGB
+    frames: np.ndarray  # (N, H, W, 3) uint8 RGB, the first view
     times: np.ndarray  # (N,) float64 seconds from the first frame
     indices: np.ndarray  # (N,) int64 native frame index (decode order)
+    extra_views: tuple[np.ndarray, ...] = ()  # (N, H_k, W_k, 3) uint8 per further geometry
 
     def __len__(self) -> int:
         return len(self.times)
+
+    @property
+    def views(self) -> tuple[np.ndarray, ...]:
+        return (self.frames, *self.extra_views)
+
+
+def _stacked_size(geometries: Sequence[FrameGeometry]) -> tuple[int, int]:
+    """(width, height) of the frame that carries every view, stacked top to bottom."""
+    return max(g.width for g in geometries), sum(g.height for g in geometries)
 
 
 @dataclass
@@ -150,8 +176,19 @@ class FpsSelector:
         return True
 
 
+def _fit(stream: Any, geometry: FrameGeometry) -> Any:
+    """The filters that fit a decoded frame into ``geometry``."""
+    if geometry.resize_shorter is None:
+        return stream.filter("scale", geometry.width, geometry.height, flags="bilinear")
+    side = geometry.resize_shorter
+    stream = stream.filter(
+        "scale", side, side, force_original_aspect_ratio="increase", flags="bilinear"
+    )
+    return stream.filter("crop", geometry.width, geometry.height)
+
+
 def _ffmpeg_command(
-    path: str, geometry: FrameGeometry, *, seek: float | None, threads: int
+    path: str, geometries: Sequence[FrameGeometry], *, seek: float | None, threads: int
 ) -> list[str]:
     input_args: dict[str, object] = {"threads": threads}
     if seek is not None and seek > 0:
@@ -159,14 +196,20 @@ def _ffmpeg_command(
     # "file:" keeps names with colons or leading dashes from being read as protocols or options.
     stream = ffmpeg.input("file:" + os.path.abspath(path), **input_args)["v:0"]
     stream = stream.filter("showinfo", checksum=0)
-    if geometry.resize_shorter is None:
-        stream = stream.filter("scale", geometry.width, geometry.height, flags="bilinear")
+    if len(geometries) == 1:
+        stream = _fit(stream, geometries[0])
     else:
-        side = geometry.resize_shorter
-        stream = stream.filter(
-            "scale", side, side, force_original_aspect_ratio="increase", flags="bilinear"
-        )
-        stream = stream.filter("crop", geometry.width, geometry.height)
+        # Scale each branch in the decoder's pixel format (as a single view is), then go to RGB
+        # so views of odd widths pad and stack losslessly.
+        width, _ = _stacked_size(geometries)
+        split = stream.split()
+        branches = []
+        for k, g in enumerate(geometries):
+            branch = _fit(split[k], g).filter("format", "rgb24")
+            if g.width < width:
+                branch = branch.filter("pad", width, g.height, 0, 0)
+            branches.append(branch)
+        stream = ffmpeg.filter(branches, "vstack", inputs=len(branches))
     out = stream.output(
         "pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough"
     ).global_args("-nostdin", "-hide_banner", "-loglevel", "info")
@@ -230,14 +273,15 @@ def _failure_reason(path: str, tail: Sequence[str], returncode: int | None) -> s
 class VideoReader:
     """One ffmpeg process decoding one video; iterate to get :class:`FrameChunk` s.
 
-    Use as a context manager (or call :meth:`close`) so the process is reaped even when the
-    consumer stops early.
+    ``geometry`` may be a sequence of geometries: each chunk then carries one view per geometry
+    (``chunk.views``), all from the same decoded frames. Use as a context manager (or call
+    :meth:`close`) so the process is reaped even when the consumer stops early.
     """
 
     def __init__(
         self,
         path: str | os.PathLike[str],
-        geometry: FrameGeometry,
+        geometry: FrameGeometry | Sequence[FrameGeometry],
         *,
         fps: float | None = None,
         chunk_size: int = 16,
@@ -249,13 +293,16 @@ class VideoReader:
             raise VideoDecodeError(self.path, "not a regular file")
         if os.path.getsize(self.path) == 0:
             raise VideoDecodeError(self.path, "empty file (0 bytes)")
-        self.geometry = geometry
+        self.geometries = (geometry,) if isinstance(geometry, FrameGeometry) else tuple(geometry)
+        if not self.geometries:
+            raise ValueError("at least one frame geometry is needed")
+        self.geometry = self.geometries[0]
         self.selector = FpsSelector(fps)
         self.chunk_size = chunk_size
         self.seek = seek if seek and seek > 0 else 0.0
         self._state = _StderrState()
         self._proc = subprocess.Popen(
-            _ffmpeg_command(self.path, geometry, seek=seek, threads=threads),
+            _ffmpeg_command(self.path, self.geometries, seek=seek, threads=threads),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -309,12 +356,12 @@ class VideoReader:
         return index, self.seek + seconds
 
     def __iter__(self) -> Iterator[FrameChunk]:
-        g = self.geometry
-        buf = np.empty((self.chunk_size, g.height, g.width, 3), dtype=np.uint8)
+        width, height = _stacked_size(self.geometries)
+        buf = np.empty((self.chunk_size, height, width, 3), dtype=np.uint8)
         times = np.empty(self.chunk_size, dtype=np.float64)
         indices = np.empty(self.chunk_size, dtype=np.int64)
         filled = 0
-        scratch = np.empty((g.height, g.width, 3), dtype=np.uint8)
+        scratch = np.empty((height, width, 3), dtype=np.uint8)
         while True:
             target: np.ndarray = buf[filled] if filled < self.chunk_size else scratch
             if not self._read_frame(memoryview(target).cast("B")):  # type: ignore[arg-type]
@@ -326,10 +373,10 @@ class VideoReader:
             times[filled], indices[filled] = t, index
             filled += 1
             if filled == self.chunk_size:
-                yield FrameChunk(buf.copy(), times.copy(), indices.copy())
+                yield self._chunk(buf, times, indices, filled)
                 filled = 0
         if filled:
-            yield FrameChunk(buf[:filled].copy(), times[:filled].copy(), indices[:filled].copy())
+            yield self._chunk(buf, times, indices, filled)
         returncode = self._proc.wait()
         self._stderr_thread.join(timeout=5)
         if self.frames_decoded == 0:
@@ -340,6 +387,14 @@ class VideoReader:
             # Decoded as far as ffmpeg could: keep the frames, remember why it stopped.
             self.warning = _failure_reason(self.path, self._state.tail, returncode)
             log.warning("%s: decoding stopped early: %s", self.path, self.warning)
+
+    def _chunk(self, buf: np.ndarray, times: np.ndarray, indices: np.ndarray, n: int) -> FrameChunk:
+        views = []
+        top = 0
+        for g in self.geometries:  # each view is a band of the stacked frame
+            views.append(buf[:n, top : top + g.height, : g.width].copy())  # buf is reused
+            top += g.height
+        return FrameChunk(views[0], times[:n].copy(), indices[:n].copy(), tuple(views[1:]))
 
 
 def iter_video(
@@ -365,21 +420,20 @@ def decode_at_times(
 ) -> np.ndarray:
     """Decode the frames whose stage-one timestamps are ``times`` (ascending, may repeat).
 
-    Returns ``(len(times), H, W, 3)`` uint8. Seeks to just before the first time; if the seek
-    landed badly (some containers, e.g. MPEG-TS, seek only to keyframes after the target), it
-    decodes again from the start, which is always exact. Raises if a time is not found.
+    Returns ``(len(times), H, W, 3)`` uint8. Each wanted time takes the *nearest* decoded native
+    frame, which must lie closer than half the native frame period around it (the gaps to its
+    decoded neighbours): the rule holds at any frame rate, variable ones included, and whatever
+    subset of rows is asked for. Seeks to just before the first time; if the seek landed badly
+    (some containers, e.g. MPEG-TS, seek only to keyframes after the target), it decodes again
+    from the start, which is always exact. Raises if a time has no such frame.
     """
     wanted = np.asarray(times, dtype=np.float64)
     if wanted.ndim != 1 or len(wanted) == 0:
         raise ValueError("times must be a non-empty 1-D sequence")
     unique = np.unique(wanted)
-    # Two frames closer than this are different frames; a match must be closer than half of it.
-    gaps = np.diff(unique)
-    tolerance = min(0.5 * float(gaps.min()), 0.02) if len(gaps) else 0.02
-    tolerance = max(tolerance, 1e-4)
     start = float(unique[0]) - seek_margin
     for seek in ((start,) if start > 0 else ()) + (None,):
-        found = _collect(path, geometry, unique, tolerance, seek=seek, threads=threads)
+        found = _collect(path, geometry, unique, seek=seek, threads=threads)
         if found is not None:
             order = np.searchsorted(unique, wanted)
             return found[order]
@@ -392,27 +446,42 @@ def _collect(
     path: str | os.PathLike[str],
     geometry: FrameGeometry,
     unique: np.ndarray,
-    tolerance: float,
     *,
     seek: float | None,
     threads: int,
 ) -> np.ndarray | None:
+    """Nearest decoded frame for each of ``unique``; None if one has no frame within half a
+    native period (a seek that skipped frames, or a time that is not a frame of this video)."""
     out = np.empty((len(unique), geometry.height, geometry.width, 3), dtype=np.uint8)
-    have = np.zeros(len(unique), dtype=bool)
+    best = np.full(len(unique), np.inf)  # distance of the frame now in out[k]
+    best_time = np.full(len(unique), np.nan)
+    decoded: list[float] = []  # every decoded time: the native periods around a match
     last = float(unique[-1])
+    after_last = 0
     with VideoReader(path, geometry, chunk_size=8, threads=threads, seek=seek) as reader:
-        first_time: float | None = None
         for chunk in reader:
-            if first_time is None:
-                first_time = float(chunk.times[0])
-                if first_time > unique[0] + tolerance:
-                    return None  # the seek skipped frames we need
+            decoded.extend(chunk.times.tolist())
             pos = np.searchsorted(unique, chunk.times)
             for j, t in enumerate(chunk.times):
                 for k in (pos[j] - 1, pos[j]):
-                    if 0 <= k < len(unique) and abs(unique[k] - t) <= tolerance and not have[k]:
+                    if 0 <= k < len(unique) and abs(unique[k] - t) < best[k]:
                         out[k] = chunk.frames[j]
-                        have[k] = True
-            if have.all() or chunk.times[-1] > last + tolerance:
+                        best[k], best_time[k] = abs(unique[k] - t), t
+            # Two frames past the last wanted time settle its nearest frame and that frame's period.
+            after_last += int((chunk.times > last).sum())
+            if after_last >= 2:
                 break
-    return out if have.all() else None
+    if not decoded or not np.isfinite(best).all():
+        return None
+    stream = np.sort(np.asarray(decoded))
+    for k in range(len(unique)):
+        i = int(np.searchsorted(stream, best_time[k]))
+        gaps = [stream[i] - stream[i - 1]] if i > 0 else []
+        if i + 1 < len(stream):
+            gaps.append(stream[i + 1] - stream[i])
+        if i == 0 and seek is not None:
+            return None  # the seek may have skipped the frame that was wanted
+        half_period = 0.5 * min(gaps) if gaps else math.inf
+        if best[k] >= max(half_period, 1e-6):
+            return None
+    return out

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from distinit.eval.config import EvalConfig
-from distinit.eval.datasets import clip_frames, uniform_starts
 from distinit.eval.metrics import score_clips, topk_accuracy
 from distinit.eval.report import compare_table, load_results
 from distinit.pipeline.errors import ConfigError, DatasetError
+from distinit.train.clip_rules import uniform_starts, window_rows
 
 
 def test_topk_by_hand() -> None:
@@ -44,10 +44,11 @@ def test_video_score_averages_softmax_over_clips() -> None:
 
 def test_clip_rules() -> None:
     frames = np.arange(5)[:, None, None, None] * np.ones((1, 2, 2, 3), dtype=np.uint8)
-    looped = clip_frames(frames, 0, 8)  # short video: loop
+    looped = frames[window_rows(len(frames), 8, 1, 0)]  # short video: loop
     assert [int(f[0, 0, 0]) for f in looped] == [0, 1, 2, 3, 4, 0, 1, 2]
-    assert uniform_starts(100, 16, 3).tolist() == [0, 42, 84]
-    assert uniform_starts(10, 16, 3).tolist() == [0, 0, 0]
+    assert uniform_starts(100, 16, 1, 3).tolist() == [0, 42, 84]
+    assert uniform_starts(10, 16, 1, 3).tolist() == [0, 0, 0]
+    assert uniform_starts(100, 16, 2, 2).tolist() == [0, 69]  # a stride-2 window spans 31 rows
 
 
 def test_config_validation(tmp_path: Path) -> None:

@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 
 from distinit.pipeline.errors import ConfigError, ShardError
+from distinit.pipeline.frame_source import open_frame_source, resolve_videos_root
 from distinit.pipeline.shards import ShardSet
-from distinit.train.clips import (
-    ClipDataset,
-    ClipSpec,
-    StepSampler,
-    is_short,
-    plan_clip,
-    resolve_videos_root,
-    window_rows,
-)
+from distinit.train.clip_rules import is_short, window_rows
+from distinit.train.clips import ClipDataset, ClipSpec, StepSampler, plan_clip
 from tests.test_train_support import (
     OBJECTS_CLASSES,
     SCENES_CLASSES,
@@ -48,17 +42,17 @@ def test_window_rows_and_the_loop_rule_for_short_videos() -> None:
     assert window_rows(40, 4, 2, 5).tolist() == [5, 7, 9, 11]
     # 5 rows, window spans 7: start at 0 and loop.
     assert window_rows(5, 4, 2, 0).tolist() == [0, 2, 4, 1]
-    spec = _spec()
-    assert is_short(5, spec) and not is_short(7, spec)
+    assert is_short(5, 4, 2) and not is_short(7, 4, 2)
 
 
-@pytest.mark.parametrize("target_frames", ["mean", "random"])
+@pytest.mark.parametrize(("target_frames", "source"), [("mean", "store"), ("random", "source")])
 def test_clip_frames_are_the_rows_whose_targets_are_used(
-    dataset_dirs: tuple[Path, Path], target_frames: str
+    dataset_dirs: tuple[Path, Path], target_frames: str, source: str
 ) -> None:
     videos, shard_dir = dataset_dirs
     shards = ShardSet(shard_dir)
-    ds = ClipDataset(shards, videos, _spec(target_frames), seed=3, global_batch=2)
+    frames = open_frame_source(shards, (64, 64), prefer=source)
+    ds = ClipDataset(shards, frames, _spec(target_frames), seed=3, global_batch=2)
     assert ds.short_videos == 1
     seen_short = seen_flip = 0
     for index in range(12):

@@ -15,16 +15,12 @@ import torch
 from click.testing import CliRunner
 
 from distinit.pipeline.errors import CheckpointError, ConfigError
+from distinit.pipeline.frame_source import open_frame_source
 from distinit.pipeline.shards import ShardSet
 from distinit.train import loop
 from distinit.train.checkpoint import load_final
-from distinit.train.clips import (
-    ClipDataset,
-    ClipSpec,
-    clip_input,
-    input_channels,
-    prepare_workers,
-)
+from distinit.train.clip_rules import clip_input, input_channels
+from distinit.train.clips import ClipDataset, ClipSpec, prepare_workers
 from distinit.train.command import train
 from distinit.train.config import TrainConfig
 from distinit.train.flow import FLOW_CHANNELS, FLOW_CLIP, clip_to_flow, moving_texture
@@ -63,7 +59,7 @@ def moving_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     videos = root / "videos"
     videos.mkdir()
     _encode(moving_texture(16, (SIZE, SIZE), VELOCITY), videos / "moving.mp4")
-    return videos, write_shards(root / "shards", videos, ["moving.mp4"])
+    return videos, write_shards(root / "shards", videos, ["moving.mp4"], store=(SIZE, SIZE))
 
 
 def _spec(modality: str, stride: int) -> ClipSpec:
@@ -84,8 +80,9 @@ def test_dataset_flow_clips_show_the_known_motion_with_rgb_targets(
 ) -> None:
     videos, shard_dir = moving_video
     shards = ShardSet(shard_dir)
-    flow_ds = ClipDataset(shards, videos, _spec("flow", stride), seed=0, global_batch=1)
-    rgb_ds = ClipDataset(shards, videos, _spec("rgb", stride), seed=0, global_batch=1)
+    frames = open_frame_source(shards, (SIZE, SIZE), prefer="store")
+    flow_ds = ClipDataset(shards, frames, _spec("flow", stride), seed=0, global_batch=1)
+    rgb_ds = ClipDataset(shards, frames, _spec("rgb", stride), seed=0, global_batch=1)
     flips = set()
     for index in range(6):
         item, rgb_item = flow_ds[index], rgb_ds[index]

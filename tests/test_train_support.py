@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distinit.pipeline.framestore import StoreFormat, encode_gop
 from distinit.pipeline.shards import ShardSet, ShardWriter, TeacherInfo, VideoRecord, quantize
 from distinit.pipeline.video import FrameGeometry, iter_video
 from tests.videogen import make_index_video
@@ -48,13 +49,18 @@ def write_shards(
     *,
     record_root: bool = True,
     name: str = "shard-0000.h5",
+    store: tuple[int, int] | None = (64, 64),
 ) -> Path:
-    """One shard holding every video of ``ids`` (paths relative to ``videos_root``)."""
+    """One shard holding every video of ``ids`` (paths relative to ``videos_root``), with a frame
+    store of that size coded from the same decode (stage one's way) unless ``store`` is None."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     provenance = {"videos_root": str(videos_root)} if record_root else {}
-    writer = ShardWriter(shard_dir / name, teachers, provenance)
+    fmt = StoreFormat(*store) if store is not None else None
+    writer = ShardWriter(shard_dir / name, teachers, provenance, fmt)
+    views = [FrameGeometry(32, 32)] + ([FrameGeometry(*store)] if store is not None else [])
     for vid in ids:
-        chunks = list(iter_video(videos_root / vid, FrameGeometry(32, 32)))
+        chunks = list(iter_video(videos_root / vid, views))
+        gops = [(len(c), encode_gop(c.views[-1], fmt)) for c in chunks] if fmt else None
         times = np.concatenate([c.times for c in chunks])
         indices = np.concatenate([c.indices for c in chunks])
         logits = {
@@ -62,7 +68,7 @@ def write_shards(
             for k, t in enumerate(teachers)
         }
         record = VideoRecord(id=vid, status="ok", native_frames=len(times), fps=25.0)
-        writer.add_video(record, times, indices, logits)
+        writer.add_video(record, times, indices, logits, gops)
     writer.close()
     return shard_dir
 

@@ -2,6 +2,9 @@
 
 ``python -m distinit.train.bench --targets SHARDS`` (a benchmark, not a test) prints:
 
+* clips/s per core of the clip loader reading the frame store, and reading the source videos by
+  stored timestamps, in one run, with their ratio; the store's bytes per frame and its PSNR
+  against decoding the source at the same size (``--json-out`` writes these four figures);
 * clips/s of the real clip loader in the main process (= one worker's rate), for RGB and for
   flow clips, and the cost of flow per clip beside RGB: the loader's extra seconds per clip, and
   DIS alone on a moving texture of the same size (:func:`~distinit.train.flow.flow_cost_per_clip`);
@@ -14,14 +17,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
 
 from distinit.pipeline.bench import machine_description
 from distinit.pipeline.device import resolve_device
+from distinit.pipeline.errors import ConfigError
 from distinit.train.config import TrainConfig, parse_size
 
 
@@ -61,6 +67,19 @@ from distinit.train.config import TrainConfig, parse_size
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="float16 autocast on CUDA.")
+@click.option(
+    "--psnr-frames",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Random rows whose store frame is compared with the source decoded at the same size.",
+)
+@click.option(
+    "--json-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the frame-store figures as JSON to this file.",
+)
 def bench_train(
     targets: str,
     videos: str | None,
@@ -75,18 +94,16 @@ def bench_train(
     steps: int,
     device: str,
     amp: bool,
+    psnr_frames: int,
+    json_out: str | None,
 ) -> None:
-    """Benchmark the training data path of `distinit train`."""
+    """Benchmark the training data path of `distinit train` (about a minute on 2 CPU cores)."""
     import torch
     from torch.utils.data import DataLoader
 
-    from distinit.train.clips import (
-        ClipDataset,
-        StepSampler,
-        input_channels,
-        prepare_workers,
-        worker_init,
-    )
+    from distinit.pipeline.frame_source import open_frame_source
+    from distinit.train.clip_rules import input_channels
+    from distinit.train.clips import ClipDataset, StepSampler, prepare_workers, worker_init
     from distinit.train.flow import flow_cost_per_clip, set_flow_threads
     from distinit.train.loop import build_optimizer, clip_spec, open_targets
     from distinit.train.loss import distillation_loss
@@ -99,24 +116,19 @@ def bench_train(
         device=device, amp=amp,
     )  # fmt: skip
     dev = resolve_device(cfg.device)
-    shards, videos_root = open_targets(cfg)
-    datasets = {
-        m: ClipDataset(
-            shards,
-            videos_root,
-            clip_spec(dataclasses.replace(cfg, modality=m)),
-            seed=0,
-            global_batch=batch_size,
-        )
-        for m in ("rgb", "flow")
-    }
+    shards, frames = open_targets(cfg)
+
+    def dataset(modality_: str, source: str = "auto") -> ClipDataset:
+        spec = clip_spec(dataclasses.replace(cfg, modality=modality_))
+        where = frames if source == "auto" else open_frame_source(shards, cfg.resize, prefer=source)
+        return ClipDataset(shards, where, spec, seed=0, global_batch=batch_size)
 
     def loader(
-        n_workers: int, steps_needed: int, modality_: str = modality
+        n_workers: int, steps_needed: int, modality_: str = modality, source: str = "auto"
     ) -> DataLoader[dict[str, Any]]:
         prepare_workers(n_workers)
         return DataLoader(
-            datasets[modality_],
+            dataset(modality_, source),
             batch_size=batch_size,
             sampler=StepSampler(0, steps_needed, batch_size, 0, 1),
             num_workers=n_workers,
@@ -124,8 +136,8 @@ def bench_train(
             pin_memory=dev.type == "cuda",
         )
 
-    def loader_rate(n_workers: int, modality_: str = modality) -> float:
-        it = iter(loader(n_workers, max(1, clips // batch_size) + 1, modality_))
+    def loader_rate(n_workers: int, modality_: str = modality, source: str = "auto") -> float:
+        it = iter(loader(n_workers, max(1, clips // batch_size) + 1, modality_, source))
         next(it)  # start-up (worker spawn, first decode) is not throughput
         t0 = time.perf_counter()
         n = sum(len(b["clip"]) for b in it)
@@ -136,6 +148,9 @@ def bench_train(
     # the train step runs no OpenCV.
     set_flow_threads(1)
     click.echo(f"machine: {machine_description()}")
+    store_figures = _store_figures(shards, cfg, psnr_frames, loader_rate)
+    if json_out is not None:
+        Path(json_out).write_text(json.dumps(store_figures, indent=1))
     rates = {m: loader_rate(0, m) for m in ("rgb", "flow")}
     for m, rate in rates.items():
         click.echo(f"loader, main process, {m}: {rate:.2f} clips/s (one worker's rate)")
@@ -208,6 +223,74 @@ def bench_train(
         f"({real * batch_size:.2f} clips/s), synthetic in-memory {synthetic:.3f} steps/s "
         f"({synthetic * batch_size:.2f} clips/s); real/synthetic = {real / synthetic:.2f}"
     )
+
+
+def _store_figures(
+    shards: Any, cfg: TrainConfig, psnr_frames: int, loader_rate: Any
+) -> dict[str, float | None]:
+    """Store vs source loader (one process, one thread = one core), store size and quality."""
+    import numpy as np
+    import torch
+
+    from distinit.pipeline.frame_source import SourceFrames, StoreFrames, resolve_videos_root
+    from distinit.pipeline.framestore import psnr
+
+    figures: dict[str, float | None] = dict.fromkeys(
+        (
+            "store_clips_per_s_per_core",
+            "source_clips_per_s_per_core",
+            "store_bytes_per_frame",
+            "store_psnr_db",
+        )
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if shards.store is not None and shards.store.size == cfg.resize:
+            figures["store_clips_per_s_per_core"] = loader_rate(0, "rgb", "store")
+            figures["store_bytes_per_frame"] = shards.store_nbytes() / shards.total_rows()
+        try:
+            root = resolve_videos_root(shards, cfg.videos)
+        except ConfigError as exc:
+            click.echo(f"source path not measured: {exc}")
+        else:
+            figures["source_clips_per_s_per_core"] = loader_rate(0, "rgb", "source")
+            if figures["store_bytes_per_frame"] is not None:
+                rng = np.random.default_rng(0)
+                videos = shards.ok_videos()
+                store, source = StoreFrames(shards), SourceFrames(shards, cfg.resize, root)
+                a, b = [], []
+                for _ in range(psnr_frames):
+                    r = videos[int(rng.integers(len(videos)))]
+                    row = np.array([int(rng.integers(r.row_count))])
+                    a.append(store(r.id, row))
+                    b.append(source(r.id, row))
+                figures["store_psnr_db"] = psnr(np.concatenate(a), np.concatenate(b))
+    finally:
+        torch.set_num_threads(threads)
+    store_rate, source_rate = (
+        figures["store_clips_per_s_per_core"],
+        figures["source_clips_per_s_per_core"],
+    )
+    w, h = cfg.resize
+    what = f"{cfg.clip_len}-frame {w}x{h} clips (one process, one thread)"
+    if store_rate is not None:
+        click.echo(f"loader from the frame store: {store_rate:.1f} clips/s per core, {what}")
+        click.echo(
+            f"frame store: {figures['store_bytes_per_frame']:.0f} bytes/frame"
+            + (
+                f", PSNR {figures['store_psnr_db']:.1f} dB vs the source at {w}x{h}"
+                if figures["store_psnr_db"] is not None
+                else ""
+            )
+        )
+    else:
+        click.echo(f"no frame store at {w}x{h} in these shards (extract --frames store)")
+    if source_rate is not None:
+        click.echo(f"loader from the source videos: {source_rate:.1f} clips/s per core, {what}")
+    if store_rate is not None and source_rate is not None:
+        click.echo(f"store / source = {store_rate / source_rate:.1f}x")
+    return figures
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from distinit.pipeline.errors import ConfigError, UnknownNameError
+from distinit.pipeline.frame_source import FRAME_SOURCES
+from distinit.pipeline.video import parse_size
+
+__all__ = ["TrainConfig", "parse_size", "parse_teacher_weight"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
@@ -25,7 +29,17 @@ STEP_MILESTONES = (0.5, 0.75)
 # Fields that may change between a run and its resumption: where things are, how fast the data
 # arrives, how often it is reported. Everything else defines the result and must match.
 RESUMABLE_CHANGES = frozenset(
-    {"targets", "out", "videos", "workers", "log_every", "save_every", "stop_after", "device"}
+    {
+        "targets",
+        "out",
+        "videos",
+        "frames",
+        "workers",
+        "log_every",
+        "save_every",
+        "stop_after",
+        "device",
+    }
 )
 
 # Fields added after runs were already being written, with the value those older runs used: a
@@ -40,6 +54,7 @@ class TrainConfig:
     targets: str
     out: str
     videos: str | None = None  # None: the videos_root recorded in the shards' provenance
+    frames: str = "auto"  # where clip frames come from: auto (store if any), store, source
     student: str = "r3d_18"
     modality: str = "rgb"  # the student's input: "rgb" frames or "flow" between them
     clip_len: int = 16  # frames per clip
@@ -95,6 +110,7 @@ class TrainConfig:
             ("schedule", SCHEDULES),
             ("target_frames", TARGET_FRAMES),
             ("modality", MODALITIES),
+            ("frames", FRAME_SOURCES),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -158,11 +174,3 @@ def parse_teacher_weight(text: str) -> tuple[str, float]:
     if not sep or not name or weight != weight:
         raise ConfigError(f"teacher weight must look like NAME=0.5, got {text!r}")
     return name, weight
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``171x128`` -> ``(171, 128)`` (width, height)."""
-    m = re.fullmatch(r"(\d+)x(\d+)", text.strip())
-    if not m:
-        raise ConfigError(f"size must look like 171x128 (width x height), got {text!r}")
-    return int(m.group(1)), int(m.group(2))

@@ -22,16 +22,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from distinit.pipeline.errors import CheckpointError, ConfigError, NonFiniteLossError
+from distinit.pipeline.frame_source import FrameSource, open_frame_source
 from distinit.pipeline.shards import ShardSet
 from distinit.train import distributed
 from distinit.train.checkpoint import FinalCheckpoint, save_final
+from distinit.train.clip_rules import input_channels
 from distinit.train.clips import (
     ClipDataset,
     ClipSpec,
     StepSampler,
-    input_channels,
     prepare_workers,
-    resolve_videos_root,
     worker_init,
 )
 from distinit.train.config import STEP_MILESTONES, TrainConfig
@@ -92,8 +92,9 @@ def clip_spec(cfg: TrainConfig, *, augment: bool = True) -> ClipSpec:
     )
 
 
-def open_targets(cfg: TrainConfig) -> tuple[ShardSet, Path]:
-    """The shard set and videos root, with the teacher weights checked against the shards."""
+def open_targets(cfg: TrainConfig) -> tuple[ShardSet, FrameSource]:
+    """The shard set and where its clips' frames come from, with the teacher weights checked
+    against the shards."""
     shards = ShardSet(cfg.targets)
     unknown = sorted(set(dict(cfg.teacher_weights)) - set(shards.teacher_names))
     if unknown:
@@ -102,7 +103,7 @@ def open_targets(cfg: TrainConfig) -> tuple[ShardSet, Path]:
         )
     if not any(cfg.weight_of(t) > 0 for t in shards.teacher_names):
         raise ConfigError("every teacher has weight 0: nothing to learn")
-    return shards, resolve_videos_root(shards, cfg.videos)
+    return shards, open_frame_source(shards, cfg.resize, videos=cfg.videos, prefer=cfg.frames)
 
 
 @dataclass(frozen=True)
@@ -131,11 +132,9 @@ def _train(
     cfg: TrainConfig, ctx: distributed.DistContext, progress: ProgressFn | None = None
 ) -> RunResult:
     out = Path(cfg.out)
-    shards, videos_root = open_targets(cfg)
+    shards, frames = open_targets(cfg)
     global_batch = cfg.batch_size * ctx.world_size
-    dataset = ClipDataset(
-        shards, videos_root, clip_spec(cfg), seed=cfg.seed, global_batch=global_batch
-    )
+    dataset = ClipDataset(shards, frames, clip_spec(cfg), seed=cfg.seed, global_batch=global_batch)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * dataset.steps_per_epoch
     if dataset.short_videos:
         log.warning(
