@@ -255,6 +255,29 @@ def extract(
     help="A video id: its path relative to the directory given to extract --videos.",
 )
 @click.option("--teacher", default=None, help="Teacher for --video [default: the first].")
+@click.option(
+    "--rows",
+    default=None,
+    metavar="A:B[:S]",
+    help="With --video and --save: rows A, A+S, ... < B (S defaults to 1), as a strided clip "
+    "reads them.",
+)
+@click.option(
+    "--save",
+    "save_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="With --video --rows: write the frames stage two decodes as DIR/<row>.png (the "
+    "store's size, uncropped).",
+)
+@click.option(
+    "--from",
+    "frames_from",
+    type=click.Choice(["auto", "store", "source"]),
+    default="auto",
+    show_default=True,
+    help="For --save: the frame store when present, or force the store / the source videos.",
+)
 @click.option("--top", type=int, default=5, show_default=True, help="Classes shown for --video.")
 @click.option(
     "--plot",
@@ -285,6 +308,9 @@ def inspect(
     as_json: bool,
     video_id: str | None,
     teacher: str | None,
+    rows: str | None,
+    save_dir: str | None,
+    frames_from: str,
     top: int,
     plot: str | None,
     verify: int | None,
@@ -303,6 +329,14 @@ def inspect(
         click.echo(json.dumps(report) if as_json else inspection.format_verify(report))
         if not ok:
             sys.exit(1)
+        return
+    if (rows is None) != (save_dir is None):
+        raise ConfigError("--rows and --save go together (with --video ID)")
+    if save_dir is not None:
+        if video_id is None or rows is None:
+            raise ConfigError("--save needs --video ID and --rows A:B[:S]")
+        written, where = inspection.save_rows(shard_set, video_id, rows, save_dir, frames_from)
+        click.echo(f"wrote {len(written)} frames to {save_dir} (from the {where})")
         return
     if video_id is not None:
         if plot is not None:

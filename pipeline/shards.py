@@ -485,6 +485,28 @@ class ShardSet:
                 problems.append(f"{path.name}: checksum or read error ({exc})")
         return problems
 
+    def verify_store_tables(self) -> list[str]:
+        """One line per shard whose frame store does not line up with its rows (empty if none):
+        GOPs must start at every video's first row, increase, and index bytes that exist."""
+        problems: list[str] = []
+        if self.store is None:
+            return problems
+        for shard in sorted({r.shard for r in self.ok_videos()}):
+            first_rows, offsets = self._gop_table(shard)
+            nbytes = self._file(shard)["store/bytes"].shape[0]
+            rows = self._file(shard)["frames/time"].shape[0]
+            starts = {r.row_start for r in self.ok_videos() if r.shard == shard and r.row_count}
+            if (
+                np.any(np.diff(first_rows) <= 0)
+                or np.any(np.diff(offsets) <= 0)
+                or offsets[-1] != nbytes
+                or (len(first_rows) and (first_rows[0] != 0 or first_rows[-1] >= rows))
+                or not starts <= set(first_rows.tolist())
+                or np.any(np.diff(np.append(first_rows, rows)) > self.store.gop)
+            ):
+                problems.append(f"{shard}: the frame store's GOP table does not match its rows")
+        return problems
+
     def close(self) -> None:
         for h in self._handles.values():
             h.close()

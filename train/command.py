@@ -40,7 +40,17 @@ def _default(name: str) -> object:
     "--videos",
     type=click.Path(file_okay=False),
     default=None,
-    help="Videos directory the shard ids are relative to. Default: the one recorded by extract.",
+    help="Videos directory the shard ids are relative to. Default: the one recorded by extract. "
+    "Only read when the shards have no frame store (or with --frames source).",
+)
+@click.option(
+    "--frames",
+    type=click.Choice(["auto", "store", "source"]),
+    default=_default("frames"),
+    show_default=True,
+    help="Where clip frames come from: the shards' frame store (by row, no source videos "
+    "needed), the source videos (decoded by stored timestamps), or auto: the store when the "
+    "shards have one at --resize.",
 )
 @click.option(
     "--student",
