@@ -24,6 +24,7 @@ from typing import Any, cast
 import av
 import numpy as np
 from av.video.codeccontext import VideoCodecContext
+from av.video.reformatter import VideoReformatter
 
 from distinit.pipeline.errors import ShardError
 
@@ -116,12 +117,14 @@ def decode_gop(blob: bytes, fmt: StoreFormat, positions: np.ndarray) -> np.ndarr
     ctx = cast(VideoCodecContext, av.CodecContext.create(fmt.codec, "r"))
     ctx.thread_count = 1  # a clip is a few GOPs: threads would cost more than they save
     decoded: dict[int, np.ndarray] = {}
+    to_rgb = VideoReformatter()  # one colour converter for the GOP, not one per frame
     n = 0
     try:
         for packet in [*ctx.parse(blob), *ctx.parse(None), None]:
             for picture in ctx.decode(packet):
                 if n in wanted:  # convert only the frames asked for
-                    decoded[n] = picture.to_ndarray(format="rgb24")[: fmt.height, : fmt.width]
+                    rgb = to_rgb.reformat(picture, format="rgb24").to_ndarray()
+                    decoded[n] = rgb[: fmt.height, : fmt.width]
                 n += 1
             if n > last:
                 break
