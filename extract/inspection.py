@@ -41,6 +41,8 @@ def summary(shards: ShardSet) -> dict[str, Any]:
         "videos_failed": sum(v["status"] == "failed" for v in videos),
         "frames": sum(v["frames"] for v in videos),
         "bytes": sum(p.stat().st_size for p in shards.directory.glob("*.h5")),
+        "store": shards.store.describe() if shards.store else None,
+        "store_bytes": shards.store_nbytes() if shards.store else 0,
         "provenance": shards.provenance,
         "videos": videos,
     }
@@ -53,6 +55,11 @@ def format_summary(s: dict[str, Any]) -> str:
         "teachers: " + ", ".join(f"{t['name']} ({t['classes']} classes)" for t in s["teachers"]),
         f"decoder: {s['provenance'].get('ffmpeg_version', '?')}; "
         f"{s['provenance'].get('frame_geometry', '?')}",
+        (
+            f"frame store: {s['store']}, {s['store_bytes'] / max(s['frames'], 1):.0f} bytes/frame"
+            if s["store"]
+            else "frame store: none (training decodes the source videos)"
+        ),
     ]
     for v in s["videos"]:
         if v["status"] == "ok":

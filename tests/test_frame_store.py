@@ -192,6 +192,17 @@ def test_shards_without_a_store_fall_back_to_the_source_with_a_notice(
     assert "--frames none" in caplog.text and "much slower" in caplog.text
     with pytest.raises(ConfigError, match="no usable frame store"):
         open_frame_source(ShardSet(plain), (64, 64), prefer="store")
+    # A schema-1 shard (written before the store existed) is still read, and says so.
+    import h5py
+
+    for shard in plain.glob("*.h5"):
+        with h5py.File(shard, "r+") as f:
+            f.attrs["schema_version"] = 1
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        old = ShardSet(plain)
+        assert isinstance(open_frame_source(old, (64, 64)), SourceFrames)
+    assert old.schema_versions == [1] and "schema 1" in caplog.text
     # A store of another size than --resize is not silently resized either.
     with caplog.at_level("WARNING"):
         frames = open_frame_source(ShardSet(store_dataset[1]), (40, 32))
