@@ -177,30 +177,13 @@ def _records(path: Path) -> list[str]:
     return [r.id for r in read_shard_header(path).records]
 
 
-def test_ranks_cover_every_video_once(tmp_path: Path) -> None:
+def test_ranks_cover_every_video_once() -> None:
+    # Ranks running at the same time into one directory: tests/test_ranks.py.
     ids = [f"d{i % 3}/clip {i}.mp4" for i in range(50)]
     for world in (1, 2, 3, 5, 8):
         parts = [videos_for_rank(ids, world, r) for r in range(world)]
         flat = [v for p in parts for v in p]
         assert sorted(flat) == sorted(ids) and len(flat) == len(set(flat))
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for i in range(6):
-        make_index_video(videos / f"v{i}.mp4", 4)
-    out = tmp_path / "shards"
-    for rank in (0, 1):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"}
-        r = subprocess.run(
-            [sys.executable, "-m", "distinit.pipeline.cli", "extract", "--videos", str(videos),
-             "--out", str(out)],
-            capture_output=True, text=True, env=env, timeout=300,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr
-    assert ok_ids(out) == [f"v{i}.mp4" for i in range(6)]
-    for rank in (0, 1):
-        owned = videos_for_rank([f"v{i}.mp4" for i in range(6)], 2, rank)
-        written = [v for p in out.glob(f"shard-r{rank:04d}of0002-*.h5") for v in _records(p)]
-        assert sorted(written) == owned
 
 
 def test_second_writer_on_same_rank_is_refused(tmp_path: Path) -> None:
