@@ -9,6 +9,7 @@ with exact fractions from the source's own frame times (frame i at i * 1001/3000
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from distinit.pipeline.shards import ShardSet
+from distinit.train.checkpoint import load_final
 from tests.videogen import make_index_video
 
 NATIVE = 60  # frames, about 2 s
@@ -97,3 +99,20 @@ def test_above_the_native_rate_keeps_every_frame_once(shards: dict[int, Path]) -
     s = ShardSet(shards[40])
     assert s.frame_indices("ntsc.mp4").tolist() == expected
     assert s.records["ntsc.mp4"].row_count == NATIVE
+
+
+def test_training_runs_on_fps_shards(shards: dict[int, Path], tmp_path: Path) -> None:
+    """Stage two on shards made with --fps: clips are the kept rows, decoded by their times."""
+    out = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "distinit.pipeline.cli", "train", "--targets", str(shards[7]),
+         "--out", str(out), "--student", "mc3_18", "--clip-len", "4", "--resize", "40x32",
+         "--crop", "32", "--batch-size", "2", "--max-steps", "2", "--workers", "0",
+         "--device", "cpu"],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = load_final(out / "final.pt")
+    assert ckpt.step == 2 and ckpt.config["targets"] == str(shards[7])
+    steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2] and all(np.isfinite(s["loss"]) for s in steps)

@@ -54,10 +54,15 @@ def test_amp_training_step_on_cuda() -> None:
     assert torch.isfinite(loss)
 
 
-def test_cuda_without_index_follows_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cuda_without_index_is_the_last_local_ranks_real_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The rule itself, with four simulated GPUs, is in test_device.py; here the device it names
+    # must be a real one (the last GPU, so ignoring LOCAL_RANK fails wherever there are two).
     from distinit.pipeline.device import resolve_device
 
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    expected = 1 % torch.cuda.device_count()
-    assert resolve_device("cuda") == torch.device("cuda", expected)
-    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    last = torch.cuda.device_count() - 1
+    monkeypatch.setenv("LOCAL_RANK", str(last))
+    device = resolve_device("cuda")
+    assert device == torch.device("cuda", last)
+    assert torch.ones(2, device=device).sum().item() == 2
