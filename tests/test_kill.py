@@ -23,7 +23,6 @@ import torch
 
 from distinit.pipeline.shards import ShardSet, list_shard_files, read_shard_header
 from distinit.train.checkpoint import load_final
-from tests.test_train_support import index_dataset
 from tests.videogen import make_index_video
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -115,8 +114,10 @@ def _saved_step(out: Path) -> int:
     return int(torch.load(out / "last.pt", weights_only=True)["step"])
 
 
-def test_train_killed_after_a_save_and_mid_save_ends_bit_identical(tmp_path: Path) -> None:
-    _, shards = index_dataset(tmp_path / "data")
+def test_train_killed_after_a_save_and_mid_save_ends_bit_identical(
+    tmp_path: Path, index_data: tuple[Path, Path]
+) -> None:
+    _, shards = index_data
     reference = tmp_path / "reference"
     argv = [*CLI, "train", "--targets", str(shards), *TRAIN, "--out"]
     ref = subprocess.run([*argv, str(reference)], env=ENV, capture_output=True, text=True,

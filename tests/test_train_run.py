@@ -17,7 +17,7 @@ from distinit.train import loop
 from distinit.train.checkpoint import load_final
 from distinit.train.command import train
 from distinit.train.config import TrainConfig
-from tests.test_train_support import OBJECTS_CLASSES, SCENES_CLASSES, index_dataset
+from tests.test_train_support import OBJECTS_CLASSES, SCENES_CLASSES
 
 STEPS = 8
 COMMON = [
@@ -29,8 +29,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return index_dataset(tmp_path_factory.mktemp("train_run"))[1]
+def shards(index_data: tuple[Path, Path]) -> Path:
+    return index_data[1]
 
 
 def _argv(shards: Path, out: Path, *extra: str, batch: int = 2) -> list[str]:
