@@ -31,6 +31,7 @@ fletcher32 checksum so bit-rot is detected when read.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import time
@@ -525,9 +526,31 @@ def _iter_datasets(f: h5py.File) -> Iterator[str]:
     yield from names
 
 
+MANIFEST_LOCK = ".manifest.lock"
+
+
 def write_manifest(directory: str | os.PathLike[str], config: dict[str, Any]) -> Path:
-    """Regenerate ``manifest.json`` from the shards (atomically, last)."""
+    """Regenerate ``manifest.json`` from the shards (atomically, last).
+
+    Every rank of a run ends by calling this on the same directory, often at the same moment.
+    A lock on the directory serialises them, so the last writer has seen every shard renamed
+    before it took the lock (the manifest is complete), and each writes under its own
+    temporary name, fsyncs and renames (a reader or a crash never sees half a manifest).
+    """
     directory = Path(directory)
+    fd = os.open(directory / MANIFEST_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the OS if the process dies
+        return _write_manifest_locked(directory, config)
+    finally:
+        os.close(fd)
+
+
+def _write_manifest_locked(directory: Path, config: dict[str, Any]) -> Path:
+    # Temporary files of writers killed mid-write: nobody else is writing while we hold the lock.
+    for stale in directory.glob(f".{MANIFEST_NAME}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     shards = []
     videos = []
     for path in list_shard_files(directory):
@@ -558,7 +581,15 @@ def write_manifest(directory: str | os.PathLike[str], config: dict[str, Any]) ->
         "shards": shards,
         "videos": videos,
     }
-    tmp = directory / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, directory / MANIFEST_NAME)
+    tmp = directory / f".{MANIFEST_NAME}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, directory / MANIFEST_NAME)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return directory / MANIFEST_NAME

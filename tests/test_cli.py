@@ -31,11 +31,25 @@ def test_top_level_help_lists_commands_without_importing_torch() -> None:
         assert name in result.stdout
 
 
-@pytest.mark.parametrize("command", ["extract", "inspect", "train", "eval", "demo", "bench"])
+# Each command's help must be its own: its usage line and options only it has.
+HELP = {
+    "extract": ("extract [OPTIONS]", ["--videos", "--out", "--fps", "--teacher", "--num-shards"]),
+    "inspect": ("inspect [OPTIONS] SHARDS", ["--verify", "--video", "--top", "--json"]),
+    "train": ("train [OPTIONS]", ["--targets", "--student", "--clip-len", "--save-every"]),
+    "eval": ("eval [OPTIONS] [RUNS]...", ["--dataset", "--checkpoint", "--mode", "--compare"]),
+    "demo": ("demo [OPTIONS]", ["--quick", "--holdout", "--steps"]),
+    "bench": ("bench [OPTIONS] COMMAND", ["extract", "train"]),
+}
+
+
+@pytest.mark.parametrize("command", sorted(HELP))
 def test_every_command_has_help(command: str) -> None:
     result = _run("-m", "distinit.pipeline.cli", command, "--help")
     assert result.returncode == 0, result.stderr
-    assert "Usage:" in result.stdout
+    usage, options = HELP[command]
+    assert result.stdout.startswith("Usage: ") and f" {usage}" in result.stdout.splitlines()[0]
+    missing = [o for o in options if o not in result.stdout.split()]
+    assert not missing, f"{command} --help lacks {missing}"
 
 
 @pytest.mark.parametrize(("stage", "forbidden"), [("extract", "train"), ("train", "extract")])
@@ -52,13 +66,22 @@ def test_stages_meet_only_in_pipeline(stage: str, forbidden: str) -> None:
     assert result.stdout.strip() == "False"
 
 
-def test_missing_shard_directory_is_one_line() -> None:
+def test_missing_shard_directory_is_one_line(tmp_path: Path) -> None:
+    targets = tmp_path / "no" / "such" / "dir"
     result = _run(
-        "-m", "distinit.pipeline.cli", "train", "--targets", "/no/such/dir", "--out", "/tmp/x"
+        "-m",
+        "distinit.pipeline.cli",
+        "train",
+        "--targets",
+        str(targets),
+        "--out",
+        str(tmp_path / "run"),
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert "/no/such/dir" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"Error: {targets}: no such"), result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("command", ["extract", "train"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from distinit.eval.config import EvalConfig
-from distinit.eval.metrics import score_clips, topk_accuracy
+from distinit.eval.metrics import save_video_probs, score_clips, topk_accuracy
 from distinit.eval.report import compare_table, load_results
 from distinit.pipeline.errors import ConfigError, DatasetError
 from distinit.train.clip_rules import uniform_starts, window_rows
@@ -93,3 +93,44 @@ def test_compare_table(tmp_path: Path) -> None:
     assert "protocol clip_len differs" in compare_table([*runs, odd])
     with pytest.raises(DatasetError, match="no results.json"):
         load_results(tmp_path / "missing")
+
+
+def _probs_run(out: Path, modality: str, ids: list[str], probs: list[list[float]]) -> Path:
+    """A results.json and split1/video_probs.npz as one eval run writes them."""
+    labels = {"a.avi": 0, "b.avi": 1, "c.avi": 0, "d.avi": 1}
+    save_video_probs(
+        out / "split1", ids=ids, labels=torch.tensor([labels[v] for v in ids]),
+        probs=torch.tensor(probs), classes=["x", "y"],
+    )  # fmt: skip
+    correct = [p.index(max(p)) == labels[v] for v, p in zip(ids, probs, strict=True)]
+    top1 = sum(correct) / len(ids)
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "dataset": "hmdb51", "init": "checkpoint", "mode": "finetune", "modality": modality,
+                "student": "r3d_18", "clip_top1": top1, "clip_top5": 1.0, "video_top1": top1,
+                "video_top5": 1.0, "per_split": [{"split": 1, "video_top1": top1}],
+                "protocol": {"clip_len": 16, "clips_per_video": 10}, "allow_partial": False,
+            }
+        )
+    )  # fmt: skip
+    return out
+
+
+def test_late_fusion_pairs_videos_by_id_not_by_position(tmp_path: Path) -> None:
+    """The flow run lists its test videos in another order than the RGB run: fusion must pair
+    each video's two softmaxes by its id. By id: RGB 50%, flow 100%, fused 100%; paired by
+    position the flow and fused columns would read 0% and 50%."""
+    rgb = _probs_run(
+        tmp_path / "rgb", "rgb", ["a.avi", "b.avi", "c.avi", "d.avi"],
+        [[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]],
+    )  # fmt: skip
+    # The same videos in reverse order; by id, flow is sure where RGB is wrong.
+    flow = _probs_run(
+        tmp_path / "flow", "flow", ["d.avi", "c.avi", "b.avi", "a.avi"],
+        [[0.45, 0.55], [0.9, 0.1], [0.05, 0.95], [0.55, 0.45]],
+    )  # fmt: skip
+    table = compare_table([rgb, flow])
+    fused = next(line for line in table.splitlines() if line.startswith("| 1 |"))
+    rgb_acc, flow_acc, fused_acc = (float(c) for c in fused.split("|")[2:5])
+    assert (rgb_acc, flow_acc, fused_acc) == (50.0, 100.0, 100.0), fused

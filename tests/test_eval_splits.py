@@ -198,7 +198,16 @@ def test_ucf101_lists_format(tmp_path: Path) -> None:
     assert data.classes == ["ApplyEyeMakeup", "HandstandPushups"]
     assert sorted(v.label for v in data.train) == [0, 0, 1, 1]
     assert [v.label for v in data.test] == [0, 1]
-    with pytest.raises(DatasetError, match=r"1 listed videos missing|split file"):
+    # Split 2 has no lists: both are named.
+    with pytest.raises(
+        DatasetError,
+        match=r"split 2: split file \S*trainlist02\.txt missing; split file \S*testlist02",
+    ):
+        load_split(parse_manifest(raw, "ucf2.json"), tmp_path, 2)
+    # Its lists present, one listed video absent: that video is named.
+    (tmp_path / "trainlist02.txt").write_text((tmp_path / "trainlist01.txt").read_text())
+    (tmp_path / "testlist02.txt").write_text("ApplyEyeMakeup/v_gone_g09_c01.avi\r\n")
+    with pytest.raises(DatasetError, match=r"1 listed videos missing .*v_gone_g09_c01"):
         load_split(parse_manifest(raw, "ucf2.json"), tmp_path, 2)
 
 

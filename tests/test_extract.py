@@ -1,13 +1,11 @@
-"""Stage one end to end: real clips, bad input, resume, kill -9, ranks, locks, teachers."""
+"""Stage one end to end: real clips, bad input, resume, ranks, locks, teachers."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -83,11 +81,12 @@ def test_inspect_json_and_verify(real_shards: Path) -> None:
 def test_storage_is_compact_and_close_to_fp32(real_shards: Path) -> None:
     summary = json.loads(distinit("inspect", str(real_shards), "--json").stdout)
     frames = summary["frames"]
-    # README: targets about 1.1 KB/frame on disk (int8 logits + timestamps), the frame store
-    # about 1.7 KB, a shard directory with one 1000-class teacher <= 3.2 KB/frame in all.
-    assert (summary["bytes"] - summary["store_bytes"]) / frames < 1.2 * 1024
-    assert summary["store_bytes"] / frames < 2 * 1024
-    assert summary["bytes"] / frames < 3.2 * 1024
+    # README: targets 1120 B/frame on disk for the 622 frames of the sample clips, stated as
+    # <= 1.1 KB (1024 B of int8 logits, scale, offset, time and index, plus each shard's
+    # header); the frame store <= 2 KB; the directory with one 1000-class teacher <= 3.2 KB.
+    assert (summary["bytes"] - summary["store_bytes"]) / frames <= 1.1 * 1024
+    assert summary["store_bytes"] / frames <= 2 * 1024
+    assert summary["bytes"] / frames <= 3.2 * 1024
 
 
 def test_bad_input_is_recorded_and_good_videos_complete(
@@ -153,59 +152,13 @@ def test_usage_errors_are_one_line(tmp_path: Path) -> None:
     assert "unknown teacher 'resnet5O'" in unknown.stderr and "efficientnet_lite0" in unknown.stderr
 
 
-def test_kill_minus_nine_then_resume_has_every_video_once(tmp_path: Path) -> None:
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for i in range(8):
-        make_index_video(videos / f"v{i}.mp4", 24)
-    out = tmp_path / "shards"
-    cmd = [sys.executable, "-m", "distinit.pipeline.cli", "extract", "--videos", str(videos),
-           "--out", str(out), "--videos-per-shard", "1", "--workers", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(out.glob("*.h5"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finished_before = len(list(out.glob("*.h5")))
-    assert 2 <= finished_before < 8, "the kill should land mid-run"
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    records = [r for p in sorted(out.glob("*.h5")) for r in _records(p)]
-    assert sorted(r for r in records) == [f"v{i}.mp4" for i in range(8)]
-    assert not list(out.glob("*.tmp"))
-
-
-def _records(path: Path) -> list[str]:
-    from distinit.pipeline.shards import read_shard_header
-
-    return [r.id for r in read_shard_header(path).records]
-
-
-def test_ranks_cover_every_video_once(tmp_path: Path) -> None:
+def test_ranks_cover_every_video_once() -> None:
+    # Ranks running at the same time into one directory: tests/test_ranks.py.
     ids = [f"d{i % 3}/clip {i}.mp4" for i in range(50)]
     for world in (1, 2, 3, 5, 8):
         parts = [videos_for_rank(ids, world, r) for r in range(world)]
         flat = [v for p in parts for v in p]
         assert sorted(flat) == sorted(ids) and len(flat) == len(set(flat))
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    for i in range(6):
-        make_index_video(videos / f"v{i}.mp4", 4)
-    out = tmp_path / "shards"
-    for rank in (0, 1):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"}
-        r = subprocess.run(
-            [sys.executable, "-m", "distinit.pipeline.cli", "extract", "--videos", str(videos),
-             "--out", str(out)],
-            capture_output=True, text=True, env=env, timeout=300,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr
-    assert ok_ids(out) == [f"v{i}.mp4" for i in range(6)]
-    for rank in (0, 1):
-        owned = videos_for_rank([f"v{i}.mp4" for i in range(6)], 2, rank)
-        written = [v for p in out.glob(f"shard-r{rank:04d}of0002-*.h5") for v in _records(p)]
-        assert sorted(written) == owned
 
 
 def test_second_writer_on_same_rank_is_refused(tmp_path: Path) -> None:

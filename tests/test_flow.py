@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import time
 from pathlib import Path
 
 import cv2
@@ -174,8 +175,29 @@ def test_flow_init_rejects_non_rgb() -> None:
         flow_init_from_rgb(torch.zeros(4, 2, 3, 3, 3))
 
 
-def test_flow_cost_per_clip_is_positive_and_restores_threads() -> None:
+def test_flow_cost_per_clip_is_the_median_call_at_the_asked_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The figure is the median wall time of one clip_to_flow call on a clip of the asked shape,
+    measured with the asked OpenCV threads; the caller's thread count comes back afterwards."""
+    import distinit.train.flow as flow
+
+    durations = iter([0.05, 0.01, 0.03, 0.20])  # the warm-up call, then three timed ones
+    seen: list[tuple[tuple[int, ...], int]] = []
+
+    def timed_clip_to_flow(clip: np.ndarray) -> np.ndarray:
+        seen.append((clip.shape, cv2.getNumThreads()))
+        time.sleep(next(durations))
+        return real(clip)
+
+    real = flow.clip_to_flow
+    monkeypatch.setattr(flow, "clip_to_flow", timed_clip_to_flow)
     previous = cv2.getNumThreads()
-    cost = flow_cost_per_clip(clip_len=4, size=(32, 32), repeats=1)
-    assert 0 < cost < 5
-    assert cv2.getNumThreads() == previous
+    try:
+        cv2.setNumThreads(3)  # not the measuring count, so a missing restore shows
+        cost = flow_cost_per_clip(clip_len=4, size=(32, 48), repeats=3, threads=1)
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(previous)
+    assert seen == [((4, 32, 48, 3), 1)] * 4
+    assert 0.03 <= cost < 0.06  # the median of 0.01, 0.03, 0.20 (mean 0.08), plus DIS work

@@ -26,7 +26,7 @@ from distinit.train.config import TrainConfig
 from distinit.train.flow import FLOW_CHANNELS, FLOW_CLIP, clip_to_flow, moving_texture
 from distinit.train.students import Student, first_conv
 from tests.test_flow import assert_matches_velocity
-from tests.test_train_support import OBJECTS_CLASSES, SCENES_CLASSES, index_dataset, write_shards
+from tests.test_train_support import OBJECTS_CLASSES, SCENES_CLASSES, write_shards
 from tests.videogen import generator_ffmpeg
 
 VELOCITY = (2, -1)  # px per frame: rightwards and up
@@ -157,9 +157,11 @@ def test_config_modality() -> None:
     assert flow.resume_mismatches(older) == ["modality"]
 
 
-def test_cli_flow_run_writes_a_flow_checkpoint_and_refuses_an_rgb_resume(tmp_path: Path) -> None:
+def test_cli_flow_run_writes_a_flow_checkpoint_and_refuses_an_rgb_resume(
+    tmp_path: Path, index_data: tuple[Path, Path]
+) -> None:
     torch.set_num_threads(1)
-    _, shards = index_dataset(tmp_path / "data")
+    _, shards = index_data
     out = tmp_path / "run"
     args = [
         "--targets", str(shards), "--out", str(out), "--modality", "flow", "--student", "mc3_18",
@@ -205,10 +207,12 @@ print("finished")
 """
 
 
-def test_flow_workers_do_not_hang_after_the_parent_used_opencv_threads(tmp_path: Path) -> None:
+def test_flow_workers_do_not_hang_after_the_parent_used_opencv_threads(
+    tmp_path: Path, index_data: tuple[Path, Path]
+) -> None:
     # OpenCV's thread pool does not survive fork: a worker resizing it hangs for good. In a
     # subprocess with a timeout, so a regression fails here instead of hanging the suite.
-    _, shards = index_dataset(tmp_path / "data")
+    _, shards = index_data
     argv = [sys.executable, "-c", _FORKED_WORKER_RUN, str(shards), str(tmp_path / "run")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:

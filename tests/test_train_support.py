@@ -84,8 +84,8 @@ def index_dataset(root: Path) -> tuple[Path, Path]:
     return videos, shards
 
 
-def test_support_shards_hold_the_peaked_logits(tmp_path: Path) -> None:
-    _, shard_dir = index_dataset(tmp_path)
+def test_support_shards_hold_the_peaked_logits(index_data: tuple[Path, Path]) -> None:
+    _, shard_dir = index_data
     s = ShardSet(shard_dir)
     assert [r.id for r in s.ok_videos()] == ["a/clip.mp4", "b/clip.mp4"]
     logits = s.logits("a/clip.mp4", [0, 13])

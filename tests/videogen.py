@@ -40,9 +40,10 @@ def read_index(frame: np.ndarray) -> int:
 
 
 def make_index_video(
-    path: Path, frames: int, *, fps: int = 25, size: int = 64, codec: str = "libx264"
+    path: Path, frames: int, *, fps: int | str = 25, size: int = 64, codec: str = "libx264"
 ) -> Path:
-    """Encode ``frames`` frames, frame i showing i, into ``path`` (container from the suffix)."""
+    """Encode ``frames`` frames, frame i showing i, into ``path`` (container from the suffix);
+    ``fps`` as ffmpeg takes it (``"30000/1001"`` for NTSC rates)."""
     extra = ["-pix_fmt", "yuv420p"] if codec in ("libx264", "mpeg4") else []
     if codec == "libx264":
         extra += ["-crf", "10", "-g", "12", "-bf", "2"]
