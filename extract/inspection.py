@@ -43,6 +43,7 @@ def summary(shards: ShardSet) -> dict[str, Any]:
         "bytes": sum(p.stat().st_size for p in shards.directory.glob("*.h5")),
         "store": shards.store.describe() if shards.store else None,
         "store_bytes": shards.store_nbytes() if shards.store else 0,
+        "target_bytes": shards.target_nbytes(),
         "provenance": shards.provenance,
         "videos": videos,
     }

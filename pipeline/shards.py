@@ -450,10 +450,23 @@ class ShardSet:
         return sum(r.row_count for r in self.ok_videos())
 
     def store_nbytes(self) -> int:
-        """Bytes of coded frames in the store, over every shard."""
+        """Bytes the frame store takes on disk (coded frames, GOP tables, chunk padding)."""
+        return self._storage_bytes(("store",))
+
+    def target_nbytes(self) -> int:
+        """Bytes the targets take on disk: logits, their scales and offsets, times, indices."""
+        return self._storage_bytes(("logits", "frames"))
+
+    def _storage_bytes(self, groups: tuple[str, ...]) -> int:
         total = 0
-        for shard in {r.shard for r in self.ok_videos()}:
-            total += int(self._gop_table(shard)[1][-1])
+        for path in list_shard_files(self.directory):
+            f = self._file(path.name)
+            for group in groups:
+                if group in f:
+                    total += sum(
+                        int(f[group][name].id.get_storage_size())
+                        for name in _iter_datasets(f[group])
+                    )
         return total
 
     def _gop_table(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
