@@ -27,6 +27,9 @@ class RankLock:
                 f"{self.path.parent}: another distinit extract is already writing here "
                 "(give each process its own --shard-index/--num-shards to run several)"
             ) from exc
+        if not _same_file(fd, self.path):  # its holder removed it as we opened it: now free
+            os.close(fd)
+            return self.__enter__()
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -39,6 +42,16 @@ class RankLock:
         tb: TracebackType | None,
     ) -> None:
         if self._fd is not None:
+            # Removed while still held, so no lock file is left behind; a process that opened
+            # the old file meanwhile sees it is gone (_same_file) and locks a new one.
+            self.path.unlink(missing_ok=True)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False

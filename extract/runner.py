@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from distinit.extract.config import COMPILE_AUTO_MIN_VIDEOS, ExtractConfig
-from distinit.extract.discovery import find_videos, videos_for_rank
+from distinit.extract.discovery import require_videos, videos_for_rank
 from distinit.extract.inference import (
     TeacherRunner,
     default_batch_size,
@@ -40,6 +40,7 @@ from distinit.extract.teachers import load_teacher
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.errors import ConfigError, ShardError, VideoDecodeError
 from distinit.pipeline.ffmpeg_binary import ffmpeg_version
+from distinit.pipeline.progress import FrameCount, eta_seconds, expected_frames
 from distinit.pipeline.shards import (
     SHARD_SUFFIX,
     TMP_SUFFIX,
@@ -65,8 +66,9 @@ class Progress:
     videos_total: int
     videos_done: int
     videos_failed: int
-    frames: int
+    frames: int  # decoded so far (saved ones are counted in the summary)
     elapsed: float
+    frames_expected: float | None = None  # see distinit.pipeline.progress.FrameCount
 
     @property
     def frames_per_second(self) -> float:
@@ -74,10 +76,7 @@ class Progress:
 
     @property
     def eta_seconds(self) -> float | None:
-        finished = self.videos_done + self.videos_failed
-        if finished == 0:
-            return None
-        return self.elapsed / finished * (self.videos_total - finished)
+        return eta_seconds(self.frames, self.frames_expected, self.elapsed)
 
 
 @dataclass
@@ -115,6 +114,21 @@ class _Pending:
 def run_extract(
     cfg: ExtractConfig, progress: Callable[[Progress], None] | None = None
 ) -> ExtractSummary:
+    """Extract ``cfg.videos`` into ``cfg.out``; a run that fails before writing a shard into an
+    ``--out`` it created removes that directory again (no empty leftovers)."""
+    out = Path(cfg.out)
+    created = not out.exists()
+    try:
+        return _run_extract(cfg, require_videos(cfg.videos), progress)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _run_extract(
+    cfg: ExtractConfig, found: list[str], progress: Callable[[Progress], None] | None
+) -> ExtractSummary:
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +143,7 @@ def run_extract(
         for stale in out.glob(prefix + "*" + TMP_SUFFIX):
             log.info("removing %s left by an interrupted run", stale.name)
             stale.unlink()
-        all_ids = videos_for_rank(find_videos(cfg.videos), cfg.num_shards, cfg.shard_index)
+        all_ids = videos_for_rank(found, cfg.num_shards, cfg.shard_index)
         headers = [read_shard_header(p) for p in list_shard_files(out)]
         if headers:
             _check_same_recipe(cfg, headers[0])
@@ -334,9 +348,14 @@ def _decode_worker(
             with VideoReader(
                 path, geometry, fps=cfg.fps, chunk_size=CHUNK_FRAMES, threads=cfg.decoder_threads
             ) as reader:
+                opened = False
                 for chunk in reader:
                     if stop.is_set():
                         break
+                    if not opened:  # the stream header is read by the first frame
+                        opened, info = True, reader.info
+                        expected = expected_frames(info.duration, info.fps, cfg.fps)
+                        results.put(("opened", video_id, expected))
                     results.put(("chunk", video_id, chunk))
                 else:
                     results.put(
@@ -386,6 +405,8 @@ def _extract(
     pending: dict[str, _Pending] = {}
     started = last_report = time.monotonic()
     live = n_workers
+    counts = FrameCount(len(todo))
+    decoded = 0
 
     def flush() -> None:
         nonlocal filled
@@ -444,14 +465,17 @@ def _extract(
                 break
             if item is not None:
                 kind = item[0]
-                if kind == "chunk":
+                if kind == "opened":
+                    counts.opened(item[1], item[2])
+                elif kind == "chunk":
                     _, video_id, chunk = item
                     video = pending.setdefault(video_id, _Pending(video_id))
                     add_chunk(video, chunk)
-                    summary.frames += len(chunk)
+                    decoded += len(chunk)
                 elif kind == "done":
                     _, video_id, info, native, warning = item
                     video = pending.setdefault(video_id, _Pending(video_id))
+                    counts.finished(video_id, sum(len(t) for t in video.times))
                     video.decoded, video.info, video.native_frames, video.warning = (
                         True,
                         info,
@@ -462,6 +486,7 @@ def _extract(
                 elif kind == "failed":
                     _, video_id, reason = item
                     video = pending.setdefault(video_id, _Pending(video_id))
+                    counts.finished(video_id, sum(len(t) for t in video.times))
                     video.failed = reason
                     settle(video)
                 elif kind == "exit":
@@ -472,7 +497,14 @@ def _extract(
             if progress is not None and (now - last_report >= 1.0 or live == 0):
                 last_report = now
                 progress(
-                    Progress(len(todo), summary.done, summary.failed, summary.frames, now - started)
+                    Progress(
+                        len(todo),
+                        summary.done,
+                        summary.failed,
+                        decoded,
+                        now - started,
+                        counts.total(),
+                    )
                 )
         if stop.is_set():
             summary.interrupted = True
@@ -515,5 +547,6 @@ def _write_video(video: _Pending, shards: _ShardSequence, summary: ExtractSummar
     )
     shards.add_video(record, times, np.concatenate(video.indices), logits)
     summary.done += 1
+    summary.frames += len(times)  # frames saved: an interrupted run's unsaved ones do not count
     if video.warning:
         summary.warnings.append((video.video_id, video.warning))
