@@ -108,9 +108,10 @@ def test_bad_input_is_recorded_and_good_videos_complete(
     assert verify.returncode == 0, verify.stdout + verify.stderr
     with capsys.disabled():
         kinds = len(expected) + 2  # plus the directory named like a video and the symlink loop
-        print(f"\nbad-input corpus: {kinds} kinds of input, "
+        print(f"\nbad-input corpus: {kinds} kinds of input: "
               f"{sum(s == 'ok' for s in got.values())} decoded, "
-              f"{sum(s == 'failed' for s in got.values())} recorded as failed")  # fmt: skip
+              f"{sum(s == 'failed' for s in got.values())} recorded as failed, 2 not taken "
+              "for videos (a directory named like one, a symlink loop)")  # fmt: skip
     # Re-running skips everything, duplicates nothing; --strict turns failures into exit 1.
     again = distinit("extract", "--videos", str(tmp_path / "videos"), "--out", str(out))
     assert f"0 videos done, 0 failed, {len(expected)} skipped" in again.stdout
