@@ -28,10 +28,16 @@ def _size(value: str) -> tuple[int, int]:
     "videos also get their late fusion (mean of the two video-level softmaxes).",
 )
 @click.option(
-    "--dataset", help="hmdb51, ucf101, folder, or the path of a manifest .json. [required]"
+    "--dataset",
+    help="hmdb51, ucf101, folder, or the path of a manifest .json. folder: one sub-folder of "
+    "videos per class; with --splits DIR its trainlist0N.txt/testlist0N.txt define split N, "
+    "else split N puts a fixed, hash-chosen 30% of each class's videos in test. "
+    "[required unless --compare]",
 )
 @click.option(
-    "--root", type=click.Path(path_type=Path), help="Dataset root (class folders). [required]"
+    "--root",
+    type=click.Path(path_type=Path),
+    help="Dataset root (class folders). [required unless --compare]",
 )
 @click.option(
     "--store",
@@ -44,7 +50,7 @@ def _size(value: str) -> tuple[int, int]:
     "--splits",
     "splits_dir",
     type=click.Path(path_type=Path),
-    help="Folder of the split files [default: --root].",
+    help="Folder where split files are looked for [default: --root].",
 )
 @click.option(
     "--split",
@@ -56,7 +62,7 @@ def _size(value: str) -> tuple[int, int]:
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
-    help="Output folder (results.json, results.md, confusion PNGs). [required]",
+    help="Output folder (results.json, results.md, confusion PNGs). [required unless --compare]",
 )
 @click.option(
     "--checkpoint",

@@ -28,6 +28,7 @@ from distinit.eval.datasets import ClipProtocol, TrainClips
 from distinit.eval.initialise import HEAD
 from distinit.eval.splits import VideoItem
 from distinit.pipeline.errors import CheckpointError, ConfigError, NonFiniteLossError
+from distinit.pipeline.progress import eta_seconds, format_duration
 from distinit.train.clips import prepare_workers
 from distinit.train.students import Student
 
@@ -170,11 +171,11 @@ def finetune(
             seen += len(labels)
             done += 1
         elapsed = time.monotonic() - began
-        eta = elapsed / done * (total - done)
+        eta = eta_seconds(done, total, elapsed)
         if rank == 0:
             progress(
                 f"epoch {epoch + 1}/{settings.epochs}  loss {loss_sum / max(seen, 1):.4f}  "
-                f"lr {lr:.2e}  elapsed {elapsed:.0f}s  ETA {eta:.0f}s"
+                f"lr {lr:.2e}  elapsed {format_duration(elapsed)}  ETA {format_duration(eta)}"
             )
             _save_state(
                 state_path,

@@ -63,7 +63,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     foot = (
         f"\nProtocol: {p['clips_per_video']} clips/video of {p['clip_len']} frames, "
         f"{p['crops_per_clip']} centre crop {p['crop']}px, epochs {p['epochs']}, lr {p['lr']}, "
-        f"batch {p['batch_size']}; allow-partial {results['allow_partial']}.\n"
+        f"{'full batch' if results['mode'] == 'linear' else 'batch ' + str(p['batch_size'])}; "
+        f"allow-partial {results['allow_partial']}.\n"
     )
     return head + "\n".join(rows) + "\n" + foot
 

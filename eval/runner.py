@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -25,6 +26,7 @@ from distinit.eval.report import mean_over_splits, plot_confusion, write_results
 from distinit.eval.splits import SplitData, load_split
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.progress import ProgressLine, eta_seconds, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +161,24 @@ def _linear(
     student, info = build_student(cfg, len(data.classes))
     cache = FeatureCache(cfg.out, {**info, **protocol.describe()})
 
+    line = ProgressLine()
+    # The current pass (training videos, then test videos): when and at which count its first
+    # report came; the rate is measured from there.
+    pass_start = {"time": 0.0, "done": 0, "last": 0}
+
     def progress(done: int, total: int) -> None:
-        log.info("features: %d/%d videos", done, total)
+        if echo is _silent:  # ranks other than 0 stay quiet
+            return
+        if done <= pass_start["last"] or not pass_start["time"]:
+            pass_start.update(time=time.monotonic(), done=done)
+        pass_start["last"] = done
+        elapsed = time.monotonic() - pass_start["time"]
+        eta = eta_seconds(done - pass_start["done"], total - pass_start["done"], elapsed)
+        line.update(
+            f"features: {done}/{total} videos  elapsed {format_duration(elapsed)}  "
+            f"ETA {format_duration(eta)}",
+            final=done == total,
+        )
 
     kwargs = {
         "device": device,
@@ -169,8 +187,11 @@ def _linear(
         "progress": progress,
     }
     echo(f"features: {len(data.train) + len(data.test)} videos (cached in {cache.path})")
-    train_feats = compute_features(student, data.train, protocol, cache, **kwargs)  # (V, K, D)
-    test_feats = compute_features(student, data.test, protocol, cache, **kwargs)
+    try:
+        train_feats = compute_features(student, data.train, protocol, cache, **kwargs)  # (V,K,D)
+        test_feats = compute_features(student, data.test, protocol, cache, **kwargs)
+    finally:
+        line.close()
     k = train_feats.shape[1]
     train_labels = torch.tensor([item.label for item in data.train]).repeat_interleave(k)
     head = train_linear(

@@ -39,6 +39,11 @@ class SplitData:
     notes: list[str] = field(default_factory=list)  # accepted problems (allow_partial)
 
 
+# Where split files are read from, said wherever one is missing (before --allow-partial is
+# suggested): a user who unpacked them beside the videos' folder needs --splits, not a subset.
+SPLITS_HINT = "split files are looked for in --splits DIR (default: --root)"
+
+
 class _Problems:
     """Collects problems; raises them as one line unless partial data is allowed."""
 
@@ -143,7 +148,7 @@ def _tagged(
         example = manifest.split_file.format(**{"class": missing[0], "split": split})
         problems.add(
             f"{len(missing)} of {len(manifest.classes)} split files missing in {split_root} "
-            f"(e.g. {example}; classes {_examples(missing)})"
+            f"(e.g. {example}; classes {_examples(missing)}); {SPLITS_HINT}"
         )
     classes = [c for c in manifest.classes if c in found]
     roles = manifest.tag_roles()
@@ -172,7 +177,7 @@ def _class_index(manifest: Manifest, split_root: Path) -> list[str]:
     assert manifest.class_index is not None and manifest.classes is not None
     path = split_root / manifest.class_index
     if not path.is_file():
-        raise DatasetError(f"{path}: class index file missing")
+        raise DatasetError(f"{path}: class index file missing; {SPLITS_HINT}")
     by_number: dict[int, str] = {}
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         fields = line.split()
@@ -196,7 +201,7 @@ def _read_list(
     path: Path, classes: list[str], problems: _Problems, *, labelled: bool
 ) -> _Pairs | None:
     if not path.is_file():
-        problems.add(f"split file {path} missing")
+        problems.add(f"split file {path} missing; {SPLITS_HINT}")
         return None
     # Folder names decide the class; case-insensitive because some releases spell a class's
     # folder and its file names differently (UCF101's HandstandPushups / HandStandPushups).

@@ -18,14 +18,8 @@ from distinit.extract.config import (
     rank_from_environment,
 )
 from distinit.pipeline.errors import ConfigError
-from distinit.pipeline.video import VIDEO_EXTENSIONS, parse_size
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+from distinit.pipeline.progress import ProgressLine, format_duration
+from distinit.pipeline.video import parse_size
 
 
 @click.command()
@@ -60,7 +54,8 @@ def _duration(seconds: float | None) -> str:
     "--fps",
     type=float,
     default=None,
-    help="Resample to this many frames per second [default: every native frame].",
+    help="Keep the first native frame at or after each 1/FPS s; frames are never duplicated, "
+    "so an FPS above the video's own rate keeps every native frame [default: every frame].",
 )
 @click.option(
     "--batch-size",
@@ -191,35 +186,32 @@ def extract(
         store_size=parse_size(store_size),
     )
     from distinit.extract.runner import Progress, run_extract
-    from distinit.extract.teachers import is_known_teacher, known_teachers
-    from distinit.pipeline.errors import UnknownNameError
+    from distinit.extract.teachers import is_known_teacher, unknown_teacher
 
     for name in cfg.teacher_names:
         if not is_known_teacher(name):
-            raise UnknownNameError("teacher", name, known_teachers())
+            raise unknown_teacher(name)
 
-    tty = sys.stderr.isatty()
+    line = ProgressLine()
 
     def show(p: Progress) -> None:
-        line = (
+        expected = f"/~{p.frames_expected:.0f}" if p.frames_expected else ""
+        line.update(
             f"videos {p.videos_done + p.videos_failed}/{p.videos_total} ({p.videos_failed} failed)"
-            f"  frames {p.frames}  {p.frames_per_second:.1f} frames/s"
-            f"  ETA {_duration(p.eta_seconds)}"
+            f"  frames {p.frames}{expected}  {p.frames_per_second:.1f} frames/s"
+            f"  elapsed {format_duration(p.elapsed)}  ETA {format_duration(p.eta_seconds)}",
+            final=p.videos_done + p.videos_failed == p.videos_total,
         )
-        click.echo(("\r" + line) if tty else line, err=True, nl=not tty)
 
-    summary = run_extract(cfg, progress=show)
-    if summary.videos_total == 0:
+    try:
+        summary = run_extract(cfg, progress=show)
+    finally:
+        line.close()
+    if summary.videos_total == 0:  # videos exist, but every one hashes to other ranks
         click.echo(
-            f"no videos found under {cfg.videos}"
-            + (f" for rank {cfg.shard_index} of {cfg.num_shards}" if cfg.num_shards > 1 else "")
-            + " (looked for: "
-            + ", ".join(sorted(VIDEO_EXTENSIONS))
-            + ")",
+            f"no videos for rank {cfg.shard_index} of {cfg.num_shards} under {cfg.videos}",
             err=True,
         )
-    if tty:
-        click.echo(err=True)
     for video_id, reason in summary.failures:
         click.echo(f"failed: {video_id}: {reason}", err=True)
     for video_id, reason in summary.warnings:
@@ -232,7 +224,7 @@ def extract(
     )
     click.echo(
         f"{summary.done} videos done, {summary.failed} failed, {summary.skipped} skipped "
-        f"(already in {cfg.out}{earlier}); {summary.frames} frames in {summary.seconds:.1f}s "
+        f"(already in {cfg.out}{earlier}); {summary.frames} frames saved in {summary.seconds:.1f}s "
         f"({rate:.1f} frames/s); {summary.bytes_written / 1e6:.2f} MB written to {cfg.out}"
     )
     if summary.interrupted:
@@ -349,3 +341,17 @@ def inspect(
         raise ConfigError("--plot needs --video ID")
     summary = inspection.summary(shard_set)
     click.echo(json.dumps(summary) if as_json else inspection.format_summary(summary))
+
+
+@click.command()
+def teachers() -> None:
+    """List every teacher name `distinit extract --teacher` accepts."""
+    from distinit.extract.teachers import known_teachers
+
+    for name in known_teachers():
+        click.echo(name)
+    click.echo(
+        "where each teacher's weights come from: the README's teacher table; "
+        "`distinit extract --teacher NAME` says which file it needs when one is missing",
+        err=True,
+    )

@@ -6,6 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.video import VIDEO_EXTENSIONS
 
 
@@ -26,6 +27,21 @@ def find_videos(root: str | os.PathLike[str]) -> list[str]:
             if full.is_file():  # drops dangling symlinks and sockets named like videos
                 found.append(full.relative_to(root).as_posix())
     return sorted(found)
+
+
+def require_videos(root: str | os.PathLike[str]) -> list[str]:
+    """:func:`find_videos`, where finding none is an error naming the extensions looked for.
+
+    Checked before anything is written, so a wrong ``--videos`` leaves no output behind.
+    """
+    found = find_videos(root)
+    if not found:
+        raise ConfigError(
+            f"--videos {root}: no videos found (looked recursively for "
+            + ", ".join(sorted(VIDEO_EXTENSIONS))
+            + ")"
+        )
+    return found
 
 
 def rank_of(video_id: str, num_shards: int) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import posixpath
 from typing import Any
 
 import numpy as np
@@ -79,8 +81,32 @@ def _teacher_index(shards: ShardSet, teacher: str | None) -> int:
     return names.index(teacher)
 
 
+def require_video(shards: ShardSet, video_id: str) -> None:
+    """Refuse an id without extracted frames, pointing at the ids the user probably meant:
+    the same file name in other folders (ids are paths relative to ``--videos``), else close
+    spellings; a video that failed says why."""
+    record = shards.records.get(video_id)
+    if record is not None and record.status == "ok":
+        return
+    if record is not None:
+        raise ShardError(f"{shards.directory}: {video_id!r} failed to extract: {record.error}")
+    ids = sorted(shards.records)
+    name = posixpath.basename(video_id)
+    matches = [v for v in ids if posixpath.basename(v) == name] or difflib.get_close_matches(
+        video_id, ids, n=3
+    )
+    hint = (
+        "; did you mean " + " or ".join(repr(m) for m in matches) + "?"
+        if matches
+        else " (ids are paths relative to the extract --videos directory; "
+        "`distinit inspect DIR` lists them)"
+    )
+    raise ShardError(f"{shards.directory}: no extracted frames for video {video_id!r}{hint}")
+
+
 def video_top(shards: ShardSet, video_id: str, teacher: str | None, k: int) -> dict[str, Any]:
     """The teacher's classes averaged over a video's frames (mean of per-frame softmax)."""
+    require_video(shards, video_id)
     t = shards.teachers[_teacher_index(shards, teacher)]
     probs = softmax(shards.logits(video_id)[t.name]).mean(axis=0)
     order = np.argsort(-probs)[:k]
@@ -268,6 +294,7 @@ def plot_timeline(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    require_video(shards, video_id)
     t = shards.teachers[_teacher_index(shards, teacher)]
     probs = softmax(shards.logits(video_id)[t.name])  # (N, C)
     times = shards.times(video_id)

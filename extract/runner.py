@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from distinit.extract.config import COMPILE_AUTO_MIN_VIDEOS, ExtractConfig
-from distinit.extract.discovery import find_videos, videos_for_rank
+from distinit.extract.discovery import require_videos, videos_for_rank
 from distinit.extract.inference import (
     TeacherRunner,
     default_batch_size,
@@ -41,6 +41,7 @@ from distinit.pipeline.device import resolve_device
 from distinit.pipeline.errors import ConfigError, ShardError, VideoDecodeError
 from distinit.pipeline.ffmpeg_binary import ffmpeg_version
 from distinit.pipeline.framestore import StoreFormat, encode_gop
+from distinit.pipeline.progress import FrameCount, eta_seconds, expected_frames
 from distinit.pipeline.shards import (
     SHARD_SUFFIX,
     TMP_SUFFIX,
@@ -66,8 +67,9 @@ class Progress:
     videos_total: int
     videos_done: int
     videos_failed: int
-    frames: int
+    frames: int  # decoded so far (saved ones are counted in the summary)
     elapsed: float
+    frames_expected: float | None = None  # see distinit.pipeline.progress.FrameCount
 
     @property
     def frames_per_second(self) -> float:
@@ -75,10 +77,7 @@ class Progress:
 
     @property
     def eta_seconds(self) -> float | None:
-        finished = self.videos_done + self.videos_failed
-        if finished == 0:
-            return None
-        return self.elapsed / finished * (self.videos_total - finished)
+        return eta_seconds(self.frames, self.frames_expected, self.elapsed)
 
 
 @dataclass
@@ -117,6 +116,21 @@ class _Pending:
 def run_extract(
     cfg: ExtractConfig, progress: Callable[[Progress], None] | None = None
 ) -> ExtractSummary:
+    """Extract ``cfg.videos`` into ``cfg.out``; a run that fails before writing a shard into an
+    ``--out`` it created removes that directory again (no empty leftovers)."""
+    out = Path(cfg.out)
+    created = not out.exists()
+    try:
+        return _run_extract(cfg, require_videos(cfg.videos), progress)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _run_extract(
+    cfg: ExtractConfig, found: list[str], progress: Callable[[Progress], None] | None
+) -> ExtractSummary:
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +145,7 @@ def run_extract(
         for stale in out.glob(prefix + "*" + TMP_SUFFIX):
             log.info("removing %s left by an interrupted run", stale.name)
             stale.unlink()
-        all_ids = videos_for_rank(find_videos(cfg.videos), cfg.num_shards, cfg.shard_index)
+        all_ids = videos_for_rank(found, cfg.num_shards, cfg.shard_index)
         headers = [read_shard_header(p) for p in list_shard_files(out)]
         if headers:
             _check_same_recipe(cfg, headers[0])
@@ -370,9 +384,14 @@ def _decode_worker(
                 chunk_size=store.gop if store else CHUNK_FRAMES,
                 threads=cfg.decoder_threads,
             ) as reader:
+                opened = False
                 for chunk in reader:
                     if stop.is_set():
                         break
+                    if not opened:  # the stream header is read by the first frame
+                        opened, info = True, reader.info
+                        expected = expected_frames(info.duration, info.fps, cfg.fps)
+                        results.put(("opened", video_id, expected))
                     gop = encode_gop(chunk.views[-1], store) if store is not None else None
                     results.put(("chunk", video_id, chunk, gop))
                 else:
@@ -431,6 +450,8 @@ def _extract(
     pending: dict[str, _Pending] = {}
     started = last_report = time.monotonic()
     live = n_workers
+    counts = FrameCount(len(todo))
+    decoded = 0
 
     def flush() -> None:
         nonlocal filled
@@ -493,14 +514,17 @@ def _extract(
                 break
             if item is not None:
                 kind = item[0]
-                if kind == "chunk":
+                if kind == "opened":
+                    counts.opened(item[1], item[2])
+                elif kind == "chunk":
                     _, video_id, chunk, gop = item
                     video = pending.setdefault(video_id, _Pending(video_id))
                     add_chunk(video, chunk, gop)
-                    summary.frames += len(chunk)
+                    decoded += len(chunk)
                 elif kind == "done":
                     _, video_id, info, native, warning = item
                     video = pending.setdefault(video_id, _Pending(video_id))
+                    counts.finished(video_id, sum(len(t) for t in video.times))
                     video.decoded, video.info, video.native_frames, video.warning = (
                         True,
                         info,
@@ -511,6 +535,7 @@ def _extract(
                 elif kind == "failed":
                     _, video_id, reason = item
                     video = pending.setdefault(video_id, _Pending(video_id))
+                    counts.finished(video_id, sum(len(t) for t in video.times))
                     video.failed = reason
                     settle(video)
                 elif kind == "exit":
@@ -521,7 +546,14 @@ def _extract(
             if progress is not None and (now - last_report >= 1.0 or live == 0):
                 last_report = now
                 progress(
-                    Progress(len(todo), summary.done, summary.failed, summary.frames, now - started)
+                    Progress(
+                        len(todo),
+                        summary.done,
+                        summary.failed,
+                        decoded,
+                        now - started,
+                        counts.total(),
+                    )
                 )
         if stop.is_set():
             summary.interrupted = True
@@ -565,5 +597,6 @@ def _write_video(video: _Pending, shards: _ShardSequence, summary: ExtractSummar
     gops = video.gops if shards.store is not None else None
     shards.add_video(record, times, np.concatenate(video.indices), logits, gops)
     summary.done += 1
+    summary.frames += len(times)  # frames saved: an interrupted run's unsaved ones do not count
     if video.warning:
         summary.warnings.append((video.video_id, video.warning))

@@ -102,6 +102,12 @@ def known_teachers() -> list[str]:
     return sorted(_REGISTRY) + list(_torchvision_classifiers())
 
 
+def unknown_teacher(name: str, kind: str = "teacher") -> UnknownNameError:
+    """The error for a teacher name not in the registry: close matches and where the full list
+    is (it is too long for one line)."""
+    return UnknownNameError(kind, name, known_teachers(), listed_by="`distinit teachers`")
+
+
 def is_known_teacher(name: str) -> bool:
     return name in _REGISTRY or name in _torchvision_classifiers()
 
@@ -112,7 +118,7 @@ def load_teacher(name: str, weights_path: str | None = None) -> Teacher:
         return _REGISTRY[name](weights_path)
     if name in _torchvision_classifiers():
         return _torchvision_teacher(name, weights_path)
-    raise UnknownNameError("teacher", name, known_teachers())
+    raise unknown_teacher(name)
 
 
 @register_teacher("efficientnet_lite0")
@@ -186,13 +192,13 @@ def _torchvision_teacher(name: str, weights_path: str | None) -> Teacher:
     try:
         weights = tvm.get_model_weights(name).DEFAULT
     except (ValueError, KeyError) as exc:
-        raise UnknownNameError("teacher", name, known_teachers()) from exc
+        raise unknown_teacher(name) from exc
     categories = weights.meta.get("categories")
     if not categories or len(categories) != 1000:
-        raise UnknownNameError("teacher (ImageNet classifier)", name, known_teachers())
+        raise unknown_teacher(name, "teacher (ImageNet classifier)")
     model = tvm.get_model(name, weights=None)
     if weights_path is None:
-        hint = f"pass --teacher-weights {name}=PATH"
+        hint = f"download {weights.url} there, or pass --teacher-weights {name}=PATH"
         weights_path = str(torchvision_weights_file(weights.url, hint))
     _load_into(model, weights_path)
     transform = weights.transforms()

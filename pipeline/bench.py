@@ -10,7 +10,10 @@ import click
 from distinit.pipeline.cli import LazyGroup
 
 BENCHES = {
-    "extract": ("distinit.extract.bench:bench_extract", "Stage one: decode, teacher, end to end."),
+    "extract": (
+        "distinit.extract.bench:bench_extract",
+        "Stage one: decode, teacher, end to end (~2 min on CPU).",
+    ),
     "train": ("distinit.train.bench:bench_train", "Stage two: data loader vs synthetic clips."),
 }
 

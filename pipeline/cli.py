@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "distinit.eval.command:eval_command",
         "Fine-tune or linear-probe on HMDB51/UCF101/folders.",
     ),
+    "teachers": ("distinit.extract.commands:teachers", "List the teachers extract can use."),
     "demo": ("distinit.pipeline.demo:demo", "Run the whole method on real sample clips, on CPU."),
     "bench": ("distinit.pipeline.bench:bench", "Benchmarks: extraction and training throughput."),
 }
@@ -62,6 +63,7 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module_name), attr)
         if not isinstance(command, click.Command):
             raise TypeError(f"{self.lazy[cmd_name][0]} is not a click command")
+        _add_verbose(command)
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -69,10 +71,49 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, line) for name, (_, line) in self.lazy.items()])
 
 
+def _set_verbosity(ctx: click.Context, param: click.Parameter, verbose: int) -> None:
+    """``-v`` info, ``-vv`` debug; given before or after the sub-command, the louder one wins."""
+    if not verbose:
+        return
+    level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(min(root.level, level))
+
+
+def _verbose_option() -> click.Option:
+    return click.Option(
+        ["-v", "--verbose"],
+        count=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_verbosity,
+        help="More log output (-v info, -vv debug).",
+    )
+
+
+def _add_verbose(command: click.Command) -> None:
+    """Give a sub-command (and its own sub-commands) the group's ``-v``, so ``distinit extract
+    -v`` works as well as ``distinit -v extract``."""
+    if not any(p.name == "verbose" for p in command.params):
+        command.params.append(_verbose_option())
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _add_verbose(sub)
+
+
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_verbosity,
+    help="More log output (-v info, -vv debug).",
+)
 @click.version_option(package_name="distinit")
-def cli(verbose: int) -> None:
+def cli() -> None:
     """distinit: learn video representations from image teachers, without video labels.
 
     \b
@@ -81,10 +122,7 @@ def cli(verbose: int) -> None:
       distinit train   --targets SHARDS --out RUN
       distinit eval    --dataset hmdb51 --root HMDB51 --checkpoint RUN/final.pt --out OUT
     """
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # -v set the level
 
 
 def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -89,6 +89,7 @@ def demo(out: str, videos: str | None, holdout: str | None, quick: bool, steps: 
     from distinit.train.checkpoint import load_final
     from distinit.train.config import TrainConfig
     from distinit.train.loop import run as run_train
+    from distinit.train.runlog import LOG_NAME, run_losses
     from distinit.train.students import Student, student_spec
 
     started = time.monotonic()
@@ -142,8 +143,15 @@ def demo(out: str, videos: str | None, holdout: str | None, quick: bool, steps: 
     click.echo(f"[3/4] train {student} on {len(train_ids)} videos: {n_steps} steps of 4 clips, "
                f"8 frames at {cfg.crop}px (held out: {held})")  # fmt: skip
     result = run_train(cfg)
-    click.echo(f"      loss {result.first_loss:.3f} -> {result.last_loss:.3f}"
-               f" ({time.monotonic() - started:.0f}s so far)")  # fmt: skip
+    # The whole run's span from its log: a re-run or a resumed run reports what a single
+    # uninterrupted one would.
+    first, last = run_losses(out_dir / "run" / LOG_NAME)
+    done = "" if result.resumed_from == 0 else (
+        " (already trained)" if result.resumed_from == n_steps
+        else f" (resumed at step {result.resumed_from})"
+    )  # fmt: skip
+    span = f"loss {first:.3f} -> {last:.3f}" if first is not None and last is not None else ""
+    click.echo(f"      {span}{done} ({time.monotonic() - started:.0f}s so far)")
 
     click.echo(f"[4/4] top-1 agreement with the teacher, {AGREEMENT_CLIPS} clips per video:")
     trained = load_final(out_dir / "run" / "final.pt").build_student()

@@ -16,10 +16,12 @@ class ConfigError(DistinitError):
 class UnknownNameError(DistinitError):
     """A registry was asked for a name it does not know."""
 
-    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+    def __init__(self, kind: str, name: str, known: list[str], listed_by: str = "") -> None:
+        """``listed_by`` names where the full list is shown (a command), for registries too long
+        to print in one line; without it the known names are listed."""
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else "."
-        shown = ", ".join(sorted(known))
+        shown = f"{listed_by} lists all {len(known)}" if listed_by else ", ".join(sorted(known))
         super().__init__(f"unknown {kind} {name!r}{hint} Known: {shown}.")
         self.kind, self.name, self.known = kind, name, known
 

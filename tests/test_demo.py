@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +16,9 @@ def test_demo_runs_every_step_and_writes_its_pictures(tmp_path: Path) -> None:
     for name, source in (("a.mp4", "testsrc"), ("b.mp4", "rgbtestsrc"), ("c.mp4", "smptebars")):
         make_lavfi_video(videos / name, source, seconds=1.0, size="96x64")
     out = tmp_path / "demo"
-    result = subprocess.run(
-        [sys.executable, "-m", "distinit.pipeline.cli", "demo", "--videos", str(videos),
-         "--out", str(out), "--quick", "--steps", "3"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "distinit.pipeline.cli", "demo", "--videos", str(videos),
+            "--out", str(out), "--quick", "--steps", "3"]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     text = result.stdout
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):
@@ -29,3 +28,10 @@ def test_demo_runs_every_step_and_writes_its_pictures(tmp_path: Path) -> None:
     for picture in (out / "quick" / "timeline_c.png", out / "quick" / "run" / "loss.png"):
         assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "quick" / "run" / "final.pt").is_file()
+
+    # Re-running the finished demo is safe and reports the same whole-run loss.
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    first_loss = json.loads((out / "quick" / "run" / "log.jsonl").read_text().splitlines()[0])
+    span = f"loss {first_loss['loss']:.3f} -> "
+    assert span in text and span in again.stdout and "(already trained)" in again.stdout

@@ -60,6 +60,7 @@ def test_linear_probe_each_init(init: str, data: dict[str, Path], tmp_path: Path
     results = _check_results(out, init, "linear")
     assert results["video_top1"] > CHANCE + 0.3, output
     assert (out / "features.pt").is_file()
+    assert "full batch" in (out / "results.md").read_text()  # the probe has no batch size
     if init == "checkpoint":
         assert results["checkpoint"] == str(data["checkpoint"])
     if init == "inflated":

@@ -94,3 +94,29 @@ def load_final(path: str | os.PathLike[str]) -> FinalCheckpoint:
         in_channels=int(payload.get("in_channels", 3)),
         step=int(payload.get("step", 0)),
     )
+
+
+def load_init_weights(student: Student, path: str | os.PathLike[str]) -> list[str]:
+    """Start ``student`` from the weights of another run's ``final.pt`` (``--init-from``).
+
+    Weights only: the optimizer and schedule start afresh. The backbone must be the same network
+    with the same input; heads are taken where their teacher and class count match, the others
+    keep their fresh initialisation. Returns the names of the heads taken over.
+    """
+    ckpt = load_final(path)
+    if ckpt.student != student.name or ckpt.in_channels != student.in_channels:
+        raise CheckpointError(
+            f"--init-from {path}: a {ckpt.student} with {ckpt.in_channels} input channels "
+            f"({ckpt.modality}), but this run trains a {student.name} with "
+            f"{student.in_channels}; give the same --student and --modality"
+        )
+    own = student.state_dict()
+    kept = {k: v for k, v in ckpt.state_dict.items() if k in own and own[k].shape == v.shape}
+    backbone = [k for k in own if k.startswith("backbone.")]
+    lacking = [k for k in backbone if k not in kept]
+    if lacking:
+        raise CheckpointError(f"--init-from {path}: backbone weights do not fit ({lacking[:3]})")
+    student.load_state_dict(kept, strict=False)
+    return sorted(
+        h for h in student.heads if all(k in kept for k in own if k.startswith(f"heads.{h}."))
+    )

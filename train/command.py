@@ -12,10 +12,12 @@ from pathlib import Path
 
 import click
 
+from distinit.pipeline.errors import ConfigError, ShardError
+from distinit.pipeline.progress import ProgressLine, eta_seconds, format_duration
 from distinit.train.config import TrainConfig, parse_size, parse_teacher_weight
 
 _D = TrainConfig.__dataclass_fields__
-PROGRESS_EVERY_S = 5.0  # seconds between progress lines on stderr
+PROGRESS_EVERY_S = 5.0  # seconds between progress lines when stderr is not a terminal
 
 
 def _default(name: str) -> object:
@@ -34,7 +36,7 @@ def _default(name: str) -> object:
     required=True,
     type=click.Path(file_okay=False),
     help="Run directory (log.jsonl, loss.png, last.pt, final.pt). "
-    "An existing last.pt there is resumed.",
+    "An existing last.pt there is resumed (same options; --max-steps may grow).",
 )
 @click.option(
     "--videos",
@@ -156,7 +158,19 @@ def _default(name: str) -> object:
     "--max-steps",
     type=int,
     default=None,
-    help="Run length in optimizer steps; overrides --epochs. Default: from --epochs.",
+    help="Run length in optimizer steps; overrides --epochs. Default: from --epochs. "
+    "On an existing run (RUN/last.pt, even a finished one) a new length continues it from the "
+    "steps done to the new end: the lr schedule is recomputed for the new length from that "
+    "step on (cosine: lr rises to the new curve's value there, then decays to 0 at the new "
+    "end) and final.pt is rewritten; fewer steps than already done is refused.",
+)
+@click.option(
+    "--init-from",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Start from the weights of another run's final.pt (same --student and --modality; "
+    "heads of the same teachers are kept, others start fresh). Weights only: a new optimizer "
+    "and schedule. Recorded in the run's config.",
 )
 @click.option(
     "--temperature",
@@ -243,33 +257,42 @@ def train(
         grad_clip=grad_clip if grad_clip > 0 else None,
         **options,  # type: ignore[arg-type]
     )
-    from distinit.train.loop import StepReport, run
+    from distinit.train.loop import StepReport, open_targets, run
+    from distinit.train.runlog import LOG_NAME, run_losses
 
+    _check_targets(cfg)
+    open_targets(cfg)  # every input error is reported before the run is announced
+    line = ProgressLine(every=PROGRESS_EVERY_S)
     started = time.monotonic()
-    last_shown = -1.0
+    first_step: int | None = None  # the step this invocation started after
 
     def show(r: StepReport) -> None:
-        nonlocal last_shown
-        now = time.monotonic() - started
-        if now - last_shown < PROGRESS_EVERY_S and r.step not in (1, r.total):
-            return
-        last_shown = now
-        click.echo(
+        nonlocal first_step
+        if first_step is None:
+            first_step = r.step - 1
+        elapsed = time.monotonic() - started
+        eta = eta_seconds(r.step - first_step, r.total - first_step, elapsed)
+        line.update(
             f"step {r.step}/{r.total}  loss {r.loss:.4f}  lr {r.lr:.3g}  "
-            f"{r.clips_per_s:.1f} clips/s",
-            err=True,
+            f"{r.clips_per_s:.1f} clips/s  elapsed {format_duration(elapsed)}  "
+            f"ETA {format_duration(eta)}",
+            final=r.step in (first_step + 1, r.total),
         )
 
     click.echo(f"training {cfg.student} ({cfg.modality}) into {cfg.out}", err=True)
-    result = run(cfg, progress=show)
+    try:
+        result = run(cfg, progress=show)
+    finally:
+        line.close()
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
         return
     click.echo(
         f"videos: {result.videos} ({result.short_videos} shorter than a clip, looped); "
         f"steps {result.resumed_from} -> {result.steps_done} of {result.total_steps}"
     )
-    if result.first_loss is not None:
-        click.echo(f"loss: first {result.first_loss:.4f}, last {result.last_loss:.4f}")
+    first, last = run_losses(Path(cfg.out) / LOG_NAME)
+    if first is not None and last is not None:
+        click.echo(f"loss of the run: first {first:.4f}, last {last:.4f}")
     if result.final_path is not None and result.resumed_from == result.total_steps:
         click.echo(f"already complete: {result.final_path} (nothing to train)")
     elif result.final_path is not None:
@@ -280,3 +303,21 @@ def train(
         )
     else:
         click.echo(f"stopped after step {result.steps_done}; run again to continue")
+
+
+def _check_targets(cfg: TrainConfig) -> None:
+    """``--targets`` must be extract's output; a folder of videos gets the step it skipped."""
+    from distinit.extract.discovery import find_videos
+    from distinit.pipeline.shards import ShardSet
+
+    try:
+        ShardSet(cfg.targets).close()
+    except ShardError as exc:
+        if Path(cfg.targets).is_dir() and find_videos(cfg.targets):
+            raise ConfigError(
+                f"--targets {cfg.targets} holds videos, not teacher targets: run `distinit "
+                f"extract --videos {cfg.targets} --out SHARDS` first, then train --targets SHARDS"
+            ) from exc
+        raise ConfigError(
+            f"--targets: {exc} (give the --out directory of distinit extract)"
+        ) from exc

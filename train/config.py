@@ -42,9 +42,13 @@ RESUMABLE_CHANGES = frozenset(
     }
 )
 
+# The run's length: a resumed run may be given a new one (at least the steps already done); the
+# schedule is then recomputed for the new length from the current step on (see train.loop).
+LENGTH_FIELDS = frozenset({"max_steps", "epochs"})
+
 # Fields added after runs were already being written, with the value those older runs used: a
 # last.pt without the field resumes as if it had been saved with this value.
-_ADDED_FIELDS: dict[str, Any] = {"modality": "rgb"}
+_ADDED_FIELDS: dict[str, Any] = {"modality": "rgb", "init_from": None}
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -82,6 +86,7 @@ class TrainConfig:
     log_every: int = 1
     save_every: int = 10
     stop_after: int | None = None  # exit (resumable) after this many steps; for time-limited jobs
+    init_from: str | None = None  # a final.pt whose weights start the run (new optimizer, schedule)
 
     def __post_init__(self) -> None:
         # Imported here: the registry pulls in torch, and `distinit train --help` should not.
@@ -148,13 +153,14 @@ class TrainConfig:
         return cls(**values)
 
     def resume_mismatches(self, saved: dict[str, Any]) -> list[str]:
-        """Fields whose saved value differs from this config's, ignoring RESUMABLE_CHANGES."""
+        """Fields whose saved value differs from this config's, ignoring RESUMABLE_CHANGES and
+        the run length (LENGTH_FIELDS, checked against the steps done when resuming)."""
         now = self.to_json()
         saved = {**_ADDED_FIELDS, **saved}
         return sorted(
             k
             for k in set(now) | set(saved)
-            if k not in RESUMABLE_CHANGES and now.get(k) != saved.get(k)
+            if k not in RESUMABLE_CHANGES | LENGTH_FIELDS and now.get(k) != saved.get(k)
         )
 
 

@@ -25,7 +25,7 @@ from distinit.pipeline.errors import CheckpointError, ConfigError, NonFiniteLoss
 from distinit.pipeline.frame_source import FrameSource, open_frame_source
 from distinit.pipeline.shards import ShardSet
 from distinit.train import distributed
-from distinit.train.checkpoint import FinalCheckpoint, save_final
+from distinit.train.checkpoint import FinalCheckpoint, load_init_weights, save_final
 from distinit.train.clip_rules import input_channels
 from distinit.train.clips import (
     ClipDataset,
@@ -150,6 +150,9 @@ def _train(
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
     in_channels = input_channels(cfg.modality)
     student = Student(cfg.student, heads, in_channels=in_channels)
+    if cfg.init_from is not None:  # weights only; a resumed run's last.pt overrides them below
+        taken = load_init_weights(student, cfg.init_from)
+        log.info("initialised from %s (heads taken over: %s)", cfg.init_from, taken or "none")
     student = distributed.sync_batchnorm(student, ctx).to(ctx.device)
     use_amp = cfg.amp and ctx.device.type == "cuda"
     optimizer = build_optimizer(cfg, student)
@@ -161,7 +164,7 @@ def _train(
     start = 0
     last_path = out / LAST_NAME
     if last_path.exists():
-        start = _resume(last_path, cfg, student, optimizer, scheduler, scaler)
+        start = _resume(last_path, cfg, student, optimizer, scheduler, scaler, total)
         log.info("resuming %s from step %d of %d", out, start, total)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -310,6 +313,7 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
+    total: int,
 ) -> int:
     state = load_last(path)
     mismatches = cfg.resume_mismatches(state["config"])
@@ -328,4 +332,15 @@ def _resume(
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: training state does not fit this run ({exc})") from exc
     restore_rng(state["rng"])
-    return int(state["step"])
+    step = int(state["step"])
+    if step > total:
+        raise CheckpointError(
+            f"{path}: the run has already done {step} steps, more than the {total} asked for; "
+            "give --max-steps of at least that, or use a new --out directory"
+        )
+    # A new run length (--max-steps/--epochs) changes the schedule from this step on; set the
+    # step's lr from it (with the length unchanged this is the value just restored).
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * lr_factor(step, total, cfg.warmup_steps, cfg.schedule)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what the log shows
+    return step

@@ -24,6 +24,15 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def run_losses(path: Path) -> tuple[float | None, float | None]:
+    """The first and last logged total loss of the whole run (every invocation of it), so a
+    resumed or already finished run reports the same span as an uninterrupted one."""
+    entries = read_log(path)
+    if not entries:
+        return None, None
+    return float(entries[0]["loss"]), float(entries[-1]["loss"])
+
+
 def truncate_log(path: Path, keep_until_step: int) -> None:
     """Drop entries past the step a resumed run restarts from (they will be logged again)."""
     entries = [e for e in read_log(path) if e["step"] <= keep_until_step]
@@ -54,14 +63,37 @@ def plot_loss(log_path: Path, png_path: Path) -> None:
     entries = read_log(log_path)
     fig, ax = plt.subplots(figsize=(6, 4))
     steps = [e["step"] for e in entries]
-    ax.plot(steps, [e["loss"] for e in entries], label="total")
+    losses = [e["loss"] for e in entries]
+    window = smoothing_window(len(losses))
+    ax.plot(steps, losses, label="total", color="C0", alpha=0.35 if window > 1 else 1.0)
+    if window > 1:
+        ax.plot(steps, smooth(losses, window), label=f"total, mean of {window} steps", color="C0")
     teachers = sorted(entries[0]["loss_per_teacher"]) if entries else []
     if len(teachers) > 1:
         for t in teachers:
-            ax.plot(steps, [e["loss_per_teacher"][t] for e in entries], label=t, alpha=0.7)
+            per = [e["loss_per_teacher"][t] for e in entries]
+            ax.plot(steps, smooth(per, window), label=t, alpha=0.7)
     ax.set_xlabel("step")
     ax.set_ylabel("KL(teacher || student) x T²")
+    ax.set_title(f"{log_path.parent.name}: distillation loss, {steps[-1] if steps else 0} steps")
     ax.legend()
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+def smoothing_window(n: int) -> int:
+    """Steps averaged in the plotted curve: about a twentieth of the run (1 for short runs)."""
+    return max(1, n // 20)
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing mean over ``window`` entries (shorter at the start), so step noise does not hide
+    the trend; the raw curve is drawn beside it."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
