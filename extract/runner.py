@@ -124,7 +124,8 @@ def run_extract(
         return _run_extract(cfg, require_videos(cfg.videos), progress)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+            with suppress(OSError):  # another rank may have started writing there meanwhile
+                out.rmdir()
         raise
 
 

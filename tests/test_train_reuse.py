@@ -107,3 +107,10 @@ def test_videos_as_targets_says_extract_comes_first(dataset: tuple[Path, Path]) 
     assert "distinit extract --videos" in str(result.exception)
     assert "training" not in result.output  # nothing announced before the inputs are checked
     assert not (videos.parent / "run_e").exists()
+
+
+def test_loss_curve_smoothing_is_a_trailing_mean() -> None:
+    from distinit.train.runlog import smooth, smoothing_window
+
+    assert smooth([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
+    assert smoothing_window(10) == 1 and smoothing_window(400) == 20

@@ -251,6 +251,8 @@ def train(
     Multi-GPU / multi-process:
       torchrun --nproc_per_node=8 --no-python distinit train --targets SHARDS --out RUN
     """
+    if options["init_from"] is not None:  # recorded absolute: a re-run from elsewhere matches
+        options["init_from"] = os.path.abspath(str(options["init_from"]))
     cfg = TrainConfig(
         resize=parse_size(resize),
         teacher_weights=tuple(sorted(parse_teacher_weight(t) for t in teacher_weights)),
