@@ -46,7 +46,7 @@ def _kill_when(argv: list[str], event: Callable[[], bool], what: str) -> None:
 
 
 def _at_killpoint(pattern: str, marker: Path, argv: list[str]) -> list[str]:
-    return [*KILLPOINT, pattern, str(marker), *argv[len(CLI) :]]
+    return [*KILLPOINT, "pause", pattern, str(marker), *argv[len(CLI) :]]
 
 
 def _shards(out: Path) -> list[Path]:
