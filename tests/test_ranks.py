@@ -2,7 +2,8 @@
 
 Every rank takes its share of the videos with no coordination; what must hold when they run
 together: each exits 0, every video is written exactly once (by the rank that owns it), and the
-manifest left by ranks finishing together is complete and valid. Ranks come from torchrun's
+manifest left by ranks finishing together (made to call the manifest writer at the same moment)
+is complete and valid. Ranks come from torchrun's
 variables, Slurm's, or explicit flags; two runs laid out with different ``--num-shards`` must not
 both write the same videos.
 """
@@ -36,12 +37,21 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _together(
-    videos: Path, out: Path, launches: list[tuple[dict[str, str], list[str]]]
+    videos: Path,
+    out: Path,
+    launches: list[tuple[dict[str, str], list[str]]],
+    gather: Path | None = None,
 ) -> list[subprocess.CompletedProcess[str]]:
-    """Start one ``distinit extract`` per (environment, extra flags) at once; wait for all."""
-    argv = [sys.executable, "-m", "distinit.pipeline.cli", "extract", "--videos", str(videos),
-            "--out", str(out), "--workers", "1", "--batch-size", "4",
-            "--videos-per-shard", "2"]  # fmt: skip
+    """Start one ``distinit extract`` per (environment, extra flags) at once; wait for all.
+    With ``gather`` (an empty directory), they also regenerate the manifest at the same moment
+    (tests/killpoint.py), as ranks that finish together do."""
+    launcher = [sys.executable, "-m", "distinit.pipeline.cli"]
+    if gather is not None:
+        gather.mkdir()
+        hook = str(Path(__file__).with_name("killpoint.py"))
+        launcher = [sys.executable, hook, "gather", str(gather), str(len(launches))]
+    argv = [*launcher, "extract", "--videos", str(videos), "--out", str(out), "--workers", "1",
+            "--batch-size", "4", "--videos-per-shard", "2"]  # fmt: skip
     procs = [
         subprocess.Popen(
             argv + extra,
@@ -94,7 +104,7 @@ def test_ranks_at_the_same_time_write_every_video_once(
     launcher: str, videos: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "shards"
-    for r in _together(videos, out, LAUNCHES[launcher]):
+    for r in _together(videos, out, LAUNCHES[launcher], gather=tmp_path / "gather"):
         assert r.returncode == 0, r.stderr
         assert "Traceback" not in r.stderr
     world = len(LAUNCHES[launcher])
