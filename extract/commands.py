@@ -20,6 +20,9 @@ from distinit.extract.config import (
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.video import VIDEO_EXTENSIONS
 
+# inspect --verify: cached embeddings must point where freshly computed ones do.
+EMBEDDING_MIN_COSINE = 0.999
+
 
 def _duration(seconds: float | None) -> str:
     if seconds is None:
@@ -47,7 +50,10 @@ def _duration(seconds: float | None) -> str:
     multiple=True,
     default=("efficientnet_lite0",),
     show_default=True,
-    help="Teacher name; repeat for several (frames are decoded once for all).",
+    help="Teacher NAME or NAME:embedding (its pooled image embedding instead of its logits; "
+    "give both NAME and NAME:embedding for both from one pass). NAME: efficientnet_lite0, "
+    "places365_resnet50, timm/<model>[.<tag>], or a torchvision classifier. Repeat for several "
+    "(frames are decoded once for all).",
 )
 @click.option(
     "--teacher-weights",
@@ -65,7 +71,8 @@ def _duration(seconds: float | None) -> str:
     "--batch-size",
     type=int,
     default=None,
-    help="Frames per teacher batch [default: 256 on CUDA; on CPU 4 compiled, 8 not].",
+    help="Frames per teacher batch [default: measured at start-up on the first frames: the "
+    "fastest of 1-16 on CPU (under 2 s), on CUDA the largest that fits and still speeds up].",
 )
 @click.option(
     "--workers",
@@ -276,7 +283,11 @@ def inspect(
     shard_set = ShardSet(shards)
     if verify is not None:
         report = inspection.verify(shard_set, verify, seed=seed)
-        ok = report["ok"] = not report["problems"] and report["max_kl"] <= tolerance
+        ok = report["ok"] = (
+            not report["problems"]
+            and report["max_kl"] <= tolerance
+            and report.get("embedding_mean_cosine", 1.0) >= EMBEDDING_MIN_COSINE
+        )
         report["tolerance"] = tolerance
         click.echo(json.dumps(report) if as_json else inspection.format_verify(report))
         if not ok:

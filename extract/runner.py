@@ -31,12 +31,13 @@ import numpy as np
 from distinit.extract.config import COMPILE_AUTO_MIN_VIDEOS, ExtractConfig
 from distinit.extract.discovery import find_videos, videos_for_rank
 from distinit.extract.inference import (
+    Calibration,
     TeacherRunner,
-    default_batch_size,
+    calibrate_batch_size,
     resolve_precision,
 )
 from distinit.extract.lock import RankLock
-from distinit.extract.teachers import load_teacher
+from distinit.extract.teachers import group_specs, load_teacher, target_keys
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.errors import ConfigError, ShardError, VideoDecodeError
 from distinit.pipeline.ffmpeg_binary import ffmpeg_version
@@ -147,27 +148,28 @@ def run_extract(
         if todo:
             device = resolve_device(cfg.device)
             precision = resolve_precision(cfg.precision, device)
-            teachers = [load_teacher(n, cfg.teacher_weights.get(n)) for n in cfg.teachers]
-            if headers:
-                _check_same_teachers([t.info() for t in teachers], headers[0])
+            kinds = group_specs(cfg.teachers)
+            teachers = [load_teacher(n, cfg.teacher_weights.get(n)) for n in kinds]
             compile_teachers = cfg.compile == "on" or (
                 cfg.compile == "auto" and len(todo) >= COMPILE_AUTO_MIN_VIDEOS
             )
-            batch_size = cfg.batch_size or default_batch_size(device, compile_teachers)
-            if compile_teachers:
-                log.info("compiling the teachers (a one-off cost of tens of seconds)")
             runner = TeacherRunner(
                 teachers,
                 device,
                 precision,
-                compile=compile_teachers,
-                batch_size=batch_size,
                 eager_if_compile_fails=cfg.compile == "auto",
+                kinds=kinds,
             )
+            if headers:
+                _check_same_teachers(runner.infos(), headers[0])
+            batch_size, choice = _choose_batch_size(cfg, runner, todo)
+            log.info("teacher batch size: %s", choice)
+            if compile_teachers:
+                log.info("compiling the teachers (a one-off cost of tens of seconds)")
+                runner.compile(batch_size)
             provenance = _provenance(cfg, runner, batch_size)
-            shards = _ShardSequence(
-                out, prefix, [t.info() for t in teachers], provenance, cfg.videos_per_shard
-            )
+            provenance["batch_size_choice"] = choice
+            shards = _ShardSequence(out, prefix, runner.infos(), provenance, cfg.videos_per_shard)
             with _stop_on_signals() as stop:
                 _extract(cfg, todo, runner, batch_size, shards, summary, stop, progress)
             summary.shards_written = shards.written
@@ -176,11 +178,43 @@ def run_extract(
     return summary
 
 
+CALIBRATION_FRAMES = 16
+
+
+def _choose_batch_size(
+    cfg: ExtractConfig, runner: TeacherRunner, todo: list[str]
+) -> tuple[int, str]:
+    """``--batch-size`` if given, else the size :func:`calibrate_batch_size` measures on the
+    first frames of the first videos; returns the size and a line saying how it was chosen."""
+    if cfg.batch_size is not None:
+        return cfg.batch_size, f"{cfg.batch_size} (--batch-size)"
+    frames = _first_frames(cfg, runner.geometry, todo)
+    if frames is None:
+        # Nothing decodes: every video will be recorded as failed, no batch is ever run.
+        return 1, "1 (no video decoded, nothing to calibrate on)"
+    calibration: Calibration = calibrate_batch_size(runner, frames)
+    return calibration.batch_size, calibration.describe()
+
+
+def _first_frames(cfg: ExtractConfig, geometry: FrameGeometry, todo: list[str]) -> Any:
+    for video_id in todo[:5]:
+        try:
+            with VideoReader(
+                os.path.join(cfg.videos, video_id), geometry, fps=cfg.fps,
+                chunk_size=CALIBRATION_FRAMES, threads=cfg.decoder_threads,
+            ) as reader:  # fmt: skip
+                for chunk in reader:
+                    return chunk.frames
+        except VideoDecodeError:
+            continue
+    return None
+
+
 def _check_same_recipe(cfg: ExtractConfig, shard: ShardHeader) -> None:
     """Shards of one directory must agree: refuse to add frames made another way."""
     before = shard.provenance.get("config", {})
-    asked = (list(cfg.teachers), cfg.fps)
-    had = ([t.name for t in shard.teachers], before.get("fps"))
+    asked = (target_keys(cfg.teachers), cfg.fps)
+    had = ([t.key for t in shard.teachers], before.get("fps"))
     if asked != had:
 
         def recipe(teachers: list[str], fps: float | None) -> str:
@@ -209,6 +243,7 @@ def _provenance(cfg: ExtractConfig, runner: TeacherRunner, batch_size: int) -> d
         "decoder": "distinit.pipeline.video: ffmpeg rawvideo pipe, showinfo timestamps",
         "ffmpeg_version": ffmpeg_version(),
         "frame_geometry": runner.geometry.describe(),
+        "teacher_inputs": {i.key: i.preprocessing for i in runner.infos()},
         "frame_selection": (
             "every native frame"
             if cfg.fps is None

@@ -53,7 +53,7 @@ def top1_agreement(
     student.eval()
     geometry = FrameGeometry(*resize)
     span = (clip_len - 1) * frame_stride + 1
-    heads = [t.name for t in shards.teachers if t.name in student.heads]
+    heads = [t.name for t in shards.teachers if t.kind == "logits" and student.has_head(t.name)]
     hits = {h: 0 for h in heads}
     top5 = {h: 0 for h in heads}
     total = 0
