@@ -56,7 +56,12 @@ def summary(shards: ShardSet) -> dict[str, Any]:
     return {
         "directory": str(shards.directory),
         "teachers": [
-            {"name": t.name, "classes": t.num_classes, "weights_sha256": t.weights_sha256}
+            {
+                "name": t.key,
+                "kind": t.kind,
+                "classes": t.num_classes,
+                "weights_sha256": t.weights_sha256,
+            }  # fmt: skip
             for t in shards.teachers
         ],
         "videos_ok": sum(v["status"] == "ok" for v in videos),
@@ -72,7 +77,11 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [
         f"{s['directory']}: {s['videos_ok']} videos ok, {s['videos_failed']} failed, "
         f"{s['frames']} frames, {s['bytes'] / 1e6:.2f} MB",
-        "teachers: " + ", ".join(f"{t['name']} ({t['classes']} classes)" for t in s["teachers"]),
+        "teachers: "
+        + ", ".join(
+            f"{t['name']} ({t['classes']} {'dims' if t.get('kind') == 'embedding' else 'classes'})"
+            for t in s["teachers"]
+        ),
         f"decoder: {s['provenance'].get('ffmpeg_version', '?')}; "
         f"{s['provenance'].get('frame_geometry', '?')}",
     ]

@@ -249,8 +249,11 @@ def _recipe(x: torch.Tensor, resize: int, crop: int, mode: str) -> torch.Tensor:
 
 
 def test_teacher_batch_is_calibrated_on_the_first_frames_and_logged(
-    videos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    sample_clips: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(sample_clips / "carphone_pristine.mp4", videos)  # 4 s: 4 frames at --fps 1
     clip = str(videos / "carphone_pristine.mp4")
     frames = next(iter(iter_video(clip, FrameGeometry(224, 224), chunk_size=8))).frames
     runner = TeacherRunner([load_teacher(LITE)], torch.device("cpu"), "fp32")
