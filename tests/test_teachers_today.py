@@ -325,3 +325,26 @@ def test_a_clip_size_a_student_cannot_take_is_refused_in_one_line(
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "mvit_v2_s takes only 16x224x224" in lines[0], proc.stderr
+
+
+def test_a_teacher_without_a_classifier_gives_only_its_embedding() -> None:
+    from torch import nn
+
+    from distinit.extract.inference import decode_geometry
+    from distinit.extract.teachers import Teacher
+
+    trunk = nn.Sequential(nn.Conv2d(3, 6, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    teacher = Teacher(
+        name="tower", model=trunk, class_names=(), resize_size=72, crop_size=64,
+        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), weights_sha256="0" * 64,
+        weights_source="test",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="tower has no classifier.*--teacher tower:embedding"):
+        TeacherRunner([teacher], torch.device("cpu"), "fp32")
+    runner = TeacherRunner([teacher], torch.device("cpu"), "fp32", kinds={"tower": ("embedding",)})
+    (info,) = runner.infos()
+    assert (info.key, info.kind, info.num_classes) == ("tower:embedding", "embedding", 6)
+    # A single teacher is decoded at exactly its own recipe.
+    assert decode_geometry([teacher]) == FrameGeometry(64, 64, resize_shorter=72)
+    out = runner(np.zeros((2, 64, 64, 3), dtype=np.uint8))
+    assert list(out) == ["tower:embedding"] and out["tower:embedding"].shape == (2, 6)
