@@ -80,7 +80,9 @@ def _size(value: str) -> tuple[int, int]:
     "--student",
     default="r3d_18",
     show_default=True,
-    help="Architecture for --init scratch/inflated.",
+    help="Architecture for --init scratch/inflated: r3d_18, mc3_18, r2plus1d_18, s3d, "
+    "mvit_v2_s (16x224x224 clips only), swin3d_t; inflated only for the three ResNets "
+    "(they have a 2D ImageNet ResNet-18 counterpart).",
 )
 @click.option(
     "--modality",

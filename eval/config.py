@@ -88,6 +88,10 @@ class EvalConfig:
             raise ConfigError("--workers must be non-negative")
         if self.crop > min(self.resize):
             raise ConfigError(f"--crop {self.crop} does not fit in --resize {self.resize}")
+        if self.init != "checkpoint":
+            from distinit.train.students import student_spec
+
+            student_spec(self.student).check_input(self.clip_len, self.crop)
 
     @property
     def splits(self) -> list[int]:

@@ -20,7 +20,7 @@ from distinit.pipeline.errors import CheckpointError, ConfigError
 from distinit.train.checkpoint import FinalCheckpoint, load_final
 from distinit.train.clip_rules import input_channels
 from distinit.train.flow import flow_init_from_rgb
-from distinit.train.students import Student, first_conv
+from distinit.train.students import Student, first_conv, student_spec
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def build_student(cfg: EvalConfig, num_classes: int) -> tuple[Student, dict[str,
     if cfg.init == "checkpoint":
         assert cfg.checkpoint is not None
         ckpt = load_final(cfg.checkpoint)
+        student_spec(ckpt.student).check_input(cfg.clip_len, cfg.crop)  # before any decoding
         modality = resolve_modality(cfg, ckpt)
         distilled = ckpt.build_student()
         student = Student(ckpt.student, {HEAD: num_classes}, in_channels=ckpt.in_channels)

@@ -31,6 +31,9 @@ COMPILE_AUTO_MIN_VIDEOS = 20
 
 def parse_teacher_weights(values: tuple[str, ...], teachers: tuple[str, ...]) -> dict[str, str]:
     """``NAME=PATH`` pairs; a bare ``PATH`` is allowed when there is exactly one teacher."""
+    from distinit.extract.teachers import group_specs
+
+    teachers = tuple(group_specs(teachers))  # specs -> teacher names
     out: dict[str, str] = {}
     for value in values:
         name, sep, path = value.partition("=")
@@ -51,7 +54,7 @@ class ExtractConfig:
     teachers: tuple[str, ...] = ("efficientnet_lite0",)
     teacher_weights: dict[str, str] = field(default_factory=dict)
     fps: float | None = None
-    batch_size: int | None = None  # None: measured default for the device
+    batch_size: int | None = None  # None: calibrated at start-up on the first frames
     workers: int = 2  # concurrent ffmpeg decoders
     decoder_threads: int = 1  # threads inside each ffmpeg
     device: str = "auto"
@@ -80,6 +83,9 @@ class ExtractConfig:
             raise ConfigError(f"--store-size {self.store_size}: both sides must be >= 16")
         if len(set(self.teachers)) != len(self.teachers):
             raise ConfigError(f"--teacher given twice: {list(self.teachers)}")
+        from distinit.extract.teachers import group_specs
+
+        group_specs(self.teachers)  # a bad NAME:KIND is refused before any work
         if self.fps is not None and not self.fps > 0:
             raise ConfigError(f"--fps must be positive, got {self.fps}")
         if self.batch_size is not None and self.batch_size < 1:

@@ -1,28 +1,48 @@
 """Running teachers on batches of decoded frames, as fast as the device allows.
 
-Frames arrive as one ``(B, H, W, 3)`` uint8 array; permuting it to NCHW gives a channels-last
-tensor for free, which is the layout the convolutions run fastest in. Teachers run under
-``torch.inference_mode`` and, when asked, autocast to bf16/fp16; logits come back as float32.
+Frames are decoded once for all teachers (:func:`decode_geometry`), and each teacher makes its
+own input from that decode (:class:`TeacherInput`: a centre crop covering its own field of view,
+resized to its own input size with its own interpolation), so a teacher with a smaller input sees
+what its recipe says, and the shard records exactly what was done. Frames arrive as one
+``(B, H, W, 3)`` uint8 array; permuting it to NCHW gives a channels-last tensor for free, the
+layout convolutions run fastest in. Teachers run under ``torch.inference_mode`` and, when asked,
+autocast to bf16/fp16; targets come back as float32.
+
+The teacher batch size is measured at start-up on the first real frames
+(:func:`calibrate_batch_size`) unless ``--batch-size`` is given.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
+import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distinit.extract.teachers import Teacher
+from distinit.extract.teachers import Teacher, spec_key
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.shards import TeacherInfo
 from distinit.pipeline.video import FrameGeometry
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# Calibration candidates: on CPU small batches stay in cache and the fastest is measured; on CUDA
+# the batch doubles until it no longer fits or stops paying.
+CPU_BATCH_SIZES = (1, 2, 4, 8, 16)
+CPU_CALIBRATION_ORDER = (4, 8, 2, 16, 1)  # the likeliest winners first
+CUDA_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
+CALIBRATION_SECONDS = 2.0
+CUDA_SATURATION_GAIN = 1.05  # a doubling adding under 5% throughput has saturated the GPU
+_INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -37,29 +57,99 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def default_batch_size(device: torch.device, compiled: bool) -> int:
-    """Frames per teacher batch. GPUs want large batches; on CPU small ones stay in cache:
-    ``distinit bench extract`` on 2 cores measured EfficientNet-Lite0 compiled at 213/139 and
-    209/236 frames/s for batch 4/8 in two runs (noise), and uncompiled fastest at 8 (124 vs 50
-    at 64)."""
-    if device.type == "cuda":
-        return 256
-    return 4 if compiled else 8
-
-
 def decode_geometry(teachers: Sequence[Teacher]) -> FrameGeometry:
-    """Frames are decoded once, for the largest crop any teacher needs; others are resized."""
-    largest = max(teachers, key=lambda t: t.crop_size)
-    return FrameGeometry(largest.crop_size, largest.crop_size, resize_shorter=largest.resize_size)
+    """One decode serves every teacher: a centre square covering the widest field of view any
+    teacher crops (``crop / resize`` of the shorter side), at a resolution no teacher lacks.
+    A single teacher is decoded exactly at its own recipe."""
+    widest = max(_field(t) for t in teachers)
+    if widest > 1.0:
+        raise ConfigError("a teacher's crop is larger than its resized frame")
+    side = max(round(t.resize_size * widest) for t in teachers)
+    return FrameGeometry(side, side, resize_shorter=max(side, round(side / widest)))
+
+
+def _field(teacher: Teacher) -> float:
+    """The fraction of the shorter side a teacher's centre crop covers."""
+    return teacher.crop_size / teacher.resize_size
+
+
+@dataclass(frozen=True)
+class TeacherInput:
+    """What is done to the shared decode to make one teacher's input (then normalised)."""
+
+    crop: int  # centre square cut from the decoded frame
+    size: int  # resized to this square: the teacher's input size
+    interpolation: str
+
+    def describe(self, geometry: FrameGeometry, teacher: Teacher) -> str:
+        steps = [f"RGB uint8 decoded by ffmpeg: {geometry.describe()}"]
+        if self.crop != geometry.width:
+            steps.append(f"centre crop {self.crop}x{self.crop}")
+        if self.size != self.crop:
+            steps.append(f"resize to {self.size}x{self.size} ({self.interpolation}, antialiased)")
+        steps.append(teacher.normalisation)
+        own = (
+            f"resize shorter side to {teacher.resize_size} ({teacher.interpolation}), "
+            f"centre crop {teacher.crop_size}"
+        )
+        return ", ".join(steps) + f" [the teacher's own recipe: {own}]"
+
+
+def teacher_input(teacher: Teacher, geometry: FrameGeometry) -> TeacherInput:
+    """The crop of the shared decode that covers exactly the teacher's field of view."""
+    if teacher.interpolation not in _INTERPOLATIONS:
+        raise ConfigError(
+            f"teacher {teacher.name}: interpolation {teacher.interpolation!r} is not one of "
+            f"{', '.join(_INTERPOLATIONS)}"
+        )
+    decoded_field = geometry.width / (geometry.resize_shorter or geometry.width)
+    crop = min(geometry.width, round(geometry.width * _field(teacher) / decoded_field))
+    return TeacherInput(crop, teacher.crop_size, teacher.interpolation)
+
+
+def split_classifier(teacher: Teacher) -> tuple[nn.Module, nn.Linear | None]:
+    """``(trunk, classifier)``: the trunk maps an input to the pooled embedding (the input of
+    the final linear classifier), so one forward pass gives both target kinds. A teacher without
+    class names has no classifier: its output is its embedding."""
+    if not teacher.has_classifier:
+        return teacher.model, None
+    if teacher.model in _CLASSIFIERS:  # split before, by another runner of the same teacher
+        return teacher.model, _CLASSIFIERS[teacher.model]
+    n = len(teacher.class_names)
+    last: tuple[nn.Module, str, nn.Linear] | None = None
+    for parent in teacher.model.modules():
+        for attr, child in parent.named_children():
+            if isinstance(child, nn.Linear) and child.out_features == n:
+                last = (parent, attr, child)
+    if last is None:
+        raise ConfigError(f"teacher {teacher.name}: no final linear layer with {n} outputs found")
+    parent, attr, classifier = last
+    setattr(parent, attr, nn.Identity())
+    _CLASSIFIERS[teacher.model] = classifier
+    return teacher.model, classifier
+
+
+_CLASSIFIERS: weakref.WeakKeyDictionary[nn.Module, nn.Linear] = weakref.WeakKeyDictionary()
 
 
 class _TeacherOnFrames(nn.Module):
-    """One teacher including its input transform: (B, 3, H, W) uint8 -> (B, C) logits."""
+    """One teacher with its input transform: (B, 3, S, S) uint8 decode -> its targets
+    ``(logits or None, embedding or None)``, both from one pass through the trunk."""
 
-    def __init__(self, teacher: Teacher) -> None:
+    def __init__(
+        self,
+        trunk: nn.Module,
+        classifier: nn.Linear | None,
+        teacher: Teacher,
+        plan: TeacherInput,
+        kinds: tuple[str, ...],
+    ) -> None:
         super().__init__()
-        self.model = teacher.model
-        self.crop = teacher.crop_size
+        self.trunk = trunk
+        self.classifier = classifier
+        self.plan = plan
+        self.want_logits = "logits" in kinds
+        self.want_embedding = "embedding" in kinds
         self.mean: torch.Tensor
         self.inv_std: torch.Tensor
         self.register_buffer("mean", torch.tensor(teacher.mean).view(1, 3, 1, 1), persistent=False)
@@ -67,21 +157,40 @@ class _TeacherOnFrames(nn.Module):
             "inv_std", 1.0 / torch.tensor(teacher.std).view(1, 3, 1, 1), persistent=False
         )
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def prepare(self, frames: torch.Tensor) -> torch.Tensor:
+        """The teacher's normalised input, as its :class:`TeacherInput` describes."""
+        crop = self.plan.crop
+        if crop != frames.shape[-1] or crop != frames.shape[-2]:
+            top = (frames.shape[-2] - crop) // 2
+            left = (frames.shape[-1] - crop) // 2
+            frames = frames[..., top : top + crop, left : left + crop]
         x = frames.float()
-        if self.crop != x.shape[-1]:
-            x = F.interpolate(x, size=(self.crop, self.crop), mode="bilinear", antialias=True)
-        x = ((x - self.mean) * self.inv_std).contiguous(memory_format=torch.channels_last)
-        return self.model(x)
+        if self.plan.size != crop:
+            x = F.interpolate(
+                x, size=(self.plan.size, self.plan.size), mode=self.plan.interpolation,
+                antialias=True,
+            )  # fmt: skip
+            if self.plan.interpolation == "bicubic":
+                x = x.clamp(0.0, 255.0)  # bicubic overshoots; an image stays in 0..255
+        return ((x - self.mean) * self.inv_std).contiguous(memory_format=torch.channels_last)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        features = self.trunk(self.prepare(frames))
+        logits = None
+        if self.want_logits and self.classifier is not None:
+            logits = self.classifier(features)
+        return logits, (features if self.want_embedding else None)
 
 
 class TeacherRunner:
-    """Holds teachers on a device and maps uint8 frame batches to float32 logits.
+    """Holds teachers on a device and maps uint8 frame batches to float32 targets, keyed by
+    target (:func:`~distinit.extract.teachers.spec_key`: the teacher's name for logits,
+    ``name:embedding`` for its embedding).
 
-    With ``compile=True`` each teacher (with its input transform) goes through
-    ``torch.compile``: a one-off cost of tens of seconds that roughly doubles the CPU frame rate
-    (see ``distinit bench extract``). Batches are then padded to ``batch_size`` so one compiled
-    shape serves the whole run.
+    ``kinds`` names the target kinds wanted of each teacher (logits when not listed). With
+    ``compile=True`` each teacher (with its input transform) goes through ``torch.compile``: a
+    one-off cost of tens of seconds that can double the CPU frame rate (see ``distinit bench
+    extract``). Batches are then padded to ``batch_size`` so one compiled shape serves the run.
     """
 
     def __init__(
@@ -93,30 +202,71 @@ class TeacherRunner:
         compile: bool = False,
         batch_size: int | None = None,
         eager_if_compile_fails: bool = False,
+        kinds: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
-        if compile and batch_size is None:
-            raise ValueError("a compiled teacher needs the batch size it will be run at")
         self.teachers = list(teachers)
+        self.kinds = {t.name: (kinds or {}).get(t.name, ("logits",)) for t in self.teachers}
         self.device = device
         self.precision = precision
-        self.compiled = compile
+        self.compiled = False
         self.batch_size = batch_size
         self.eager_if_compile_fails = eager_if_compile_fails
         self.geometry = decode_geometry(teachers)
+        self.inputs = {t.name: teacher_input(t, self.geometry) for t in self.teachers}
         self._eager: dict[str, nn.Module] = {}
+        self._dims: dict[str, int] = {}
         for t in self.teachers:
             t.model.eval()
-            module = _TeacherOnFrames(t).to(device)
-            self._eager[t.name] = module.to(memory_format=torch.channels_last)
-        if compile and device.type == "cpu":
+            if "logits" in self.kinds[t.name]:
+                t.info("logits")  # refuses a teacher without a classifier, in one line
+            trunk, classifier = split_classifier(t)
+            module = _TeacherOnFrames(trunk, classifier, t, self.inputs[t.name], self.kinds[t.name])
+            self._eager[t.name] = module.to(device).to(memory_format=torch.channels_last)
+            if "embedding" in self.kinds[t.name]:
+                self._dims[t.name] = (
+                    classifier.in_features
+                    if classifier is not None
+                    else self._measure_dim(self._eager[t.name])
+                )
+        self._forward: dict[str, nn.Module] = dict(self._eager)
+        if compile:
+            if batch_size is None:
+                raise ValueError("a compiled teacher needs the batch size it will be run at")
+            self.compile(batch_size)
+
+    def _measure_dim(self, module: nn.Module) -> int:
+        side = self.geometry.width
+        with torch.inference_mode():
+            _, embedding = module(
+                torch.zeros(1, 3, side, side, dtype=torch.uint8, device=self.device)
+            )
+        assert embedding is not None
+        if embedding.ndim != 2:
+            raise ConfigError(f"a teacher's output has shape {tuple(embedding.shape)}, not (B, D)")
+        return int(embedding.shape[1])
+
+    def compile(self, batch_size: int) -> None:
+        """``torch.compile`` every teacher, to be run at ``batch_size`` frames a batch."""
+        if self.device.type == "cpu":
             # Inductor warns on every CPU compile of a CUDA build that no CUDA runtime is found;
             # that is expected here and says nothing a user can act on.
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        self._forward: dict[str, nn.Module] = (
-            {name: torch.compile(m) for name, m in self._eager.items()}  # type: ignore[misc]
-            if compile
-            else dict(self._eager)
-        )
+        self.batch_size = batch_size
+        self.compiled = True
+        self._forward = {name: torch.compile(m) for name, m in self._eager.items()}  # type: ignore[misc]
+
+    def infos(self) -> list[TeacherInfo]:
+        """The shard records of every target, in teacher order, each with exactly the
+        preprocessing its teacher's inputs went through."""
+        out = []
+        for t in self.teachers:
+            done = self.inputs[t.name].describe(self.geometry, t)
+            for kind in self.kinds[t.name]:
+                out.append(t.info(kind, done, self._dims.get(t.name, 0)))
+        return out
+
+    def target_keys(self) -> list[str]:
+        return [spec_key(t.name, k) for t in self.teachers for k in self.kinds[t.name]]
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.precision == "fp32":
@@ -142,7 +292,7 @@ class TeacherRunner:
         for name, forward in self._forward.items():
             with self._autocast():
                 try:
-                    logits = forward(x8)
+                    logits, embedding = forward(x8)
                 except Exception as exc:  # compilation errors surface on the first call
                     if not (self.compiled and self.eager_if_compile_fails):
                         raise
@@ -153,6 +303,87 @@ class TeacherRunner:
                         str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
                     )
                     self._forward[name] = self._eager[name]
-                    logits = self._eager[name](x8)
-            out[name] = logits[:n].float().cpu().numpy()
+                    logits, embedding = self._eager[name](x8)
+            if logits is not None:
+                out[name] = logits[:n].float().cpu().numpy()
+            if embedding is not None:
+                out[spec_key(name, "embedding")] = embedding[:n].float().cpu().numpy()
         return out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The teacher batch size chosen at start-up, and the frame rates that chose it."""
+
+    batch_size: int
+    rates: dict[int, float]  # batch size -> frames/s through the teachers
+    seconds: float
+
+    def describe(self) -> str:
+        tried = ", ".join(f"{b}: {r:.1f}" for b, r in self.rates.items())
+        return (
+            f"teacher batch {self.batch_size}, measured on the first frames in "
+            f"{self.seconds:.1f} s (frames/s by batch: {tried})"
+        )
+
+
+def calibrate_batch_size(
+    runner: TeacherRunner, frames: np.ndarray, budget_s: float = CALIBRATION_SECONDS
+) -> Calibration:
+    """Time the teachers on real frames at a few batch sizes and pick the fastest.
+
+    On CPU the candidates are :data:`CPU_BATCH_SIZES`, the likeliest winners first; the first two
+    are always measured, the others while ``budget_s`` allows. On CUDA the batch doubles from 32
+    while it fits and still adds 5% throughput; the smallest batch within 5% of the best rate
+    wins (larger ones only cost memory). Runs the eager teachers: compiling each candidate
+    would cost far more than it could tell.
+    """
+    if len(frames) == 0:
+        raise ValueError("calibration needs at least one frame")
+    cuda = runner.device.type == "cuda"
+    candidates = CUDA_BATCH_SIZES if cuda else CPU_CALIBRATION_ORDER
+    forward, runner._forward = runner._forward, dict(runner._eager)
+    compiled, runner.compiled = runner.compiled, False
+    rates: dict[int, float] = {}
+    started = time.monotonic()
+    try:
+        runner(frames[:1])  # the first call's one-off set-up is no batch size's cost
+        for b in candidates:
+            repeats = 3 if cuda else max(1, 8 // b)
+            if not cuda and len(rates) >= 2:
+                # Skip what would overrun the budget at the rates measured so far.
+                guess = (1 + repeats) * b / max(rates.values())
+                if time.monotonic() - started + guess > budget_s:
+                    continue
+            batch = np.resize(frames, (b, *frames.shape[1:]))  # repeats short inputs
+            try:
+                runner(batch)  # warm-up: a new shape's allocations are not throughput
+                _sync(runner.device)
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    runner(batch)
+                _sync(runner.device)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                break
+            rates[b] = repeats * b / (time.perf_counter() - t0)
+            if cuda and len(rates) > 1:
+                previous = rates[candidates[candidates.index(b) - 1]]
+                if rates[b] < previous * CUDA_SATURATION_GAIN:
+                    break
+    finally:
+        runner._forward, runner.compiled = forward, compiled
+    if not rates:
+        raise ConfigError(
+            f"a teacher batch of {candidates[0]} frames does not fit on {runner.device}; "
+            "pass a smaller --batch-size"
+        )
+    best = max(rates.values())
+    tolerance = 1 / CUDA_SATURATION_GAIN if cuda else 1.0
+    chosen = min(b for b, r in rates.items() if r >= best * tolerance)
+    return Calibration(chosen, dict(sorted(rates.items())), time.monotonic() - started)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from distinit.pipeline.errors import ShardError
-from distinit.pipeline.shards import ShardSet
+from distinit.pipeline.shards import ShardSet, TeacherInfo, dequantize, quantize
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -27,6 +27,28 @@ def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
     return (p * (log_p - log_q)).sum(axis=-1)
 
 
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``a`` with the same row of ``b``."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
+    return (a64 * b64).sum(axis=1) / np.maximum(norms, 1e-30)
+
+
+def embedding_storage(fp32: np.ndarray) -> dict[str, float]:
+    """What the shard encoding (:func:`~distinit.pipeline.shards.quantize`) costs an embedding
+    ``(N, D)``: bytes per frame and per dimension, and cosine similarity to fp32."""
+    cos = cosine_rows(fp32, dequantize(*quantize(fp32)))
+    dim = int(fp32.shape[1])
+    per_frame = dim + 8  # int8 values + float32 scale and offset
+    return {
+        "dim": dim,
+        "bytes_per_frame": per_frame,
+        "bytes_per_dim": per_frame / dim,
+        "mean_cosine": float(cos.mean()),
+        "min_cosine": float(cos.min()),
+    }
+
+
 def summary(shards: ShardSet) -> dict[str, Any]:
     videos = [
         {"id": r.id, "frames": r.row_count, "status": r.status, "error": r.error or None,
@@ -36,7 +58,12 @@ def summary(shards: ShardSet) -> dict[str, Any]:
     return {
         "directory": str(shards.directory),
         "teachers": [
-            {"name": t.name, "classes": t.num_classes, "weights_sha256": t.weights_sha256}
+            {
+                "name": t.key,
+                "kind": t.kind,
+                "classes": t.num_classes,
+                "weights_sha256": t.weights_sha256,
+            }  # fmt: skip
             for t in shards.teachers
         ],
         "videos_ok": sum(v["status"] == "ok" for v in videos),
@@ -55,7 +82,11 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [
         f"{s['directory']}: {s['videos_ok']} videos ok, {s['videos_failed']} failed, "
         f"{s['frames']} frames, {s['bytes'] / 1e6:.2f} MB",
-        "teachers: " + ", ".join(f"{t['name']} ({t['classes']} classes)" for t in s["teachers"]),
+        "teachers: "
+        + ", ".join(
+            f"{t['name']} ({t['classes']} {'dims' if t.get('kind') == 'embedding' else 'classes'})"
+            for t in s["teachers"]
+        ),
         f"decoder: {s['provenance'].get('ffmpeg_version', '?')}; "
         f"{s['provenance'].get('frame_geometry', '?')}",
         (
@@ -72,13 +103,17 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _teacher_index(shards: ShardSet, teacher: str | None) -> int:
-    names = shards.teacher_names
+def _classifier(shards: ShardSet, teacher: str | None) -> TeacherInfo:
+    """The logits target of ``teacher`` (default: the first), for what needs class names."""
+    logits = [t for t in shards.teachers if t.kind == "logits"]
+    names = [t.name for t in logits]
+    if not logits:
+        raise ShardError(f"{shards.directory}: the shards hold embeddings only, no classes")
     if teacher is None:
-        return 0
+        return logits[0]
     if teacher not in names:
-        raise ShardError(f"teacher {teacher!r} is not in these shards (they have {names})")
-    return names.index(teacher)
+        raise ShardError(f"teacher {teacher!r} has no logits in these shards (they have {names})")
+    return logits[names.index(teacher)]
 
 
 def require_video(shards: ShardSet, video_id: str) -> None:
@@ -107,7 +142,7 @@ def require_video(shards: ShardSet, video_id: str) -> None:
 def video_top(shards: ShardSet, video_id: str, teacher: str | None, k: int) -> dict[str, Any]:
     """The teacher's classes averaged over a video's frames (mean of per-frame softmax)."""
     require_video(shards, video_id)
-    t = shards.teachers[_teacher_index(shards, teacher)]
+    t = _classifier(shards, teacher)
     probs = softmax(shards.logits(video_id)[t.name]).mean(axis=0)
     order = np.argsort(-probs)[:k]
     return {
@@ -143,21 +178,24 @@ def verify(shards: ShardSet, n: int, seed: int = 0) -> dict[str, Any]:
         problems += report["store"].pop("problems")
     if not shards.teachers:
         return report
-    teachers = [
-        load_teacher(t.name, config.get("teacher_weights", {}).get(t.name)) for t in shards.teachers
-    ]
-    for loaded, recorded in zip(teachers, shards.teachers, strict=True):
-        if loaded.weights_sha256 != recorded.weights_sha256:
+    kinds: dict[str, tuple[str, ...]] = {}
+    for info in shards.teachers:
+        kinds[info.name] = (*kinds.get(info.name, ()), info.kind)
+    recorded = {info.name: info for info in shards.teachers}
+    teachers = [load_teacher(n, config.get("teacher_weights", {}).get(n)) for n in kinds]
+    for loaded in teachers:
+        if loaded.weights_sha256 != recorded[loaded.name].weights_sha256:
             problems.append(f"{loaded.name}: weights differ from those the shards were made with")
     if problems:
         return report
-    runner = TeacherRunner(teachers, resolve_device("cpu"), "fp32")
+    runner = TeacherRunner(teachers, resolve_device("cpu"), "fp32", kinds=kinds)
     rng = np.random.default_rng(seed)
     picks: dict[str, list[int]] = {}
     for _ in range(n):
         r = videos[rng.integers(len(videos))]
         picks.setdefault(r.id, []).append(int(rng.integers(r.row_count)))
     kls: list[np.ndarray] = []
+    cosines: list[np.ndarray] = []
     for video_id, rows in picks.items():
         rows = sorted(set(rows))
         path = os.path.join(root, video_id)
@@ -166,16 +204,26 @@ def verify(shards: ShardSet, n: int, seed: int = 0) -> dict[str, Any]:
             continue
         frames = decode_at_times(path, runner.geometry, shards.times(video_id)[rows])
         fresh = runner(frames)
-        cached = shards.logits(video_id, rows)
-        for name, values in fresh.items():
-            diff = float(np.abs(values - cached[name]).max())
-            report["max_abs_logit_diff"] = max(report["max_abs_logit_diff"], diff)
-            kls.append(kl_divergence(values, cached[name]))
+        cached = {**shards.logits(video_id, rows), **shards.embeddings(video_id, rows)}
+        for key, values in fresh.items():
+            if key in shards.logits_keys():
+                diff = float(np.abs(values - cached[key]).max())
+                report["max_abs_logit_diff"] = max(report["max_abs_logit_diff"], diff)
+                kls.append(kl_divergence(values, cached[key]))
+            else:
+                cosines.append(cosine_rows(values, cached[key]))
         report["frames_checked"] += len(rows)
     if kls:
         all_kl = np.concatenate(kls)
         report["max_kl"] = float(all_kl.max())
         report["mean_kl"] = float(all_kl.mean())
+    if cosines:
+        all_cos = np.concatenate(cosines)
+        dims = [t.num_classes for t in shards.teachers if t.kind == "embedding"]
+        report["embedding_mean_cosine"] = float(all_cos.mean())
+        report["embedding_min_cosine"] = float(all_cos.min())
+        report["embedding_bytes_per_frame"] = sum(d + 8 for d in dims)
+        report["embedding_bytes_per_dim"] = sum(d + 8 for d in dims) / sum(dims)
     return report
 
 
@@ -240,6 +288,13 @@ def format_verify(report: dict[str, Any]) -> str:
         f"{report['max_abs_logit_diff']:.4f}, KL max {report['max_kl']:.2e} "
         f"mean {report['mean_kl']:.2e} (tolerance {report.get('tolerance', float('nan')):.2e})",
     ]
+    if "embedding_mean_cosine" in report:
+        lines.append(
+            f"embeddings: {report['embedding_bytes_per_frame']} B/frame = "
+            f"{report['embedding_bytes_per_dim']:.3f} B/dim; cosine of the cached to the "
+            f"recomputed: mean {report['embedding_mean_cosine']:.5f}, "
+            f"min {report['embedding_min_cosine']:.5f}"
+        )
     lines += [f"problem: {p}" for p in report["problems"]]
     lines.append("OK" if report.get("ok") else "FAILED")
     return "\n".join(lines)
@@ -295,7 +350,7 @@ def plot_timeline(
     import matplotlib.pyplot as plt
 
     require_video(shards, video_id)
-    t = shards.teachers[_teacher_index(shards, teacher)]
+    t = _classifier(shards, teacher)
     probs = softmax(shards.logits(video_id)[t.name])  # (N, C)
     times = shards.times(video_id)
     order = np.argsort(-probs.mean(axis=0))[:k]

@@ -31,12 +31,13 @@ import numpy as np
 from distinit.extract.config import COMPILE_AUTO_MIN_VIDEOS, ExtractConfig
 from distinit.extract.discovery import require_videos, videos_for_rank
 from distinit.extract.inference import (
+    Calibration,
     TeacherRunner,
-    default_batch_size,
+    calibrate_batch_size,
     resolve_precision,
 )
 from distinit.extract.lock import RankLock
-from distinit.extract.teachers import load_teacher
+from distinit.extract.teachers import group_specs, load_teacher, target_keys
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.errors import ConfigError, ShardError, VideoDecodeError
 from distinit.pipeline.ffmpeg_binary import ffmpeg_version
@@ -163,9 +164,10 @@ def _run_extract(
         )
         if todo:
             store = StoreFormat(*cfg.store_size) if cfg.frames == "store" else None
-            runner, batch_size = _teacher_runner(cfg, len(todo), headers)
+            runner, batch_size, choice = _teacher_runner(cfg, todo, headers)
             provenance = _provenance(cfg, runner, batch_size, store)
-            infos = [t.info() for t in runner.teachers] if runner is not None else []
+            provenance["batch_size_choice"] = choice
+            infos = runner.infos() if runner is not None else []
             shards = _ShardSequence(out, prefix, infos, provenance, cfg.videos_per_shard, store)
             with _stop_on_signals() as stop:
                 _extract(cfg, todo, runner, batch_size, store, shards, summary, stop, progress)
@@ -176,40 +178,75 @@ def _run_extract(
 
 
 def _teacher_runner(
-    cfg: ExtractConfig, videos: int, headers: list[ShardHeader]
-) -> tuple[TeacherRunner | None, int]:
-    """The teachers on their device, and the frames per batch (no runner for --teacher none)."""
+    cfg: ExtractConfig, todo: list[str], headers: list[ShardHeader]
+) -> tuple[TeacherRunner | None, int, str | None]:
+    """The teachers on their device, the frames per batch and how that was chosen (no runner
+    for --teacher none)."""
     if not cfg.teacher_names:
-        return None, 0
+        return None, 0, None
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    teachers = [load_teacher(n, cfg.teacher_weights.get(n)) for n in cfg.teacher_names]
-    if headers:
-        _check_same_teachers([t.info() for t in teachers], headers[0])
+    kinds = group_specs(cfg.teacher_names)
+    teachers = [load_teacher(n, cfg.teacher_weights.get(n)) for n in kinds]
     compile_teachers = cfg.compile == "on" or (
-        cfg.compile == "auto" and videos >= COMPILE_AUTO_MIN_VIDEOS
+        cfg.compile == "auto" and len(todo) >= COMPILE_AUTO_MIN_VIDEOS
     )
-    batch_size = cfg.batch_size or default_batch_size(device, compile_teachers)
-    if compile_teachers:
-        log.info("compiling the teachers (a one-off cost of tens of seconds)")
     runner = TeacherRunner(
         teachers,
         device,
         precision,
-        compile=compile_teachers,
-        batch_size=batch_size,
         eager_if_compile_fails=cfg.compile == "auto",
+        kinds=kinds,
     )
-    return runner, batch_size
+    if headers:
+        _check_same_teachers(runner.infos(), headers[0])
+    batch_size, choice = _choose_batch_size(cfg, runner, todo)
+    log.info("teacher batch size: %s", choice)
+    if compile_teachers:
+        log.info("compiling the teachers (a one-off cost of tens of seconds)")
+        runner.compile(batch_size)
+    return runner, batch_size, choice
+
+
+CALIBRATION_FRAMES = 16
+
+
+def _choose_batch_size(
+    cfg: ExtractConfig, runner: TeacherRunner, todo: list[str]
+) -> tuple[int, str]:
+    """``--batch-size`` if given, else the size :func:`calibrate_batch_size` measures on the
+    first frames of the first videos; returns the size and a line saying how it was chosen."""
+    if cfg.batch_size is not None:
+        return cfg.batch_size, f"{cfg.batch_size} (--batch-size)"
+    frames = _first_frames(cfg, runner.geometry, todo)
+    if frames is None:
+        # Nothing decodes: every video will be recorded as failed, no batch is ever run.
+        return 1, "1 (no video decoded, nothing to calibrate on)"
+    calibration: Calibration = calibrate_batch_size(runner, frames)
+    return calibration.batch_size, calibration.describe()
+
+
+def _first_frames(cfg: ExtractConfig, geometry: FrameGeometry, todo: list[str]) -> Any:
+    for video_id in todo[:5]:
+        try:
+            with VideoReader(
+                os.path.join(cfg.videos, video_id), geometry, fps=cfg.fps,
+                chunk_size=CALIBRATION_FRAMES, threads=cfg.decoder_threads,
+            ) as reader:  # fmt: skip
+                for chunk in reader:
+                    return chunk.frames
+        except VideoDecodeError:
+            continue
+    return None
 
 
 def _check_same_recipe(cfg: ExtractConfig, shard: ShardHeader) -> None:
     """Shards of one directory must agree: refuse to add frames made another way."""
     before = shard.provenance.get("config", {})
     store = f"{cfg.store_size[0]}x{cfg.store_size[1]}" if cfg.frames == "store" else None
-    asked = (list(cfg.teacher_names), cfg.fps, store)
+    asked = (target_keys(cfg.teacher_names), cfg.fps, store)
     had_store = f"{shard.store.width}x{shard.store.height}" if shard.store else None
-    had = ([t.name for t in shard.teachers], before.get("fps"), had_store)
+    had = ([t.key for t in shard.teachers], before.get("fps"), had_store)
     if asked != had:
 
         def recipe(teachers: list[str], fps: float | None, store: str | None) -> str:
@@ -241,6 +278,9 @@ def _provenance(
         "decoder": "distinit.pipeline.video: ffmpeg rawvideo pipe, showinfo timestamps",
         "ffmpeg_version": ffmpeg_version(),
         "frame_geometry": runner.geometry.describe() if runner is not None else None,
+        "teacher_inputs": (
+            {i.key: i.preprocessing for i in runner.infos()} if runner is not None else {}
+        ),
         "frame_store": (
             f"{store.describe()}; frames {FrameGeometry(*store.size).describe()} from the "
             "same decode as the teachers', then coded with PyAV's libx264"

@@ -1,9 +1,15 @@
 """Image teachers: a registry of pretrained classifiers that carry their preprocessing and classes.
 
 Names resolve in order: distinit's own entries (``efficientnet_lite0``, ``places365_resnet50``),
-then any torchvision ImageNet classifier (``resnet50``, ``convnext_tiny``, ...). Weights are never
-replaced by random ones: if they cannot be found offline, loading fails with a message saying
-which file to pass as ``--teacher-weights``.
+``timm/<model>[.<tag>]`` (any timm image model, see :mod:`distinit.extract.timm_teachers`), then any
+torchvision ImageNet classifier (``resnet50``, ``convnext_tiny``, ...). Weights are never replaced
+by random ones: if they cannot be found offline, loading fails with a message saying which file to
+pass as ``--teacher-weights``.
+
+A ``--teacher`` *spec* is ``NAME`` or ``NAME:KIND``: ``logits`` (the default: class scores) or
+``embedding`` (the pooled image embedding: the input of the final classifier, or for a network
+without one, such as CLIP's image tower or DINOv2, its output). Both kinds of one teacher come
+from one forward pass.
 """
 
 from __future__ import annotations
@@ -11,13 +17,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from distinit.pipeline.errors import UnknownNameError, WeightsError
+from distinit.pipeline.errors import ConfigError, UnknownNameError, WeightsError
 from distinit.pipeline.shards import TeacherInfo
 from distinit.pipeline.weights import (
     file_sha256,
@@ -45,23 +51,84 @@ class Teacher:
     std: tuple[float, float, float]
     weights_sha256: str
     weights_source: str
+    interpolation: str = "bilinear"  # of the resize, as the teacher was trained to expect
+
+    @property
+    def has_classifier(self) -> bool:
+        return bool(self.class_names)
 
     @property
     def preprocessing(self) -> str:
+        """The teacher's own recipe, from the native frame."""
         return (
-            f"RGB uint8, resize shorter side to {self.resize_size} (bilinear), centre crop "
-            f"{self.crop_size}, (x - {fmt(self.mean)}) / {fmt(self.std)}"
+            f"RGB uint8, resize shorter side to {self.resize_size} ({self.interpolation}), "
+            f"centre crop {self.crop_size}, {self.normalisation}"
         )
 
-    def info(self) -> TeacherInfo:
+    @property
+    def normalisation(self) -> str:
+        return f"(x - {fmt(self.mean)}) / {fmt(self.std)}"
+
+    def info(
+        self, kind: str = "logits", preprocessing: str | None = None, dim: int = 0
+    ) -> TeacherInfo:
+        """The shard record of one target of this teacher; ``preprocessing`` says what was done
+        to its inputs when that differs from :attr:`preprocessing`."""
+        if kind == "logits":
+            if not self.has_classifier:
+                raise ConfigError(
+                    f"teacher {self.name} has no classifier, so no logits; "
+                    f"use --teacher {self.name}:embedding"
+                )
+            size, names = len(self.class_names), self.class_names
+        else:
+            size, names = dim, ()
         return TeacherInfo(
             name=self.name,
-            num_classes=len(self.class_names),
-            class_names=self.class_names,
+            num_classes=size,
+            class_names=names,
             weights_sha256=self.weights_sha256,
             weights_source=self.weights_source,
-            preprocessing=self.preprocessing,
+            preprocessing=preprocessing or self.preprocessing,
+            kind=kind,
         )
+
+
+TARGET_KINDS = ("logits", "embedding")
+
+
+def parse_teacher_spec(spec: str) -> tuple[str, str]:
+    """``NAME`` or ``NAME:KIND`` -> ``(name, kind)``; the kind defaults to logits."""
+    name, sep, kind = spec.rpartition(":")
+    if not sep:
+        return spec, "logits"
+    if kind not in TARGET_KINDS:
+        raise ConfigError(f"--teacher {spec}: kind must be one of {', '.join(TARGET_KINDS)}")
+    if not name:
+        raise ConfigError(f"--teacher {spec}: no teacher name before ':'")
+    return name, kind
+
+
+def group_specs(specs: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """``--teacher`` specs -> ``{name: kinds}`` in order of first mention, each teacher once so
+    its kinds share one forward pass."""
+    out: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        name, kind = parse_teacher_spec(spec)
+        if kind in out.get(name, ()):
+            raise ConfigError(f"--teacher {spec} given twice")
+        out[name] = (*out.get(name, ()), kind)
+    return out
+
+
+def target_keys(specs: Sequence[str]) -> list[str]:
+    """The targets a run with these specs writes, in shard order."""
+    return [spec_key(n, k) for n, kinds in group_specs(specs).items() for k in kinds]
+
+
+def spec_key(name: str, kind: str) -> str:
+    """A target's key, as :attr:`distinit.pipeline.shards.TeacherInfo.key` spells it."""
+    return name if kind == "logits" else f"{name}:{kind}"
 
 
 def fmt(values: tuple[float, ...]) -> str:
@@ -98,8 +165,11 @@ def _torchvision_classifiers() -> tuple[str, ...]:
     return tuple(tvm.list_models(module=tvm))
 
 
+TIMM_PREFIX = "timm/"
+
+
 def known_teachers() -> list[str]:
-    return sorted(_REGISTRY) + list(_torchvision_classifiers())
+    return sorted(_REGISTRY) + [f"{TIMM_PREFIX}<model>[.<tag>]"] + list(_torchvision_classifiers())
 
 
 def unknown_teacher(name: str, kind: str = "teacher") -> UnknownNameError:
@@ -109,13 +179,18 @@ def unknown_teacher(name: str, kind: str = "teacher") -> UnknownNameError:
 
 
 def is_known_teacher(name: str) -> bool:
-    return name in _REGISTRY or name in _torchvision_classifiers()
+    name = parse_teacher_spec(name)[0]
+    return name in _REGISTRY or name.startswith(TIMM_PREFIX) or name in _torchvision_classifiers()
 
 
 def load_teacher(name: str, weights_path: str | None = None) -> Teacher:
     """Build a teacher by name, weights from ``weights_path`` or the teacher's offline source."""
     if name in _REGISTRY:
         return _REGISTRY[name](weights_path)
+    if name.startswith(TIMM_PREFIX):
+        from distinit.extract.timm_teachers import load_timm_teacher
+
+        return load_timm_teacher(name, weights_path)
     if name in _torchvision_classifiers():
         return _torchvision_teacher(name, weights_path)
     raise unknown_teacher(name)

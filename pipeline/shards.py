@@ -12,6 +12,7 @@ Layout of one shard (``SCHEMA_VERSION`` 2)::
     /frames/index          int64   (N,)    native frame index (decode order)
     /logits/<teacher>/q    int8    (N, C)  per-frame affine quantised logits
     /logits/<teacher>/scale, /offset  float32 (N,)   logit = q * scale + offset
+    /embeddings/<teacher>/q, /scale, /offset   the same encoding for embedding targets (N, D)
     /store                 the frame store (absent with ``--frames none``): attrs format (JSON,
                            see pipeline/framestore.py)
     /store/bytes           uint8   (B,)    H.264 GOPs, one after another
@@ -26,6 +27,13 @@ read; stage two then decodes their frames from the source videos.
 Logits, not probabilities, are stored so the temperature stays a training-time choice. Per-frame
 int8 quantisation costs about 1 KB per frame for a 1000-class teacher; every chunk carries a
 fletcher32 checksum so bit-rot is detected when read.
+
+A teacher target has a ``kind`` (:class:`TeacherInfo`): ``"logits"`` (the class scores, under
+``/logits``) or ``"embedding"`` (the teacher's pooled image embedding, under ``/embeddings``; its
+``num_classes`` is the embedding's dimension and it has no class names). One teacher may give both;
+its targets are then told apart by :attr:`TeacherInfo.key` (``name`` for logits,
+``name:embedding`` for the embedding). The same per-row affine int8 encoding serves both kinds:
+``1 + 8/D`` bytes per dimension, a cosine similarity to fp32 above 0.999 on real frames.
 """
 
 from __future__ import annotations
@@ -70,6 +78,17 @@ class TeacherInfo:
     weights_sha256: str
     weights_source: str
     preprocessing: str
+    kind: str = "logits"  # or "embedding" (see the module docstring)
+
+    @property
+    def key(self) -> str:
+        """The target's name in a run: the teacher's name for logits, ``name:kind`` otherwise."""
+        return self.name if self.kind == "logits" else f"{self.name}:{self.kind}"
+
+    @property
+    def group(self) -> str:
+        """The HDF5 group holding this target's rows."""
+        return TARGET_GROUPS[self.kind]
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -78,7 +97,13 @@ class TeacherInfo:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TeacherInfo:
-        return cls(**{**d, "class_names": tuple(d["class_names"])})
+        info = cls(**{**d, "class_names": tuple(d["class_names"])})
+        if info.kind not in TARGET_GROUPS:
+            raise ValueError(f"teacher {info.name}: unknown target kind {info.kind!r}")
+        return info
+
+
+TARGET_GROUPS = {"logits": "logits", "embedding": "embeddings"}
 
 
 @dataclass
@@ -144,9 +169,9 @@ class ShardWriter:
         frames = self._file.create_group("frames")
         for name, dtype in (("time", np.float64), ("index", np.int64)):
             frames.create_dataset(name, (0,), dtype=dtype, **_growable(()))
-        logits = self._file.create_group("logits")
+        self._file.create_group("logits")
         for t in teachers:
-            g = logits.create_group(t.name)
+            g = self._file.require_group(t.group).create_group(t.name)
             g.create_dataset("q", (0, t.num_classes), dtype=np.int8, **_growable((t.num_classes,)))
             for name in ("scale", "offset"):
                 g.create_dataset(name, (0,), dtype=np.float32, **_growable(()))
@@ -168,13 +193,15 @@ class ShardWriter:
         logits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
         gops: list[tuple[int, bytes]] | None = None,
     ) -> None:
-        """Append a complete video: ``logits[teacher] = quantize(...)`` of its frames and, when
-        the shard has a store, its frames as ``gops``: ``(rows, H.264 bytes)`` in row order."""
+        """Append a complete video: ``logits[key] = quantize(...)`` of its frames, one entry per
+        teacher target (:attr:`TeacherInfo.key`) and, when the shard has a store, its frames as
+        ``gops``: ``(rows, H.264 bytes)`` in row order."""
         n = len(times)
         if len(indices) != n or any(len(v[0]) != n for v in logits.values()):
             raise ShardError(f"{record.id}: frames, indices and logits disagree in length")
-        if set(logits) != {t.name for t in self.teachers}:
-            raise ShardError(f"{record.id}: logits for {sorted(logits)}, shard has other teachers")
+        groups = {t.key: f"{t.group}/{t.name}" for t in self.teachers}
+        if set(logits) != set(groups):
+            raise ShardError(f"{record.id}: targets for {sorted(logits)}, shard has other teachers")
         if (gops is None) != (self.store is None):
             raise ShardError(f"{record.id}: frame store rows given to a shard without one, or none")
         if gops is not None and sum(rows for rows, _ in gops) != n:
@@ -190,8 +217,8 @@ class ShardWriter:
             self.store_bytes = int(ends[-1]) if len(ends) else self.store_bytes
         _append(self._file["frames/time"], times)
         _append(self._file["frames/index"], indices)
-        for name, (q, scale, offset) in logits.items():
-            g = self._file["logits"][name]
+        for key, (q, scale, offset) in logits.items():
+            g = self._file[groups[key]]
             _append(g["q"], q)
             _append(g["scale"], scale)
             _append(g["offset"], offset)
@@ -323,9 +350,9 @@ def _check_shapes(
     if f["frames/index"].shape != (rows,):
         raise ShardError(f"{path}: frames/index has the wrong shape")
     for t in teachers:
-        g = f["logits"][t.name]
+        g = f[t.group][t.name]
         if g["q"].shape != (rows, t.num_classes) or g["scale"].shape != (rows,):
-            raise ShardError(f"{path}: logits of {t.name} have the wrong shape")
+            raise ShardError(f"{path}: {t.group} of {t.name} have the wrong shape")
     for r in records:
         if r.row_start < 0 or r.row_start + r.row_count > rows:
             raise ShardError(f"{path}: video {r.id} points outside the frame table")
@@ -383,6 +410,9 @@ class ShardSet:
     def teacher_names(self) -> list[str]:
         return [t.name for t in self.teachers]
 
+    def logits_keys(self) -> list[str]:
+        return [t.key for t in self.teachers if t.kind == "logits"]
+
     def ok_videos(self) -> list[VideoRecord]:
         return sorted((r for r in self.records.values() if r.status == "ok"), key=lambda r: r.id)
 
@@ -405,6 +435,15 @@ class ShardSet:
 
     def logits(self, video_id: str, rows: Iterable[int] | None = None) -> dict[str, np.ndarray]:
         """Float32 logits ``(k, C)`` per teacher for the given rows of a video (all if None)."""
+        return self._targets(video_id, rows, "logits")
+
+    def embeddings(self, video_id: str, rows: Iterable[int] | None = None) -> dict[str, np.ndarray]:
+        """Float32 embeddings ``(k, D)`` per target key (``name:embedding``), as :meth:`logits`."""
+        return self._targets(video_id, rows, "embedding")
+
+    def _targets(
+        self, video_id: str, rows: Iterable[int] | None, kind: str
+    ) -> dict[str, np.ndarray]:
         r = self._ok(video_id)
         f = self._file(r.shard)
         if rows is None:
@@ -418,11 +457,13 @@ class ShardSet:
             sel = uniq + r.row_start
         out: dict[str, np.ndarray] = {}
         for t in self.teachers:
-            g = f["logits"][t.name]
+            if t.kind != kind:
+                continue
+            g = f[t.group][t.name]
             x = dequantize(g["q"][sel], g["scale"][sel], g["offset"][sel])
             if not np.isfinite(x).all():
-                raise ShardError(f"{r.shard}: non-finite logits for {video_id}")
-            out[t.name] = x if rows is None else x[inverse]
+                raise ShardError(f"{r.shard}: non-finite {t.group} for {video_id}")
+            out[t.key if kind != "logits" else t.name] = x if rows is None else x[inverse]
         return out
 
     def frames(self, video_id: str, rows: Iterable[int]) -> np.ndarray:
@@ -454,8 +495,9 @@ class ShardSet:
         return self._storage_bytes(("store",))
 
     def target_nbytes(self) -> int:
-        """Bytes the targets take on disk: logits, their scales and offsets, times, indices."""
-        return self._storage_bytes(("logits", "frames"))
+        """Bytes the targets take on disk: logits and embeddings, their scales and offsets,
+        times, indices."""
+        return self._storage_bytes(("logits", "embeddings", "frames"))
 
     def _storage_bytes(self, groups: tuple[str, ...]) -> int:
         total = 0
@@ -490,7 +532,7 @@ class ShardSet:
                     for name in _iter_datasets(f):
                         data = f[name][()]
                         if (
-                            name.startswith("logits/")
+                            name.startswith(("logits/", "embeddings/"))
                             and data.dtype.kind == "f"
                             and not np.isfinite(data).all()
                         ):

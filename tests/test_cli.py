@@ -80,7 +80,9 @@ def test_missing_shard_directory_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1 and errors[0].startswith(f"Error: --targets: {targets}: no such"), result.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"Error: --targets: {targets}: no such"), (
+        result.stderr
+    )
     assert not (tmp_path / "run").exists()
 
 

@@ -68,3 +68,17 @@ def test_cuda_without_index_is_the_last_local_ranks_real_gpu(
     device = resolve_device("cuda")
     assert device == torch.device("cuda", last)
     assert torch.ones(2, device=device).sum().item() == 2
+
+
+def test_cuda_batch_calibration_takes_the_largest_batch_that_still_pays(
+    sample_clips: Path,
+) -> None:
+    from distinit.extract.inference import CUDA_BATCH_SIZES, calibrate_batch_size
+
+    runner = TeacherRunner([load_teacher("efficientnet_lite0")], torch.device("cuda"), "fp32")
+    calibration = calibrate_batch_size(runner, _frames(sample_clips, runner))
+    assert calibration.batch_size in CUDA_BATCH_SIZES
+    best = max(calibration.rates.values())
+    assert calibration.rates[calibration.batch_size] >= best / 1.05
+    smaller = [b for b in calibration.rates if b < calibration.batch_size]
+    assert all(calibration.rates[b] < best / 1.05 for b in smaller)

@@ -42,7 +42,7 @@ def top1_agreement(
 ) -> list[Agreement]:
     """Per teacher head of ``student``: agreement over every ok video of ``shards``."""
     student.eval()
-    heads = [t.name for t in shards.teachers if t.name in student.heads]
+    heads = [t.name for t in shards.teachers if t.kind == "logits" and student.has_head(t.name)]
     hits = {h: 0 for h in heads}
     top5 = {h: 0 for h in heads}
     total = 0

@@ -15,7 +15,8 @@ different worker count and a DDP run draw the same clips as one uninterrupted pr
   shards' frame store, or the source videos by stored timestamps), at ``resize``.
 * Target per teacher: the mean over the clip's frames of ``softmax(logits / T)`` (a looped frame
   counts once per appearance), or with ``target_frames="random"`` the tempered distribution of
-  one uniformly drawn frame of the clip.
+  one uniformly drawn frame of the clip. An embedding target (key ``name:embedding``) is the mean
+  of the frames' L2-normalised embeddings, normalised again (:func:`mean_embedding`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,15 @@ def tempered(logits: np.ndarray, temperature: float) -> np.ndarray:
     return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def mean_embedding(embeddings: np.ndarray) -> np.ndarray:
+    """A clip's embedding target: the mean of its frames' L2-normalised embeddings, normalised
+    again (a direction, as the cosine loss compares)."""
+    e = embeddings.astype(np.float64)
+    e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    m = e.mean(axis=0)
+    return (m / max(float(np.linalg.norm(m)), 1e-12)).astype(np.float32)
+
+
 class ClipDataset(Dataset[dict[str, Any]]):
     """Item ``step * global_batch + position`` is the clip of :func:`plan_clip`, with targets."""
 
@@ -152,10 +162,14 @@ class ClipDataset(Dataset[dict[str, Any]]):
             if self.spec.target_frames == "random":
                 x = x[plan.target_frame : plan.target_frame + 1]
             targets[name] = torch.from_numpy(tempered(x, self.spec.temperature).mean(axis=0))
+        for key, e in self.shards.embeddings(record.id, rows).items():
+            if self.spec.target_frames == "random":
+                e = e[plan.target_frame : plan.target_frame + 1]
+            targets[key] = torch.from_numpy(mean_embedding(e))
         return {
             # (T, c, c, 3) uint8 for rgb, (T, c, c, 2) float32 in [-1, 1] for flow
             "clip": torch.from_numpy(clip),
-            "targets": targets,  # teacher -> (C,) float32, sums to 1
+            "targets": targets,  # target -> (C,) float32 summing to 1, or (D,) unit embedding
             "rows": torch.from_numpy(rows),  # (T,) for alignment checks
             "index": index,
         }

@@ -58,7 +58,8 @@ def _default(name: str) -> object:
     "--student",
     default=_default("student"),
     show_default=True,
-    help="Student network: r3d_18, mc3_18, r2plus1d_18 or s3d.",
+    help="Student network: r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s (16x224x224 clips only: "
+    "--clip-len 16 --crop 224 --resize 298x224) or swin3d_t.",
 )
 @click.option(
     "--modality",
@@ -180,11 +181,20 @@ def _default(name: str) -> object:
     help="Softmax temperature T of teacher and student; the loss is scaled by T².",
 )
 @click.option(
+    "--embedding-loss",
+    type=click.Choice(["cosine", "smooth_l1"]),
+    default=_default("embedding_loss"),
+    show_default=True,
+    help="Loss on embedding targets: 2 - 2cos of the L2-normalised projection and target, or "
+    "smooth L1 between them scaled to unit variance per dimension.",
+)
+@click.option(
     "--teacher-weight",
     "teacher_weights",
     multiple=True,
     metavar="NAME=W",
-    help="Weight of one teacher's loss (repeatable). Default: 1 for every teacher.",
+    help="Weight of one target's loss (repeatable; NAME as the shards key it: the teacher for "
+    "logits, NAME:embedding for an embedding). Default: 1 for every target.",
 )
 @click.option(
     "--target-frames",

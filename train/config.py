@@ -53,6 +53,9 @@ _ADDED_FIELDS: dict[str, Any] = {"modality": "rgb", "init_from": None}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
+EMBEDDING_LOSSES = ("cosine", "smooth_l1")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     targets: str
@@ -77,6 +80,7 @@ class TrainConfig:
     epochs: int = 10  # one epoch = one clip from every video
     max_steps: int | None = None  # when set, the run length in steps (overrides epochs)
     temperature: float = 1.0
+    embedding_loss: str = "cosine"  # for embedding targets: "cosine" (2 - 2cos) or "smooth_l1"
     teacher_weights: tuple[tuple[str, float], ...] = ()  # unlisted teachers weigh 1
     target_frames: str = "mean"
     grad_clip: float | None = 5.0  # max global L2 norm of gradients; None: no clipping
@@ -98,8 +102,12 @@ class TrainConfig:
             raise ConfigError(str(exc)) from exc
         _positive(self, "clip_len", "frame_stride", "crop", "batch_size", "epochs")
         _positive(self, "log_every", "save_every")
-        if self.clip_len < spec.min_clip_len:
-            raise ConfigError(f"{self.student} needs clip_len >= {spec.min_clip_len}")
+        spec.check_input(self.clip_len, self.crop)
+        if self.embedding_loss not in EMBEDDING_LOSSES:
+            raise ConfigError(
+                f"embedding_loss must be one of {', '.join(EMBEDDING_LOSSES)}, "
+                f"got {self.embedding_loss!r}"
+            )
         if len(self.resize) != 2 or min(self.resize) < 1:
             raise ConfigError(f"resize must be two positive sizes, got {self.resize}")
         if self.crop > min(self.resize):

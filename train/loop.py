@@ -96,12 +96,11 @@ def open_targets(cfg: TrainConfig) -> tuple[ShardSet, FrameSource]:
     """The shard set and where its clips' frames come from, with the teacher weights checked
     against the shards."""
     shards = ShardSet(cfg.targets)
-    unknown = sorted(set(dict(cfg.teacher_weights)) - set(shards.teacher_names))
+    keys = [t.key for t in shards.teachers]
+    unknown = sorted(set(dict(cfg.teacher_weights)) - set(keys))
     if unknown:
-        raise ConfigError(
-            f"--teacher-weight names {unknown}, but the shards hold {shards.teacher_names}"
-        )
-    if not any(cfg.weight_of(t) > 0 for t in shards.teacher_names):
+        raise ConfigError(f"--teacher-weight names {unknown}, but the shards hold {keys}")
+    if not any(cfg.weight_of(t) > 0 for t in keys):
         raise ConfigError("every teacher has weight 0: nothing to learn")
     return shards, open_frame_source(shards, cfg.resize, videos=cfg.videos, prefer=cfg.frames)
 
@@ -144,7 +143,8 @@ def _train(
             cfg.clip_len,
             cfg.frame_stride,
         )
-    heads = {t.name: t.num_classes for t in shards.teachers}
+    heads = {t.key: t.num_classes for t in shards.teachers}
+    kinds = {t.key: t.kind for t in shards.teachers}
     weights = {t: cfg.weight_of(t) for t in heads}
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
@@ -201,7 +201,9 @@ def _train(
             targets = {k: v.to(ctx.device, non_blocking=True) for k, v in batch["targets"].items()}
             with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=use_amp):
                 outputs = model(student.normalize(clips))  # head -> (B, C)
-            loss, per_teacher = distillation_loss(outputs, targets, cfg.temperature, weights)
+            loss, per_teacher = distillation_loss(
+                outputs, targets, cfg.temperature, weights, kinds, cfg.embedding_loss
+            )
             reported = distributed.mean_over_ranks(
                 torch.stack([loss.detach(), *(per_teacher[t].detach() for t in heads)]), ctx
             )

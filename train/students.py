@@ -1,8 +1,14 @@
-"""3D student networks: torchvision's video models, with one classification head per teacher.
+"""3D student networks: torchvision's video models, with one linear head per teacher target.
 
-The registry maps a name to a builder of the backbone (the network without its final classifier)
-and the size of its feature vector. Distillation puts one linear head per teacher on top;
-fine-tuning puts a fresh head for the action classes.
+The registry maps a name to a builder of the backbone (the network without its final classifier),
+the size of its feature vector and the clip sizes it can take. Distillation puts one linear head
+per teacher target on top (class scores for logits, a projection to the teacher's dimension for
+an embedding); fine-tuning puts a fresh head for the action classes.
+
+The video transformers ``mvit_v2_s`` (fixed 16x224x224 input: its positional embeddings are
+learnt for that grid) and ``swin3d_t`` (any size: it pads to its 2x4x4 patches and 8x7x7
+windows) sit beside the 3D ResNets and S3D; their input-size rules are checked up front by
+:meth:`StudentSpec.check_input`.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import torch
 from torch import nn
 from torchvision.models import video as tv_video
 
-from distinit.pipeline.errors import UnknownNameError
+from distinit.pipeline.errors import ConfigError, UnknownNameError
 
 # torchvision's video models expect Kinetics-normalised RGB in [0, 1].
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -31,6 +37,21 @@ class StudentSpec:
     mean: tuple[float, float, float] = KINETICS_MEAN
     std: tuple[float, float, float] = KINETICS_STD
     min_clip_len: int = 1
+    fixed_input: tuple[int, int] | None = None  # (clip_len, crop) the network only takes
+    min_crop: int = 1
+
+    def check_input(self, clip_len: int, crop: int) -> None:
+        """Refuse, in one line, a clip size this network cannot take."""
+        if self.fixed_input is not None and (clip_len, crop) != self.fixed_input:
+            frames, side = self.fixed_input
+            raise ConfigError(
+                f"{self.name} takes only {frames}x{side}x{side} clips (--clip-len {frames} "
+                f"--crop {side}), got {clip_len}x{crop}x{crop}"
+            )
+        if clip_len < self.min_clip_len:
+            raise ConfigError(f"{self.name} needs clip_len >= {self.min_clip_len}")
+        if crop < self.min_crop:
+            raise ConfigError(f"{self.name} needs crop >= {self.min_crop}, got {crop}")
 
 
 def _resnet3d(builder: Callable[..., nn.Module]) -> Callable[[], nn.Module]:
@@ -62,11 +83,27 @@ class _S3DFeatures(nn.Module):
         return torch.flatten(self.pool(self.features(x)), 1)
 
 
+def _video_transformer(builder: Callable[..., nn.Module]) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        net = builder(weights=None)
+        net.head = nn.Identity()  # (B, 768): MViT's class token / Swin's pooled features
+        return net
+
+    return build
+
+
 STUDENTS: dict[str, StudentSpec] = {
     "r3d_18": StudentSpec("r3d_18", _resnet3d(tv_video.r3d_18), 512),
     "mc3_18": StudentSpec("mc3_18", _resnet3d(tv_video.mc3_18), 512),
     "r2plus1d_18": StudentSpec("r2plus1d_18", _resnet3d(tv_video.r2plus1d_18), 512),
     "s3d": StudentSpec("s3d", _s3d, 1024, S3D_MEAN, S3D_STD, min_clip_len=8),
+    "mvit_v2_s": StudentSpec(
+        "mvit_v2_s", _video_transformer(tv_video.mvit_v2_s), 768, fixed_input=(16, 224)
+    ),
+    # Three 2x patch merges after the 4x patch embedding: below 32 px the last stage is empty.
+    "swin3d_t": StudentSpec(
+        "swin3d_t", _video_transformer(tv_video.swin3d_t), 768, min_clip_len=2, min_crop=32
+    ),
 }
 
 
@@ -113,7 +150,12 @@ class Student(nn.Module):
         self.backbone = spec.build()
         if in_channels != 3:
             replace_first_conv(self.backbone, in_channels)
-        self.heads = nn.ModuleDict({h: nn.Linear(spec.feature_dim, n) for h, n in heads.items()})
+        # Module names cannot hold '.', which timm teacher names do: heads are stored under a
+        # safe name, and looked up and returned under the target's own.
+        self.head_names = {h: head_module_name(h) for h in heads}
+        self.heads = nn.ModuleDict(
+            {self.head_names[h]: nn.Linear(spec.feature_dim, n) for h, n in heads.items()}
+        )
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1, 1), persistent=False)
 
@@ -145,6 +187,13 @@ class Student(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)  # (B, in_channels, T, H, W) -> (B, D)
 
+    def has_head(self, name: str) -> bool:
+        return name in self.head_names
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.features(x)
-        return {h: head(feats) for h, head in self.heads.items()}
+        return {h: self.heads[m](feats) for h, m in self.head_names.items()}
+
+
+def head_module_name(target: str) -> str:
+    return target.replace(".", "\N{MIDDLE DOT}")
