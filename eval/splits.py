@@ -201,7 +201,7 @@ def _read_list(
     path: Path, classes: list[str], problems: _Problems, *, labelled: bool
 ) -> _Pairs | None:
     if not path.is_file():
-        problems.add(f"split file {path} missing; {SPLITS_HINT}")
+        problems.add(f"split file {path} missing")
         return None
     # Folder names decide the class; case-insensitive because some releases spell a class's
     # folder and its file names differently (UCF101's HandstandPushups / HandStandPushups).
@@ -249,7 +249,9 @@ def _train_test_lists(
         split_root / manifest.test_list.format(split=split), classes, problems, labelled=False
     )
     if train is None or test is None:
-        raise DatasetError(f"{manifest.name} split {split}: {'; '.join(problems.items)}")
+        raise DatasetError(
+            f"{manifest.name} split {split}: {'; '.join(problems.items)}; {SPLITS_HINT}"
+        )
     return _dedup(train, test, split)
 
 
