@@ -182,7 +182,7 @@ def test_flow_cost_per_clip_is_the_median_call_at_the_asked_threads(
     measured with the asked OpenCV threads; the caller's thread count comes back afterwards."""
     import distinit.train.flow as flow
 
-    durations = iter([0.05, 0.01, 0.03, 0.20])  # the warm-up call, then three timed ones
+    durations = iter([0.05, 0.01, 0.10, 0.60])  # the warm-up call, then three timed ones
     seen: list[tuple[tuple[int, ...], int]] = []
 
     def timed_clip_to_flow(clip: np.ndarray) -> np.ndarray:
@@ -200,4 +200,5 @@ def test_flow_cost_per_clip_is_the_median_call_at_the_asked_threads(
     finally:
         cv2.setNumThreads(previous)
     assert seen == [((4, 32, 48, 3), 1)] * 4
-    assert 0.03 <= cost < 0.06  # the median of 0.01, 0.03, 0.20 (mean 0.08), plus DIS work
+    # The median of 0.01, 0.10, 0.60 (their mean is 0.237): wide margins for a loaded machine.
+    assert 0.10 <= cost < 0.237
