@@ -209,6 +209,8 @@ def _teacher_runner(
 
 
 CALIBRATION_FRAMES = 16
+CALIBRATION_VIDEOS = 5  # videos tried for frames to calibrate the teacher batch size on
+UNMEASURED_BATCH_SIZE = {False: 4, True: 256}  # by "is CUDA", when no frame could be decoded
 
 
 def _choose_batch_size(
@@ -220,14 +222,18 @@ def _choose_batch_size(
         return cfg.batch_size, f"{cfg.batch_size} (--batch-size)"
     frames = _first_frames(cfg, runner.geometry, todo)
     if frames is None:
-        # Nothing decodes: every video will be recorded as failed, no batch is ever run.
-        return 1, "1 (no video decoded, nothing to calibrate on)"
+        # Rare (the first videos all broken), and said so in the log and the provenance.
+        size = UNMEASURED_BATCH_SIZE[runner.device.type == "cuda"]
+        return size, f"{size} (not measured: none of the first {CALIBRATION_VIDEOS} videos decoded)"
     calibration: Calibration = calibrate_batch_size(runner, frames)
     return calibration.batch_size, calibration.describe()
 
 
-def _first_frames(cfg: ExtractConfig, geometry: FrameGeometry, todo: list[str]) -> Any:
-    for video_id in todo[:5]:
+def _first_frames(
+    cfg: ExtractConfig, geometry: FrameGeometry, todo: list[str]
+) -> np.ndarray | None:
+    """The first frames of the first video that decodes, to calibrate on."""
+    for video_id in todo[:CALIBRATION_VIDEOS]:
         try:
             with VideoReader(
                 os.path.join(cfg.videos, video_id), geometry, fps=cfg.fps,
