@@ -2,43 +2,19 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 from pathlib import Path
-from types import TracebackType
 
-from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.runtime import DirectoryLock
 
 
-class RankLock:
-    """``flock`` on ``OUT/.lock-<index>-of-<num>``; released by the OS if the process dies."""
+class RankLock(DirectoryLock):
+    """The run-directory lock on ``OUT/.lock-<index>-of-<num>``: ranks of one extraction each
+    hold their own, a second process for the same rank is refused."""
 
     def __init__(self, out: Path, shard_index: int, num_shards: int) -> None:
-        self.path = out / f".lock-{shard_index}-of-{num_shards}"
-        self._fd: int | None = None
-
-    def __enter__(self) -> RankLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise ConfigError(
-                f"{self.path.parent}: another distinit extract is already writing here "
-                "(give each process its own --shard-index/--num-shards to run several)"
-            ) from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        super().__init__(
+            out,
+            "another distinit extract is already writing here "
+            "(give each process its own --shard-index/--num-shards to run several)",
+            name=f".lock-{shard_index}-of-{num_shards}",
+        )

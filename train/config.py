@@ -28,10 +28,6 @@ RESUMABLE_CHANGES = frozenset(
     {"targets", "out", "videos", "workers", "log_every", "save_every", "stop_after", "device"}
 )
 
-# Fields added after runs were already being written, with the value those older runs used: a
-# last.pt without the field resumes as if it had been saved with this value.
-_ADDED_FIELDS: dict[str, Any] = {"modality": "rgb"}
-
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -66,7 +62,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 1
     save_every: int = 10
-    stop_after: int | None = None  # exit (resumable) after this many steps; for time-limited jobs
+    stop_after: int | None = None  # exit (resumable) after this many steps of one invocation
 
     def __post_init__(self) -> None:
         # Imported here: the registry pulls in torch, and `distinit train --help` should not.
@@ -134,7 +130,6 @@ class TrainConfig:
     def resume_mismatches(self, saved: dict[str, Any]) -> list[str]:
         """Fields whose saved value differs from this config's, ignoring RESUMABLE_CHANGES."""
         now = self.to_json()
-        saved = {**_ADDED_FIELDS, **saved}
         return sorted(
             k
             for k in set(now) | set(saved)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from distinit.pipeline.runtime import atomic_write
 
 LOG_NAME = "log.jsonl"
 CURVE_NAME = "loss.png"
@@ -27,9 +28,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 def truncate_log(path: Path, keep_until_step: int) -> None:
     """Drop entries past the step a resumed run restarts from (they will be logged again)."""
     entries = [e for e in read_log(path) if e["step"] <= keep_until_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(e) + "\n" for e in entries))
 
 
 class RunLog:
