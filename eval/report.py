@@ -12,6 +12,7 @@ import numpy as np
 
 from distinit.eval.metrics import VIDEO_PROBS_NAME, VideoProbs, load_video_probs
 from distinit.pipeline.errors import DatasetError
+from distinit.pipeline.runtime import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,8 @@ def mean_over_splits(per_split: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_results(out: Path, results: dict[str, Any]) -> Path:
-    path = out / RESULTS_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    (out / TABLE_NAME).write_text(markdown_table(results), encoding="utf-8")
+    path = atomic_write(out / RESULTS_NAME, results)
+    atomic_write(out / TABLE_NAME, markdown_table(results))
     return path
 
 
@@ -44,7 +42,7 @@ def _pct(x: float) -> str:
 def markdown_table(results: dict[str, Any]) -> str:
     head = (
         f"# {results['dataset']} — init {results['init']} ({results['student']}), "
-        f"modality {results.get('modality', 'rgb')}, mode {results['mode']}\n\n"
+        f"modality {results['modality']}, mode {results['mode']}\n\n"
         "| split | clip top-1 | clip top-5 | video top-1 | video top-5 | test videos |\n"
         "|---|---|---|---|---|---|\n"
     )
@@ -99,7 +97,7 @@ def load_results(out: Path) -> dict[str, Any]:
         results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
-    missing = [k for k in ("dataset", "init", "mode", *METRICS) if k not in results]
+    missing = [k for k in ("dataset", "init", "mode", "modality", *METRICS) if k not in results]
     if missing:
         raise DatasetError(f"{path}: not a distinit eval result (lacks {', '.join(missing)})")
     return results
@@ -128,8 +126,7 @@ def compare_table(outs: list[Path]) -> str:
 
 
 def modality_of(results: dict[str, Any]) -> str:
-    # Results written before flow students existed have no modality: they are RGB.
-    return str(results.get("modality", "rgb"))
+    return str(results["modality"])
 
 
 def _split_ids(results: dict[str, Any]) -> list[int]:
