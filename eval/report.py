@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from distinit.eval.metrics import VIDEO_PROBS_NAME, VideoProbs, load_video_probs
+from distinit.eval.metrics import VideoProbs, load_video_probs
 from distinit.pipeline.errors import DatasetError
 from distinit.pipeline.runtime import atomic_write
 
@@ -85,7 +86,9 @@ def plot_confusion(path: Path, confusion: np.ndarray, classes: list[str], title:
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    atomic_write(path, png.getvalue())
     plt.close(fig)
 
 
@@ -135,8 +138,9 @@ def _split_ids(results: dict[str, Any]) -> list[int]:
 
 def _probs_path(out: Path, split_row: dict[str, Any]) -> Path:
     folder = out if out.is_dir() else out.parent  # RUNS may name results.json itself
-    default = f"split{split_row['split']}/{VIDEO_PROBS_NAME}"
-    return folder / str(split_row.get("video_probs", default))
+    if "video_probs" not in split_row:
+        raise DatasetError(f"{out}: split {split_row['split']} names no video_probs file")
+    return folder / str(split_row["video_probs"])
 
 
 def _aligned(rgb: VideoProbs, flow: VideoProbs) -> tuple[np.ndarray, np.ndarray] | str:

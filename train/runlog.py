@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -62,5 +63,7 @@ def plot_loss(log_path: Path, png_path: Path) -> None:
     ax.set_ylabel("KL(teacher || student) x T²")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100)
+    atomic_write(png_path, image.getvalue())
     plt.close(fig)
