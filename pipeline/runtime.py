@@ -80,9 +80,15 @@ def process_from_environment(env: dict[str, str] | os._Environ[str] | None = Non
     return Process()
 
 
-def local_rank() -> int:
-    """This process's index on its node (0 alone): which GPU an unindexed ``cuda`` means."""
-    return process_from_environment().local_rank
+def local_rank(env: dict[str, str] | os._Environ[str] | None = None) -> int:
+    """This process's index on its node: which GPU an unindexed ``cuda`` means. ``LOCAL_RANK``
+    (torchrun), else ``SLURM_LOCALID``, else 0; read even without a rank and world size, so a
+    process started by another launcher that sets only this still gets its own GPU."""
+    env = os.environ if env is None else env
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        if name in env:
+            return _int_env(env, name)
+    return 0
 
 
 def first_slurm_host(nodelist: str) -> str:

@@ -17,6 +17,7 @@ from distinit.pipeline.runtime import (
     atomic_torch_save,
     atomic_write,
     first_slurm_host,
+    local_rank,
     process_from_environment,
     rendezvous_environment,
 )
@@ -33,6 +34,9 @@ def test_torchrun_then_slurm_then_one_process() -> None:
         process_from_environment({"SLURM_PROCID": "6", "SLURM_NTASKS": "6"})
     with pytest.raises(ConfigError, match="RANK"):
         process_from_environment({"RANK": "x", "WORLD_SIZE": "2"})
+    assert local_rank({"LOCAL_RANK": "3", "SLURM_LOCALID": "1"}) == 3
+    assert local_rank({"SLURM_LOCALID": "1"}) == 1
+    assert local_rank({}) == 0
 
 
 def test_slurm_rendezvous_is_derived_the_same_on_every_task() -> None:
