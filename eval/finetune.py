@@ -4,9 +4,9 @@ State (``finetune.pt`` in the split's output folder: weights, optimiser, finishe
 configuration it belongs to) is written atomically after every epoch and read back with
 ``weights_only=True``; running the same command again continues from the last finished epoch.
 Training randomness is keyed by (seed, epoch), so a resumed run sees the clips an uninterrupted
-one would. AMP (float16 autocast with a gradient scaler) is used on CUDA. Under ``torchrun`` the
-model is wrapped in DistributedDataParallel and each rank sees its share of the videos;
-``batch_size`` is the global batch, split evenly over ranks; rank 0 writes the state.
+one would. AMP (float16 autocast with a gradient scaler) is used on CUDA. Under ``torchrun`` or
+``srun`` the model is wrapped in DistributedDataParallel and each rank sees its share of the
+videos; ``batch_size`` is the global batch, split evenly over ranks; rank 0 writes the state.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from distinit.eval.initialise import HEAD
 from distinit.eval.splits import VideoItem
 from distinit.pipeline.errors import CheckpointError, ConfigError, NonFiniteLossError
 from distinit.pipeline.progress import eta_seconds, format_duration
+from distinit.pipeline.runtime import atomic_torch_save
+from distinit.pipeline.weights import load_weights_only
 from distinit.train.clips import prepare_workers
 from distinit.train.students import Student
 
@@ -66,25 +68,26 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _load_state(path: Path, fingerprint: str) -> dict[str, Any] | None:
+def _load_state(
+    path: Path, fingerprint: str, init_weights: str, progress: Callable[[str], None]
+) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad or unsafe pickles
-        raise CheckpointError(f"{path}: unreadable fine-tuning state ({exc})") from exc
+    state = load_weights_only(path, CheckpointError)
+    if not isinstance(state, dict) or "epochs_done" not in state:
+        raise CheckpointError(f"{path}: not a distinit fine-tuning state")
     if state.get("fingerprint") != fingerprint:
         raise ConfigError(
             f"{path} belongs to a fine-tuning run with other settings; "
-            "use another --out or delete it to start over"
+            "(another recipe or other initial weights); use another --out or delete it to start "
+            "over"
         )
+    if state.get("init_weights") != init_weights:
+        # Same recipe, other starting weights (a checkpoint retrained in place): the state
+        # says nothing about this run.
+        progress(f"{path} was fine-tuned from other initial weights; starting over")
+        return None
     return state
-
-
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
 
 
 def finetune(
@@ -96,9 +99,14 @@ def finetune(
     device: torch.device,
     state_dir: Path,
     fingerprint: str,
+    init_weights: str,
     progress: Callable[[str], None],
 ) -> Student:
-    """Train ``student`` (backbone and ``action`` head) on random clips of ``items``."""
+    """Train ``student`` (backbone and ``action`` head) on random clips of ``items``.
+
+    ``fingerprint`` names the recipe (a state of another recipe is refused), ``init_weights`` the
+    starting weights by content (a state fine-tuned from other weights is discarded).
+    """
     rank, world = _rank_world()
     student.to(device)
     optimizer = torch.optim.SGD(
@@ -109,7 +117,7 @@ def finetune(
     )
     state_path = state_dir / STATE_NAME
     start_epoch = 0
-    state = _load_state(state_path, fingerprint)
+    state = _load_state(state_path, fingerprint, init_weights, progress)
     if state is not None:
         student.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -177,10 +185,11 @@ def finetune(
                 f"epoch {epoch + 1}/{settings.epochs}  loss {loss_sum / max(seen, 1):.4f}  "
                 f"lr {lr:.2e}  elapsed {format_duration(elapsed)}  ETA {format_duration(eta)}"
             )
-            _save_state(
+            atomic_torch_save(
                 state_path,
                 {
                     "fingerprint": fingerprint,
+                    "init_weights": init_weights,
                     "epochs_done": epoch + 1,
                     "model": student.state_dict(),
                     "optimizer": optimizer.state_dict(),

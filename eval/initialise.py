@@ -17,6 +17,7 @@ import torch
 from distinit.eval.config import EvalConfig
 from distinit.eval.inflate import inflate_into, load_resnet18_weights
 from distinit.pipeline.errors import CheckpointError, ConfigError
+from distinit.pipeline.weights import file_sha256
 from distinit.train.checkpoint import FinalCheckpoint, load_final
 from distinit.train.clip_rules import input_channels
 from distinit.train.flow import flow_init_from_rgb
@@ -104,6 +105,8 @@ def build_student(cfg: EvalConfig, num_classes: int) -> tuple[Student, dict[str,
             "init": "checkpoint",
             "student": ckpt.student,
             "checkpoint": str(cfg.checkpoint),
+            # What the results and every cache are keyed on: the weights, not where they lie.
+            "checkpoint_sha256": file_sha256(cfg.checkpoint),
             "checkpoint_step": ckpt.step,
             "teachers": [t.get("name", "?") for t in ckpt.teachers],
             "modality": modality,

@@ -3,6 +3,7 @@ the per-video probabilities saved for late fusion (``OUT/split<N>/video_probs.np
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from distinit.pipeline.errors import DatasetError
+from distinit.pipeline.runtime import atomic_write
 
 VIDEO_PROBS_NAME = "video_probs.npz"
 
@@ -34,22 +36,20 @@ def save_video_probs(
 ) -> Path:
     """Write ``folder/video_probs.npz`` atomically (what ``--compare`` fuses); returns its path."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / VIDEO_PROBS_NAME
-    tmp = folder / ("tmp_" + VIDEO_PROBS_NAME)  # ends in .npz, so numpy keeps the name
+    buffer = io.BytesIO()
     np.savez(
-        tmp,
+        buffer,
         ids=np.asarray(ids, dtype=np.str_),
         labels=labels.numpy().astype(np.int64),
         probs=probs.numpy().astype(np.float32),
         classes=np.asarray(classes, dtype=np.str_),
     )
-    tmp.replace(path)
-    return path
+    return atomic_write(folder / VIDEO_PROBS_NAME, buffer.getvalue())
 
 
 def load_video_probs(path: Path) -> VideoProbs:
     if not path.is_file():
-        raise DatasetError(f"{path}: no such file (an eval output made before fusion support?)")
+        raise DatasetError(f"{path}: no such file")
     with np.load(path, allow_pickle=False) as z:  # plain arrays only: never unpickles
         return VideoProbs(
             ids=[str(i) for i in z["ids"]],

@@ -20,6 +20,9 @@ from torch import nn
 from distinit.eval.datasets import ClipProtocol
 from distinit.eval.predict import clip_outputs
 from distinit.eval.splits import VideoItem
+from distinit.pipeline.errors import CheckpointError
+from distinit.pipeline.runtime import atomic_torch_save
+from distinit.pipeline.weights import load_weights_only
 from distinit.train.students import Student
 
 log = logging.getLogger(__name__)
@@ -28,14 +31,20 @@ CACHE_NAME = "features.pt"
 
 
 class FeatureCache:
-    """``{video rel: (K, D) features}`` on disk, valid only for one init and one clip protocol."""
+    """``{video rel: (K, D) features}`` on disk, valid only for one init and one clip protocol.
+
+    ``identity`` names the initial weights by content (a checkpoint's sha256), never by path:
+    a checkpoint retrained in place must not reuse the old weights' features.
+    """
 
     def __init__(self, out: Path, identity: dict[str, Any]) -> None:
         self.path = out / CACHE_NAME
-        self.identity = repr(sorted(identity.items()))
+        self.identity = repr(sorted((k, v) for k, v in identity.items() if k != "checkpoint"))
         self.features: dict[str, torch.Tensor] = {}
         if self.path.is_file():
-            payload = torch.load(self.path, map_location="cpu", weights_only=True)
+            payload = load_weights_only(self.path, CheckpointError)
+            if not isinstance(payload, dict) or not isinstance(payload.get("features"), dict):
+                raise CheckpointError(f"{self.path}: not a distinit feature cache")
             if payload.get("identity") == self.identity:
                 self.features = dict(payload["features"])
                 log.info("feature cache %s: %d videos", self.path, len(self.features))
@@ -43,9 +52,7 @@ class FeatureCache:
                 log.warning("feature cache %s is for another init/protocol; rebuilt", self.path)
 
     def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({"identity": self.identity, "features": self.features}, tmp)
-        tmp.replace(self.path)
+        atomic_torch_save(self.path, {"identity": self.identity, "features": self.features})
 
 
 def compute_features(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from distinit.eval.metrics import VIDEO_PROBS_NAME, VideoProbs, load_video_probs
+from distinit.eval.metrics import VideoProbs, load_video_probs
 from distinit.pipeline.errors import DatasetError
+from distinit.pipeline.runtime import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +31,8 @@ def mean_over_splits(per_split: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_results(out: Path, results: dict[str, Any]) -> Path:
-    path = out / RESULTS_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    (out / TABLE_NAME).write_text(markdown_table(results), encoding="utf-8")
+    path = atomic_write(out / RESULTS_NAME, results)
+    atomic_write(out / TABLE_NAME, markdown_table(results))
     return path
 
 
@@ -44,7 +43,7 @@ def _pct(x: float) -> str:
 def markdown_table(results: dict[str, Any]) -> str:
     head = (
         f"# {results['dataset']} — init {results['init']} ({results['student']}), "
-        f"modality {results.get('modality', 'rgb')}, mode {results['mode']}\n\n"
+        f"modality {results['modality']}, mode {results['mode']}\n\n"
         "| split | clip top-1 | clip top-5 | video top-1 | video top-5 | test videos |\n"
         "|---|---|---|---|---|---|\n"
     )
@@ -88,7 +87,9 @@ def plot_confusion(path: Path, confusion: np.ndarray, classes: list[str], title:
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    atomic_write(path, png.getvalue())
     plt.close(fig)
 
 
@@ -100,7 +101,7 @@ def load_results(out: Path) -> dict[str, Any]:
         results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
-    missing = [k for k in ("dataset", "init", "mode", *METRICS) if k not in results]
+    missing = [k for k in ("dataset", "init", "mode", "modality", *METRICS) if k not in results]
     if missing:
         raise DatasetError(f"{path}: not a distinit eval result (lacks {', '.join(missing)})")
     return results
@@ -129,8 +130,7 @@ def compare_table(outs: list[Path]) -> str:
 
 
 def modality_of(results: dict[str, Any]) -> str:
-    # Results written before flow students existed have no modality: they are RGB.
-    return str(results.get("modality", "rgb"))
+    return str(results["modality"])
 
 
 def _split_ids(results: dict[str, Any]) -> list[int]:
@@ -139,8 +139,9 @@ def _split_ids(results: dict[str, Any]) -> list[int]:
 
 def _probs_path(out: Path, split_row: dict[str, Any]) -> Path:
     folder = out if out.is_dir() else out.parent  # RUNS may name results.json itself
-    default = f"split{split_row['split']}/{VIDEO_PROBS_NAME}"
-    return folder / str(split_row.get("video_probs", default))
+    if "video_probs" not in split_row:
+        raise DatasetError(f"{out}: split {split_row['split']} names no video_probs file")
+    return folder / str(split_row["video_probs"])
 
 
 def _aligned(rgb: VideoProbs, flow: VideoProbs) -> tuple[np.ndarray, np.ndarray] | str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -18,13 +17,13 @@ from distinit.eval.config import EvalConfig
 from distinit.eval.datasets import ClipProtocol, check_store
 from distinit.eval.finetune import FinetuneSettings, finetune, recompute_bn_stats
 from distinit.eval.initialise import HEAD, build_student, check_init_inputs
-from distinit.eval.manifests import load_manifest
+from distinit.eval.manifests import Manifest, load_manifest
 from distinit.eval.metrics import save_video_probs, score_clips, video_probabilities
 from distinit.eval.predict import clip_outputs
 from distinit.eval.probe import FeatureCache, compute_features, train_linear
 from distinit.eval.report import mean_over_splits, plot_confusion, write_results
-from distinit.eval.splits import SplitData, load_split
-from distinit.pipeline.device import resolve_device
+from distinit.eval.splits import SplitData, VideoItem, load_split
+from distinit.pipeline import runtime
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.progress import ProgressLine, eta_seconds, format_duration
 
@@ -33,41 +32,50 @@ log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
 
 
+# Where files lie and how fast they are read: not part of what a fine-tuning state belongs to.
+_NOT_FINGERPRINTED = ("out", "device", "workers", "checkpoint", "inflate_weights")
+
+
 def fingerprint(cfg: EvalConfig, split: int) -> str:
-    """What a fine-tuning state must match to be resumed (not where it runs or how fast)."""
-    keep = {k: v for k, v in cfg.to_json().items() if k not in ("out", "device", "workers")}
-    if keep.get("modality") is None:
-        # Unset means rgb or the checkpoint's own: drop it, so states written before
-        # --modality existed still resume.
-        keep.pop("modality", None)
+    """The recipe a fine-tuning state must match to be resumed (not where files lie, where it
+    runs or how fast)."""
+    keep = {k: v for k, v in cfg.to_json().items() if k not in _NOT_FINGERPRINTED}
     keep["split"] = split
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+    return _digest(keep)
 
 
-def _start_distributed(device: torch.device) -> int:
-    """Join the torchrun process group when launched by torchrun; returns this rank."""
-    if os.environ.get("WORLD_SIZE", "1") == "1":
-        return 0
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank()
+def init_weights_id(init_info: dict[str, Any]) -> str:
+    """The initial weights by content (a checkpoint's sha256, never its path)."""
+    return _digest({k: v for k, v in init_info.items() if k != "checkpoint"})
+
+
+def _digest(value: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
     manifest = load_manifest(cfg.dataset)
     modality = check_init_inputs(cfg)
-    device = resolve_device(cfg.device)
-    rank = _start_distributed(device)
+    proc, device = runtime.start(cfg.device)
+    try:
+        return _run(cfg, echo, manifest, modality, proc, device)
+    finally:
+        runtime.stop(proc)
+
+
+def _run(
+    cfg: EvalConfig,
+    echo: Echo,
+    manifest: Manifest,
+    modality: str,
+    proc: runtime.Process,
+    device: torch.device,
+) -> dict[str, Any]:
+    rank = proc.rank
     if rank != 0:
         echo = _silent  # one report per run, from rank 0
-    if dist.is_initialized() and cfg.mode == "linear":
-        raise ConfigError("--mode linear runs in one process; start it without torchrun")
-    store = str(cfg.store) if cfg.store is not None else None
-    protocol = ClipProtocol(
-        cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop, modality, store
-    )
+    if proc.distributed and cfg.mode == "linear":
+        raise ConfigError("--mode linear runs in one process; start it without torchrun or srun")
     # Every split is checked before anything is written, so a bad layout leaves no OUT behind.
     splits = [
         (
@@ -85,6 +93,28 @@ def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
     if cfg.store is not None:
         check_store(cfg.store, cfg.resize, [i for _, d in splits for i in d.train + d.test])
     cfg.out.mkdir(parents=True, exist_ok=True)
+    lock = runtime.lock_run_directory(cfg.out, "eval", proc)
+    try:
+        return _evaluate(cfg, echo, manifest, modality, proc, device, splits)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _evaluate(
+    cfg: EvalConfig,
+    echo: Echo,
+    manifest: Manifest,
+    modality: str,
+    proc: runtime.Process,
+    device: torch.device,
+    splits: list[tuple[int, SplitData]],
+) -> dict[str, Any]:
+    rank = proc.rank
+    store = str(cfg.store) if cfg.store is not None else None
+    protocol = ClipProtocol(
+        cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop, modality, store
+    )
     videos_per_batch = max(1, cfg.batch_size // cfg.clips_per_video)
     per_split: list[dict[str, Any]] = []
     init_info: dict[str, Any] = {}
@@ -101,9 +131,9 @@ def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
         if cfg.mode == "linear":
             logits, init_info = _linear(cfg, data, protocol, device, videos_per_batch, echo)
         else:
-            logits, init_info = _finetune(cfg, data, protocol, device, videos_per_batch, echo, rank)
+            logits, init_info = _finetune(cfg, data, protocol, device, videos_per_batch, echo, proc)
         if logits is None:
-            continue  # a non-zero rank: rank 0 evaluates and reports
+            continue  # a non-zero rank: rank 0 gathers the predictions and reports
         labels = torch.tensor([item.label for item in data.test])
         scores = score_clips(logits, labels)
         probs_file = save_video_probs(
@@ -125,6 +155,7 @@ def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
             **scores.summary(),
             "clips_per_video": cfg.clips_per_video,
             "num_train_videos": len(data.train),
+            "test_videos_per_rank": [len(share) for share in _shares(data.test, proc)],
             "num_classes": len(data.classes),
             "confusion_png": f"confusion_split{split}.png",
             "video_probs": str(probs_file.relative_to(cfg.out)),
@@ -135,8 +166,6 @@ def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
             f"video top-1 {100 * row['video_top1']:.1f}%  video top-5 "
             f"{100 * row['video_top5']:.1f}%"
         )
-    if dist.is_initialized():
-        dist.destroy_process_group()
     if rank != 0:
         return {}
     results = _results(
@@ -215,8 +244,10 @@ def _finetune(
     device: torch.device,
     videos_per_batch: int,
     echo: Echo,
-    rank: int,
+    proc: runtime.Process,
 ) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """Fine-tune on every rank (DDP), then each rank tests its share of the test videos; rank 0
+    gets every video's logits in ``data.test`` order, the other ranks ``None``."""
     student, info = build_student(cfg, len(data.classes))
     settings = FinetuneSettings(
         epochs=cfg.effective_epochs,
@@ -237,12 +268,12 @@ def _finetune(
         device=device,
         state_dir=state_dir,
         fingerprint=fingerprint(cfg, data.split),
+        init_weights=init_weights_id(info),
         progress=echo,
     )
-    if rank != 0:
-        dist.barrier()
-        return None, info
     if cfg.precise_bn:
+        # Every rank makes the same pass with the same (DDP-synchronised) weights, so every rank
+        # ends with the statistics one process would compute.
         recompute_bn_stats(
             student,
             data.train,
@@ -260,12 +291,26 @@ def _finetune(
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             return student(x)[HEAD]
 
+    mine = _shares(data.test, proc)[proc.rank]
     logits = clip_outputs(
-        logits_of, data.test, protocol, videos_per_batch=videos_per_batch, workers=cfg.workers
+        logits_of, mine, protocol, videos_per_batch=videos_per_batch, workers=cfg.workers
     )
-    if dist.is_initialized():
-        dist.barrier()
-    return logits, info
+    if not proc.distributed:
+        return logits, info
+    gathered: list[torch.Tensor | None] = [None] * proc.world_size
+    dist.all_gather_object(gathered, logits)
+    if proc.rank != 0:
+        return None, info
+    order = [i for r in range(proc.world_size) for i in range(r, len(data.test), proc.world_size)]
+    stacked = torch.cat([t for t in gathered if t is not None])
+    restored = torch.empty_like(stacked)
+    restored[torch.tensor(order)] = stacked
+    return restored, info
+
+
+def _shares(items: list[VideoItem], proc: runtime.Process) -> list[list[VideoItem]]:
+    """Each rank's test videos: every ``world_size``-th one, starting at the rank."""
+    return [items[r :: proc.world_size] for r in range(proc.world_size)]
 
 
 def _results(

@@ -8,17 +8,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.runtime import process_from_environment
 
 
 def rank_from_environment() -> tuple[int, int]:
-    """``(shard_index, num_shards)`` from torchrun (RANK/WORLD_SIZE) or Slurm, else ``(0, 1)``."""
-    for rank_var, size_var in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if rank_var in os.environ and size_var in os.environ:
-            try:
-                return int(os.environ[rank_var]), int(os.environ[size_var])
-            except ValueError as exc:
-                raise ConfigError(f"${rank_var}/${size_var} are not integers") from exc
-    return 0, 1
+    """``(shard_index, num_shards)``: this process's rank and world size under torchrun or
+    Slurm (see :mod:`distinit.pipeline.runtime`), else ``(0, 1)``."""
+    proc = process_from_environment()
+    return proc.rank, proc.world_size
 
 
 FRAME_MODES = ("store", "none")

@@ -6,34 +6,39 @@ import fcntl
 import os
 import re
 from pathlib import Path
-from types import TracebackType
 
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.runtime import DirectoryLock
 
 _RANK_LOCK = re.compile(r"\.lock-(\d+)-of-(\d+)$")
 
 
-class RankLock:
-    """``flock`` on ``OUT/.lock-<index>-of-<num>``; released by the OS if the process dies, and
-    the file removed when the run ends.
+class RankLock(DirectoryLock):
+    """The lock on ``OUT/.lock-<index>-of-<num>``: ranks of one extraction each hold their own,
+    a second process for the same rank is refused.
 
     Ranks of different layouts (``--num-shards``) own different videos under the same rank
-    number, so they would write some videos twice: a rank refuses to start while a rank lock of
-    another layout is held. The check and the taking happen under an exclusive lock on the
-    directory itself, so ranks starting together neither both pass nor leave files behind.
+    number, so they would write some videos twice: a rank also refuses to start while a rank
+    lock of another layout is held. The check and the taking happen under an exclusive lock on
+    the directory itself, so ranks starting together neither both pass nor leave files behind.
     """
 
     def __init__(self, out: Path, shard_index: int, num_shards: int) -> None:
-        self.path = out / f".lock-{shard_index}-of-{num_shards}"
+        super().__init__(
+            out,
+            "another distinit extract is already writing here "
+            "(give each process its own --shard-index/--num-shards to run several)",
+            name=f".lock-{shard_index}-of-{num_shards}",
+        )
         self.num_shards = num_shards
-        self._fd: int | None = None
 
-    def __enter__(self) -> RankLock:
+    def acquire(self) -> RankLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         guard = os.open(self.path.parent, os.O_RDONLY)
         try:
             fcntl.flock(guard, fcntl.LOCK_EX)
             self._refuse_other_layouts()
-            self._fd = self._lock_rank()
+            super().acquire()
         finally:
             os.close(guard)  # releases the directory lock
         return self
@@ -57,42 +62,3 @@ class RankLock:
                 ) from exc
             finally:
                 os.close(probe)
-
-    def _lock_rank(self) -> int:
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                os.close(fd)
-                raise ConfigError(
-                    f"{self.path.parent}: another distinit extract is already writing here "
-                    "(give each process its own --shard-index/--num-shards to run several)"
-                ) from exc
-            if _same_file(fd, self.path):
-                break
-            os.close(fd)  # its holder removed it as we opened it: lock the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        return fd
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._fd is not None:
-            # Removed while still held, so no lock file is left behind; a process that opened
-            # the old file meanwhile sees it is gone (_same_file) and locks a new one.
-            self.path.unlink(missing_ok=True)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
-    except FileNotFoundError:
-        return False

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from distinit.pipeline.errors import DistinitError
+from distinit.pipeline.errors import DistinitError, Interrupted
 
 # name -> (module:attribute, one-line help shown by `distinit --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -139,6 +139,9 @@ def main() -> None:
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
+        sys.exit(exc.exit_code)
+    except Interrupted as exc:
+        click.echo(str(exc), err=True)
         sys.exit(exc.exit_code)
     except DistinitError as exc:
         click.echo(f"Error: {exc}", err=True)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.runtime import local_rank
 
 
 def resolve_device(option: str) -> torch.device:
@@ -28,6 +27,5 @@ def resolve_device(option: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError(f"device {option!r} asked for, but CUDA is not available")
         if device.index is None:
-            local = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
-            device = torch.device("cuda", int(local) % torch.cuda.device_count())
+            device = torch.device("cuda", local_rank() % torch.cuda.device_count())
     return device

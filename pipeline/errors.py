@@ -56,3 +56,11 @@ class DatasetError(DistinitError):
 
 class NonFiniteLossError(DistinitError):
     """Training produced a NaN or infinite loss."""
+
+
+class Interrupted(DistinitError):
+    """A run stopped on SIGINT or SIGTERM after saving its state; exits 128 + the signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -39,7 +39,6 @@ its targets are then told apart by :attr:`TeacherInfo.key` (``name`` for logits,
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
@@ -54,6 +53,7 @@ import numpy as np
 
 from distinit.pipeline.errors import ShardError
 from distinit.pipeline.framestore import StoreFormat, decode_gop
+from distinit.pipeline.runtime import DirectoryLock, atomic_write
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)  # 1: no frame store
@@ -593,17 +593,13 @@ def write_manifest(directory: str | os.PathLike[str], config: dict[str, Any]) ->
     temporary name, fsyncs and renames (a reader or a crash never sees half a manifest).
     """
     directory = Path(directory)
-    fd = os.open(directory / MANIFEST_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the OS if the process dies
+    with DirectoryLock(directory, "manifest", name=MANIFEST_LOCK, wait=True):
         return _write_manifest_locked(directory, config)
-    finally:
-        os.close(fd)
 
 
 def _write_manifest_locked(directory: Path, config: dict[str, Any]) -> Path:
     # Temporary files of writers killed mid-write: nobody else is writing while we hold the lock.
-    for stale in directory.glob(f".{MANIFEST_NAME}.*.tmp"):
+    for stale in directory.glob(f".{MANIFEST_NAME}.*.tmp"):  # runtime's temporary names
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
     shards = []
@@ -636,15 +632,5 @@ def _write_manifest_locked(directory: Path, config: dict[str, Any]) -> Path:
         "shards": shards,
         "videos": videos,
     }
-    tmp = directory / f".{MANIFEST_NAME}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, directory / MANIFEST_NAME)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(directory / MANIFEST_NAME, manifest, indent=1)
     return directory / MANIFEST_NAME

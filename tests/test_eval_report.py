@@ -69,7 +69,7 @@ def _fake(out: Path, init: str, top1: float, clip_len: int = 16) -> Path:
         json.dumps(
             {
                 "dataset": "hmdb51", "init": init, "mode": "finetune", "student": "r3d_18",
-                "clip_top1": top1, "clip_top5": 0.9, "video_top1": top1 + 0.05,
+                "modality": "rgb", "clip_top1": top1, "clip_top5": 0.9, "video_top1": top1 + 0.05,
                 "video_top5": 0.95, "per_split": [{"split": 1}],
                 "protocol": {"clip_len": clip_len, "clips_per_video": 10},
                 "allow_partial": False,

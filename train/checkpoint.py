@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from distinit.pipeline.errors import CheckpointError
+from distinit.pipeline.runtime import atomic_torch_save
 from distinit.pipeline.weights import load_weights_only
 from distinit.train.students import STUDENTS, Student
 
@@ -57,10 +58,7 @@ def save_final(path: str | os.PathLike[str], ckpt: FinalCheckpoint) -> None:
         "in_channels": ckpt.in_channels,
         "step": ckpt.step,
     }
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(path, payload)
 
 
 def load_tagged(path: Path, fmt: str, version: int, what: str, hint: str = "") -> dict[str, Any]:

@@ -220,7 +220,8 @@ def _default(name: str) -> object:
     "--device",
     default=_default("device"),
     show_default=True,
-    help="auto, cpu, cuda or cuda:N (under torchrun each process uses cuda:LOCAL_RANK).",
+    help="auto, cpu, cuda or cuda:N (under torchrun or srun each process uses its local rank's "
+    "GPU).",
 )
 @click.option(
     "--seed",
@@ -247,8 +248,8 @@ def _default(name: str) -> object:
     "--stop-after",
     type=int,
     default=None,
-    help="Exit after this many steps with last.pt saved; rerun to continue "
-    "(for time-limited jobs). Default: run to the end.",
+    help="Train at most this many steps in this invocation, save last.pt and exit; rerunning "
+    "the same command trains the next ones (for time-limited jobs). Default: run to the end.",
 )
 def train(
     resize: str, teacher_weights: tuple[str, ...], grad_clip: float, **options: object
@@ -260,6 +261,8 @@ def train(
       distinit train --targets SHARDS --out RUN --student r2plus1d_18
     Multi-GPU / multi-process:
       torchrun --nproc_per_node=8 --no-python distinit train --targets SHARDS --out RUN
+      srun --ntasks-per-node=8 distinit train --targets SHARDS --out RUN
+    Ctrl-C or SIGTERM saves last.pt at the current step; the same command resumes.
     """
     if options["init_from"] is not None:  # recorded absolute: a re-run from elsewhere matches
         options["init_from"] = os.path.abspath(str(options["init_from"]))
@@ -269,6 +272,7 @@ def train(
         grad_clip=grad_clip if grad_clip > 0 else None,
         **options,  # type: ignore[arg-type]
     )
+    from distinit.pipeline.runtime import process_from_environment
     from distinit.train.loop import StepReport, open_targets, run
     from distinit.train.runlog import LOG_NAME, run_losses
 
@@ -296,7 +300,7 @@ def train(
         result = run(cfg, progress=show)
     finally:
         line.close()
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
+    if not process_from_environment().is_main:  # rank 0 alone reports
         return
     click.echo(
         f"videos: {result.videos} ({result.short_videos} shorter than a clip, looped); "

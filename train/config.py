@@ -46,10 +46,6 @@ RESUMABLE_CHANGES = frozenset(
 # schedule is then recomputed for the new length from the current step on (see train.loop).
 LENGTH_FIELDS = frozenset({"max_steps", "epochs"})
 
-# Fields added after runs were already being written, with the value those older runs used: a
-# last.pt without the field resumes as if it had been saved with this value.
-_ADDED_FIELDS: dict[str, Any] = {"modality": "rgb", "init_from": None}
-
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -89,7 +85,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 1
     save_every: int = 10
-    stop_after: int | None = None  # exit (resumable) after this many steps; for time-limited jobs
+    stop_after: int | None = None  # exit (resumable) after this many steps of one invocation
     init_from: str | None = None  # a final.pt whose weights start the run (new optimizer, schedule)
 
     def __post_init__(self) -> None:
@@ -164,7 +160,6 @@ class TrainConfig:
         """Fields whose saved value differs from this config's, ignoring RESUMABLE_CHANGES and
         the run length (LENGTH_FIELDS, checked against the steps done when resuming)."""
         now = self.to_json()
-        saved = {**_ADDED_FIELDS, **saved}
         return sorted(
             k
             for k in set(now) | set(saved)

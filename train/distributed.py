@@ -1,16 +1,16 @@
-"""Process-group setup from torchrun's environment, and batch norm over the global batch.
+"""Training's view of the job (see :mod:`distinit.pipeline.runtime`), and batch norm over the
+global batch.
 
-Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on its share of the global batch
-and DDP averages gradients; NCCL on GPU, gloo on CPU. Batch norm statistics are synchronised
-across processes so that N processes compute exactly what one process computes on the whole
-global batch: torch's ``SyncBatchNorm`` on GPU, and on CPU (which ``SyncBatchNorm`` refuses)
-:class:`GlooBatchNorm`, which all-reduces the sums with a differentiable collective.
+Under ``torchrun`` or ``srun`` (several processes) every process trains on its share of the
+global batch and DDP averages gradients; NCCL on GPU, gloo on CPU. Batch norm statistics are
+synchronised across processes so that N processes compute exactly what one process computes on
+the whole global batch: torch's ``SyncBatchNorm`` on GPU, and on CPU (which ``SyncBatchNorm``
+refuses) :class:`GlooBatchNorm`, which all-reduces the sums with a differentiable collective.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
-from distinit.pipeline.device import resolve_device
+from distinit.pipeline import runtime
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +38,19 @@ class DistContext:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def process(self) -> runtime.Process:
+        return runtime.Process(self.rank, self.world_size, self.local_rank)
+
 
 def setup(device_option: str) -> DistContext:
-    """Join torchrun's process group if there is one (env://), else a single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_option)
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, init_method="env://")
-        log.info("rank %d of %d on %s (%s)", rank, world_size, device, backend)
-    return DistContext(rank, world_size, local_rank, device)
+    """Join the job's process group when launched by torchrun or Slurm, else one process."""
+    proc, device = runtime.start(device_option)
+    return DistContext(proc.rank, proc.world_size, proc.local_rank, device)
 
 
 def teardown(ctx: DistContext) -> None:
-    if ctx.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+    runtime.stop(ctx.process)
 
 
 def mean_over_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:

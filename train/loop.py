@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 import torch
@@ -21,7 +23,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from distinit.pipeline.errors import CheckpointError, ConfigError, NonFiniteLossError
+from distinit.pipeline import runtime
+from distinit.pipeline.errors import (
+    CheckpointError,
+    ConfigError,
+    Interrupted,
+    NonFiniteLossError,
+)
 from distinit.pipeline.frame_source import FrameSource, open_frame_source
 from distinit.pipeline.shards import ShardSet
 from distinit.train import distributed
@@ -119,16 +127,55 @@ class StepReport:
 ProgressFn = Callable[[StepReport], None]
 
 
+class StopSignals:
+    """While training, SIGINT and SIGTERM (Ctrl-C, cluster pre-emption) ask the loop to stop
+    after the step in flight, save ``last.pt`` there and exit; the handlers before are restored
+    on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        for s in self.SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
 def run(cfg: TrainConfig, progress: ProgressFn | None = None) -> RunResult:
+    """Train into ``cfg.out``, which this job alone writes (a second job is refused)."""
     ctx = distributed.setup(cfg.device)
     try:
-        return _train(cfg, ctx, progress)
+        lock = runtime.lock_run_directory(Path(cfg.out), "train", ctx.process)
+        try:
+            with StopSignals() as signals:
+                return _train(cfg, ctx, progress, signals)
+        finally:
+            if lock is not None:
+                lock.release()
     finally:
         distributed.teardown(ctx)
 
 
 def _train(
-    cfg: TrainConfig, ctx: distributed.DistContext, progress: ProgressFn | None = None
+    cfg: TrainConfig,
+    ctx: distributed.DistContext,
+    progress: ProgressFn | None,
+    signals: StopSignals,
 ) -> RunResult:
     out = Path(cfg.out)
     shards, frames = open_targets(cfg)
@@ -175,7 +222,8 @@ def _train(
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         model = DistributedDataParallel(student, device_ids=device_ids, broadcast_buffers=False)
 
-    end = min(total, cfg.stop_after) if cfg.stop_after is not None else total
+    # --stop-after counts this invocation's steps, so rerunning one command makes progress.
+    end = min(total, start + cfg.stop_after) if cfg.stop_after is not None else total
     prepare_workers(cfg.workers)
     loader = DataLoader(
         dataset,
@@ -191,10 +239,19 @@ def _train(
     batches: Iterator[dict[str, Any]] = iter(loader)
     student.train()
     step = start
+    done = start
     try:
         for step in range(start, end):
+            if runtime.agree(signals.received is not None, ctx.process):
+                break
             t0 = time.perf_counter()
-            batch = next(batches)
+            try:
+                batch = next(batches)
+            except Exception:
+                # Ctrl-C also reaches the loader's workers; their exit is the signal's doing.
+                if signals.received is None:
+                    raise
+                break
             t1 = time.perf_counter()
             # (B, T, H, W, 3) uint8 for rgb, (B, T, H, W, 2) float32 for flow
             clips = batch["clip"].to(ctx.device, non_blocking=True)
@@ -250,6 +307,16 @@ def _train(
                 progress(StepReport(done, total, values[0], lr, global_batch / (t2 - t0)))
             if ctx.is_main and (done % cfg.save_every == 0 or done == end):
                 _save_last(last_path, cfg, student, optimizer, scheduler, scaler, done)
+        if done < end:
+            # Stopped by a signal (here or on another rank): keep every finished step.
+            if ctx.is_main:
+                _save_last(last_path, cfg, student, optimizer, scheduler, scaler, done)
+            signum = signals.received or signal.SIGTERM
+            raise Interrupted(
+                f"{signal.Signals(signum).name} at step {done} of {total}: saved {last_path}; "
+                "run the same command again to resume",
+                signum,
+            )
         if ctx.is_main and end > start:
             plot_loss(out / LOG_NAME, out / CURVE_NAME)
     finally:

@@ -1,20 +1,20 @@
 """``RUN/last.pt``: everything needed to continue a run exactly where it stopped.
 
 Holds the student and optimizer/scheduler/scaler state, the step, the torch RNG states and the
-config. Written atomically (temporary name, then rename), so ``kill -9`` at any moment leaves
-either the previous or the new checkpoint, never half of one. Loaded with
-``weights_only=True``: plain tensors and numbers only.
+config. Written atomically (temporary name, fsync, rename), so ``kill -9`` at any moment leaves
+either the previous or the new checkpoint, never half of one; SIGINT and SIGTERM save it at the
+step they stop at. Loaded with ``weights_only=True``: plain tensors and numbers only.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from distinit.pipeline.errors import CheckpointError
+from distinit.pipeline.runtime import atomic_torch_save
 from distinit.train.checkpoint import load_tagged
 
 LAST_FORMAT = "distinit-train-state"
@@ -37,11 +37,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def save_last(path: Path, payload: dict[str, Any]) -> None:
     payload = {"format": LAST_FORMAT, "schema_version": LAST_SCHEMA_VERSION, **payload}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_torch_save(path, payload)
 
 
 def load_last(path: Path) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from distinit.pipeline.runtime import atomic_write
 
 LOG_NAME = "log.jsonl"
 CURVE_NAME = "loss.png"
@@ -36,9 +38,7 @@ def run_losses(path: Path) -> tuple[float | None, float | None]:
 def truncate_log(path: Path, keep_until_step: int) -> None:
     """Drop entries past the step a resumed run restarts from (they will be logged again)."""
     entries = [e for e in read_log(path) if e["step"] <= keep_until_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(e) + "\n" for e in entries))
 
 
 class RunLog:
@@ -78,7 +78,9 @@ def plot_loss(log_path: Path, png_path: Path) -> None:
     ax.set_title(f"{log_path.parent.name}: distillation loss, {steps[-1] if steps else 0} steps")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100)
+    atomic_write(png_path, image.getvalue())
     plt.close(fig)
 
 
