@@ -9,6 +9,7 @@ import click
 
 from distinit.eval.config import DEFAULTS, INITS, MODALITIES, MODES, SPLITS, EvalConfig
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
 
 
 def _size(value: str) -> tuple[int, int]:
@@ -141,7 +142,13 @@ def _size(value: str) -> tuple[int, int]:
 )
 @click.option("--crop", type=int, default=112, show_default=True, help="Square crop side, pixels.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--workers", type=int, default=4, show_default=True, help="Decoding processes.")
+@click.option(
+    "--workers",
+    type=int,
+    default=DEFAULT_LOADER_WORKERS,
+    show_default=True,
+    help="Clip loader processes [default: one per core, at most 4].",
+)
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seeds the head and clip sampling."
 )

@@ -8,6 +8,7 @@ from typing import Any
 
 from distinit.eval.inflate import INFLATABLE
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
 
 INITS = ("checkpoint", "scratch", "inflated")
 MODES = ("finetune", "linear")
@@ -48,7 +49,7 @@ class EvalConfig:
     resize: tuple[int, int] = (171, 128)
     crop: int = 112
     device: str = "auto"
-    workers: int = 4
+    workers: int = DEFAULT_LOADER_WORKERS
     seed: int = 0
     allow_partial: bool = False
     amp: bool = True  # only has an effect on CUDA

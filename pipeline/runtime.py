@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# DataLoader worker processes per training or evaluation process, for every command: one per
+# core up to 4 (more workers than cores only contend with the training step for the CPU).
+DEFAULT_LOADER_WORKERS = min(4, os.cpu_count() or 1)
+
 SLURM_PORT_BASE = 20000  # MASTER_PORT = base + SLURM_JOB_ID % span, when Slurm does not set it
 SLURM_PORT_SPAN = 20000
 

@@ -74,6 +74,8 @@ _TIME_BASE = re.compile(r"config in time_base:\s*(\d+)/(\d+)")
 _DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 _STREAM = re.compile(r"Stream #0:\d+.*?: Video: .*?, (\d{1,5})x(\d{1,5})(?=[\s,\[]|$)")
 _FPS = re.compile(r"([\d.]+)\s+fps")
+# "displaymatrix: rotation of -90.00 degrees" (ffmpeg 5/6), "Display Matrix: ..." (7 and later)
+_ROTATION = re.compile(r"display\s*matrix: rotation of (-?[\d.]+) degrees", re.IGNORECASE)
 # Stderr lines that explain a failure better than the generic last line does.
 _NOISE = ("Parsed_showinfo", "color_range", "Press [q]", "frame=", "video:", "Metadata", "encoder")
 
@@ -156,6 +158,7 @@ class _StderrState:
     info: VideoInfo = field(default_factory=VideoInfo)
     pts: queue.Queue[tuple[int, int] | None] = field(default_factory=queue.Queue)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=12))
+    rotation_seen: bool = False  # only the first video stream's display matrix counts
 
 
 class FpsSelector:
@@ -241,6 +244,12 @@ def _read_stderr(pipe: object, state: _StderrState) -> None:
                 fps = _FPS.search(line)
                 if fps:
                     state.info.fps = float(fps.group(1))
+            m = _ROTATION.search(line)
+            if m and state.info.width and not state.rotation_seen:
+                state.rotation_seen = True
+                if round(float(m.group(1))) % 180 == 90:
+                    # ffmpeg turns the frames upright (autorotate): report the displayed size.
+                    state.info.width, state.info.height = state.info.height, state.info.width
         if line.strip() and not any(n in line for n in _NOISE):
             state.tail.append(line.strip())
     state.pts.put(None)

@@ -109,7 +109,10 @@ def _probs_run(out: Path, modality: str, ids: list[str], probs: list[list[float]
             {
                 "dataset": "hmdb51", "init": "checkpoint", "mode": "finetune", "modality": modality,
                 "student": "r3d_18", "clip_top1": top1, "clip_top5": 1.0, "video_top1": top1,
-                "video_top5": 1.0, "per_split": [{"split": 1, "video_top1": top1}],
+                "video_top5": 1.0,
+                "per_split": [
+                    {"split": 1, "video_top1": top1, "video_probs": "split1/video_probs.npz"}
+                ],
                 "protocol": {"clip_len": 16, "clips_per_video": 10}, "allow_partial": False,
             }
         )

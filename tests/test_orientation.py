@@ -38,11 +38,6 @@ def test_rotated_video_is_decoded_as_displayed(
     assert [read_index(f) for f in frames[1:]] != list(range(1, 60)), "rotation was ignored"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="VideoInfo reports the coded size (96x64) of a video displayed as 64x96: the width "
-    "and height stored in shards ignore the display rotation that the frames obey",
-)
 def test_rotated_video_reports_its_displayed_size(tmp_path: Path) -> None:
     src = make_lavfi_video(tmp_path / "landscape.mp4", size="96x64", seconds=0.2)
     video = _rotated(src, tmp_path / "portrait.mp4", 90)

@@ -151,10 +151,8 @@ def test_config_modality() -> None:
     rgb = TrainConfig(targets="S", out="R")
     flow = TrainConfig(targets="S", out="R", modality="flow")
     assert TrainConfig.from_json(flow.to_json()) == flow
-    # A last.pt written before the field existed resumes as the RGB run it was.
-    older = {k: v for k, v in rgb.to_json().items() if k != "modality"}
-    assert rgb.resume_mismatches(older) == []
-    assert flow.resume_mismatches(older) == ["modality"]
+    assert flow.resume_mismatches(rgb.to_json()) == ["modality"]
+    assert rgb.resume_mismatches(rgb.to_json()) == []
 
 
 def test_cli_flow_run_writes_a_flow_checkpoint_and_refuses_an_rgb_resume(

@@ -28,6 +28,7 @@ import click
 from distinit.pipeline.bench import machine_description
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
 from distinit.train.config import TrainConfig, parse_size
 
 
@@ -54,7 +55,13 @@ from distinit.train.config import TrainConfig, parse_size
 )
 @click.option("--crop", type=int, default=112, show_default=True, help="Crop side, pixels.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Clips per step.")
-@click.option("--workers", type=int, default=4, show_default=True, help="Loader worker processes.")
+@click.option(
+    "--workers",
+    type=int,
+    default=DEFAULT_LOADER_WORKERS,
+    show_default=True,
+    help="Loader worker processes [default: one per core, at most 4].",
+)
 @click.option(
     "--clips", type=int, default=32, show_default=True, help="Clips timed per loader measurement."
 )

@@ -6,13 +6,13 @@ The whole config is stored in ``last.pt`` (to refuse resuming with a different r
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from distinit.pipeline.errors import ConfigError, UnknownNameError
 from distinit.pipeline.frame_source import FRAME_SOURCES
+from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
 from distinit.pipeline.video import parse_size
 
 __all__ = ["TrainConfig", "parse_size", "parse_teacher_weight"]
@@ -66,7 +66,7 @@ class TrainConfig:
     crop: int = 112  # square crop side, pixels
     batch_size: int = 8  # clips per process and step
     # DataLoader worker processes per training process; never more than the cores.
-    workers: int = min(4, os.cpu_count() or 1)
+    workers: int = DEFAULT_LOADER_WORKERS
     optimizer: str = "sgd"
     lr: float = 0.01  # peak learning rate for the global batch
     momentum: float = 0.9

@@ -8,6 +8,7 @@ position)`` (see :mod:`distinit.train.clips`), the student is initialised from `
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -210,8 +211,9 @@ def _train(
 
     start = 0
     last_path = out / LAST_NAME
+    teachers = [t.to_json() for t in shards.teachers]  # what last.pt and final.pt record
     if last_path.exists():
-        start = _resume(last_path, cfg, student, optimizer, scheduler, scaler, total)
+        start = _resume(last_path, cfg, teachers, student, optimizer, scheduler, scaler, total)
         log.info("resuming %s from step %d of %d", out, start, total)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -306,11 +308,11 @@ def _train(
             if ctx.is_main and progress is not None:
                 progress(StepReport(done, total, values[0], lr, global_batch / (t2 - t0)))
             if ctx.is_main and (done % cfg.save_every == 0 or done == end):
-                _save_last(last_path, cfg, student, optimizer, scheduler, scaler, done)
+                _save_last(last_path, cfg, teachers, student, optimizer, scheduler, scaler, done)
         if done < end:
             # Stopped by a signal (here or on another rank): keep every finished step.
             if ctx.is_main:
-                _save_last(last_path, cfg, student, optimizer, scheduler, scaler, done)
+                _save_last(last_path, cfg, teachers, student, optimizer, scheduler, scaler, done)
             signum = signals.received or signal.SIGTERM
             raise Interrupted(
                 f"{signal.Signals(signum).name} at step {done} of {total}: saved {last_path}; "
@@ -334,7 +336,7 @@ def _train(
                     heads=heads,
                     state_dict=student.state_dict(),
                     config=cfg.to_json(),
-                    teachers=[t.to_json() for t in shards.teachers],
+                    teachers=teachers,
                     modality=cfg.modality,
                     in_channels=in_channels,
                     step=total,
@@ -355,6 +357,7 @@ def _train(
 def _save_last(
     path: Path,
     cfg: TrainConfig,
+    teachers: list[dict[str, Any]],
     student: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -366,6 +369,7 @@ def _save_last(
         {
             "step": step,
             "config": cfg.to_json(),
+            "teachers": json.dumps(teachers),  # the targets' identity: weights hash, recipe
             "model": student.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -375,9 +379,14 @@ def _save_last(
     )
 
 
+def _target_key(teacher: dict[str, Any]) -> str:
+    return f"{teacher['name']}:{teacher.get('kind', 'logits')}"
+
+
 def _resume(
     path: Path,
     cfg: TrainConfig,
+    teachers: list[dict[str, Any]],
     student: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -392,6 +401,19 @@ def _resume(
         raise CheckpointError(
             f"{path} was written by a run with a different config ({shown}); "
             "use a new --out directory or the original options"
+        )
+    # Targets made again by other teacher weights (or preprocessing) at the same --targets would
+    # mix two teachers' targets into one run.
+    saved_teachers = {_target_key(t): t for t in json.loads(state.get("teachers", "[]"))}
+    changed = [
+        _target_key(t)
+        for t in teachers
+        if _target_key(t) in saved_teachers and saved_teachers[_target_key(t)] != t
+    ]
+    if changed or set(saved_teachers) != {_target_key(t) for t in teachers}:
+        raise CheckpointError(
+            f"{path} was trained on targets of other teachers or teacher weights "
+            f"({', '.join(changed) or 'other teachers'} changed since); use a new --out directory"
         )
     try:
         student.load_state_dict(state["model"])
