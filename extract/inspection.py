@@ -83,12 +83,20 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{s['directory']}: {s['videos_ok']} videos ok, {s['videos_failed']} failed, "
         f"{s['frames']} frames, {s['bytes'] / 1e6:.2f} MB",
         "teachers: "
-        + ", ".join(
-            f"{t['name']} ({t['classes']} {'dims' if t.get('kind') == 'embedding' else 'classes'})"
-            for t in s["teachers"]
+        + (
+            ", ".join(
+                f"{t['name']} ({t['classes']} "
+                f"{'dims' if t.get('kind') == 'embedding' else 'classes'})"
+                for t in s["teachers"]
+            )
+            or "none (a frames-only store: extract --teacher none)"
         ),
-        f"decoder: {s['provenance'].get('ffmpeg_version', '?')}; "
-        f"{s['provenance'].get('frame_geometry', '?')}",
+        f"decoder: {s['provenance'].get('ffmpeg_version', '?')}"
+        + (
+            f"; {s['provenance']['frame_geometry']}"
+            if s["provenance"].get("frame_geometry")
+            else ""
+        ),
         (
             f"frame store: {s['store']}, {s['store_bytes'] / max(s['frames'], 1):.0f} bytes/frame"
             if s["store"]
@@ -108,7 +116,8 @@ def _classifier(shards: ShardSet, teacher: str | None) -> TeacherInfo:
     logits = [t for t in shards.teachers if t.kind == "logits"]
     names = [t.name for t in logits]
     if not logits:
-        raise ShardError(f"{shards.directory}: the shards hold embeddings only, no classes")
+        what = "embeddings only" if shards.teachers else "frames only (extract --teacher none)"
+        raise ShardError(f"{shards.directory}: the shards hold {what}, no classes")
     if teacher is None:
         return logits[0]
     if teacher not in names:
@@ -283,11 +292,14 @@ def format_verify(report: dict[str, Any]) -> str:
             f"frame store ({store['format']}): GOP tables match the rows, "
             f"{store['rows_decoded']} random rows decoded, {quality}"
         )
-    lines += [
-        f"recomputed {report['frames_checked']} frames: largest logit difference "
-        f"{report['max_abs_logit_diff']:.4f}, KL max {report['max_kl']:.2e} "
-        f"mean {report['mean_kl']:.2e} (tolerance {report.get('tolerance', float('nan')):.2e})",
-    ]
+    if report["frames_checked"]:
+        lines.append(
+            f"recomputed {report['frames_checked']} frames: largest logit difference "
+            f"{report['max_abs_logit_diff']:.4f}, KL max {report['max_kl']:.2e} "
+            f"mean {report['mean_kl']:.2e} (tolerance {report.get('tolerance', float('nan')):.2e})"
+        )
+    else:
+        lines.append("no teacher targets recomputed (no teachers, or no frames asked for)")
     if "embedding_mean_cosine" in report:
         lines.append(
             f"embeddings: {report['embedding_bytes_per_frame']} B/frame = "

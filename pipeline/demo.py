@@ -84,10 +84,12 @@ def demo(out: str, videos: str | None, holdout: str | None, quick: bool, steps: 
     from distinit.extract.discovery import find_videos
     from distinit.extract.runner import run_extract
     from distinit.pipeline.frame_source import open_frame_source
+    from distinit.pipeline.progress import ProgressLine
     from distinit.pipeline.shards import ShardSet
     from distinit.train.agreement import top1_agreement
     from distinit.train.checkpoint import load_final
     from distinit.train.config import TrainConfig
+    from distinit.train.loop import StepReport
     from distinit.train.loop import run as run_train
     from distinit.train.runlog import LOG_NAME, run_losses
     from distinit.train.students import Student, student_spec
@@ -142,7 +144,15 @@ def demo(out: str, videos: str | None, holdout: str | None, quick: bool, steps: 
     )  # fmt: skip
     click.echo(f"[3/4] train {student} on {len(train_ids)} videos: {n_steps} steps of 4 clips, "
                f"8 frames at {cfg.crop}px (held out: {held})")  # fmt: skip
-    result = run_train(cfg)
+    line = ProgressLine(every=5.0)
+
+    def show(r: StepReport) -> None:  # the demo's training is minutes long on a CPU: say so
+        line.update(f"      step {r.step}/{r.total}  loss {r.loss:.3f}", final=r.step == r.total)
+
+    try:
+        result = run_train(cfg, progress=show)
+    finally:
+        line.close()
     # The whole run's span from its log: a re-run or a resumed run reports what a single
     # uninterrupted one would.
     first, last = run_losses(out_dir / "run" / LOG_NAME)

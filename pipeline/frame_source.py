@@ -27,6 +27,7 @@ from distinit.pipeline.video import FrameGeometry, decode_at_times
 log = logging.getLogger(__name__)
 
 FRAME_SOURCES = ("auto", "store", "source")
+_WARNED: set[tuple[Path, str]] = set()
 
 
 class FrameSource(Protocol):
@@ -110,14 +111,16 @@ def open_frame_source(
         else:
             why = (
                 f"it holds {store.width}x{store.height} frames and {size[0]}x{size[1]} are "
-                f"wanted (extract --store-size, train --resize)"
+                f"wanted; train --resize {store.width}x{store.height} uses it"
             )
         if prefer == "store":
             raise ConfigError(f"{shards.directory}: no usable frame store: {why}")
-        log.warning(
-            "%s: no usable frame store (%s); decoding clips from the source videos, which is "
-            "much slower",
-            shards.directory,
-            why,
-        )
+        if (shards.directory, why) not in _WARNED:  # once, however often the shards are opened
+            _WARNED.add((shards.directory, why))
+            log.warning(
+                "%s: no usable frame store (%s); decoding clips from the source videos, which is "
+                "much slower",
+                shards.directory,
+                why,
+            )
     return SourceFrames(shards, size, resolve_videos_root(shards, videos))

@@ -381,7 +381,10 @@ class ShardSet:
             raise ShardError(f"{self.directory}: no such shard directory")
         files = list_shard_files(self.directory)
         if not files:
-            raise ShardError(f"{self.directory}: no shard files (*{SHARD_SUFFIX}) found")
+            raise ShardError(
+                f"{self.directory}: no shard files (*{SHARD_SUFFIX}) found; give the --out "
+                "directory of distinit extract"
+            )
         shards = [read_shard_header(p) for p in files]
         self.teachers = shards[0].teachers
         self.provenance = shards[0].provenance

@@ -104,9 +104,9 @@ def load_init_weights(student: Student, path: str | os.PathLike[str]) -> list[st
     ckpt = load_final(path)
     if ckpt.student != student.name or ckpt.in_channels != student.in_channels:
         raise CheckpointError(
-            f"--init-from {path}: a {ckpt.student} with {ckpt.in_channels} input channels "
-            f"({ckpt.modality}), but this run trains a {student.name} with "
-            f"{student.in_channels}; give the same --student and --modality"
+            f"--init-from {path}: its student is {ckpt.student} on {ckpt.modality} "
+            f"({ckpt.in_channels} input channels), this run trains {student.name} with "
+            f"{student.in_channels} input channels; give the same --student and --modality"
         )
     own = student.state_dict()
     kept = {k: v for k, v in ckpt.state_dict.items() if k in own and own[k].shape == v.shape}

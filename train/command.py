@@ -278,6 +278,15 @@ def train(
 
     _check_targets(cfg)
     open_targets(cfg)  # every input error is reported before the run is announced
+    if cfg.init_from is not None:
+        from distinit.train.checkpoint import load_final
+
+        init = load_final(cfg.init_from)  # a missing or foreign file: one line, before we start
+        if init.student != cfg.student:
+            raise ConfigError(
+                f"--init-from {cfg.init_from}: its student is {init.student}, this run trains "
+                f"{cfg.student}; give the same --student"
+            )
     line = ProgressLine(every=PROGRESS_EVERY_S)
     started = time.monotonic()
     first_step: int | None = None  # the step this invocation started after
@@ -295,7 +304,8 @@ def train(
             final=r.step in (first_step + 1, r.total),
         )
 
-    click.echo(f"training {cfg.student} ({cfg.modality}) into {cfg.out}", err=True)
+    warm = f", starting from the weights of {cfg.init_from}" if cfg.init_from else ""
+    click.echo(f"training {cfg.student} ({cfg.modality}) into {cfg.out}{warm}", err=True)
     try:
         result = run(cfg, progress=show)
     finally:

@@ -109,6 +109,11 @@ def open_targets(cfg: TrainConfig) -> tuple[ShardSet, FrameSource]:
     unknown = sorted(set(dict(cfg.teacher_weights)) - set(keys))
     if unknown:
         raise ConfigError(f"--teacher-weight names {unknown}, but the shards hold {keys}")
+    if not keys:
+        raise ConfigError(
+            f"{cfg.targets}: a frames-only store (extract --teacher none) holds no targets to "
+            "learn; extract with a teacher to train"
+        )
     if not any(cfg.weight_of(t) > 0 for t in keys):
         raise ConfigError("every teacher has weight 0: nothing to learn")
     return shards, open_frame_source(shards, cfg.resize, videos=cfg.videos, prefer=cfg.frames)
