@@ -69,7 +69,11 @@ def _link_tree(root: Path, ids: list[str], dest: Path) -> None:
     help="Video id kept out of training [default: carphone_distorted.mp4 for the sample "
     "clips, else the last video].",
 )
-@click.option("--quick", is_flag=True, help="About 1 minute on 2 CPU cores: 10 frames/s, 30 steps.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A few minutes on 2 CPU cores (about 240 CPU-seconds): 10 frames/s, 30 steps.",
+)
 @click.option(
     "--steps", type=int, default=None, help="Training steps [default: 150, or 30 with --quick]."
 )
