@@ -149,7 +149,8 @@ def cli_end_to_end(root: Path, teacher: str, dev: torch.device) -> tuple[float, 
         wall = time.monotonic() - started
         if done.returncode != 0:
             raise click.ClickException(f"distinit extract failed: {done.stderr.strip()[-300:]}")
-        match = re.search(r"(\d+) frames in ([\d.]+)s \(([\d.]+) frames/s\)", done.stdout)
+        summary = r"(\d+) frames (?:saved )?in ([\d.]+)s \(([\d.]+) frames/s\)"
+        match = re.search(summary, done.stdout)
         if match is None:
             raise click.ClickException(f"no summary in distinit extract's output: {done.stdout}")
         frames, rate = int(match.group(1)), float(match.group(3))
