@@ -15,10 +15,10 @@ from distinit.extract.config import (
     COMPILE_AUTO_MIN_VIDEOS,
     ExtractConfig,
     parse_teacher_weights,
-    rank_from_environment,
 )
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.progress import ProgressLine, format_duration
+from distinit.pipeline.runtime import process_from_environment
 from distinit.pipeline.video import parse_size
 
 # inspect --verify: cached embeddings must point where freshly computed ones do.
@@ -171,7 +171,8 @@ def extract(
     store_size: str,
 ) -> None:
     """Decode every frame of every video once, run the teacher(s), write logits to HDF5 shards."""
-    env_index, env_shards = rank_from_environment()
+    env = process_from_environment()  # torchrun's or Slurm's rank, else 0 of 1
+    env_index, env_shards = env.rank, env.world_size
     cfg = ExtractConfig(
         videos=videos,
         out=out,

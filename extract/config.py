@@ -8,15 +8,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from distinit.pipeline.errors import ConfigError
-from distinit.pipeline.runtime import process_from_environment
-
-
-def rank_from_environment() -> tuple[int, int]:
-    """``(shard_index, num_shards)``: this process's rank and world size under torchrun or
-    Slurm (see :mod:`distinit.pipeline.runtime`), else ``(0, 1)``."""
-    proc = process_from_environment()
-    return proc.rank, proc.world_size
-
 
 FRAME_MODES = ("store", "none")
 NO_TEACHER = "none"  # --teacher none: a frames-only store (e.g. of an evaluation dataset)
