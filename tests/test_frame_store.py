@@ -137,6 +137,34 @@ def test_store_codec_round_trip_size_and_quality(sample_clips: Path) -> None:
         decode_gop(blobs[0], fmt, np.array([16]))
 
 
+def test_store_colours_are_what_ffmpeg_reads_from_the_stream(sample_clips: Path) -> None:
+    """The store converts colour with its own BT.601 matrices (OpenCV, for speed); FFmpeg reading
+    the same stream by its tags must see the same picture, or the store would drift from every
+    other tool (and from stores coded before the conversion moved)."""
+    import av
+
+    from distinit.pipeline.video import FrameGeometry, iter_video
+
+    frames = next(iter(iter_video(sample_clips / "bikes.mp4", FrameGeometry(171, 128)))).frames
+    fmt = StoreFormat(171, 128)
+    blob = encode_gop(frames, fmt)
+    ours = decode_gop(blob, fmt, np.arange(len(frames)))
+    ctx = av.CodecContext.create("h264", "r")
+    packets = [*ctx.parse(blob), *ctx.parse(None), None]
+    pictures = [p for packet in packets for p in ctx.decode(packet)]
+    assert pictures[0].colorspace == 6 and pictures[0].color_range == 1  # BT.601, limited
+    ffmpeg = np.stack([p.to_ndarray(format="rgb24")[:128, :171] for p in pictures])
+    difference = np.abs(ours.astype(np.int16) - ffmpeg)
+    assert difference.max() <= 2 and difference.mean() < 0.2  # rounding, not a colour shift
+
+
+def test_store_formats_recorded_before_the_tune_was_still_read() -> None:
+    old = {"width": 171, "height": 128, "gop": 16, "crf": 16, "preset": "faster",
+           "pix_fmt": "yuv444p", "codec": "h264"}  # fmt: skip
+    assert StoreFormat.from_json(old).tune == "psnr"
+    assert StoreFormat.from_json(StoreFormat(64, 64).to_json()) == StoreFormat(64, 64)
+
+
 @pytest.fixture(scope="module")
 def store_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return index_dataset(tmp_path_factory.mktemp("store_train"))
