@@ -406,6 +406,9 @@ class ShardSet:
                 if r.id not in self.records or self.records[r.id].status != "ok":
                     self.records[r.id] = r
         self._handles: dict[str, h5py.File] = {}
+        # Dataset handles by (shard, path): an h5py path lookup costs about as much as reading a
+        # clip's targets, and a training clip reads several datasets.
+        self._datasets: dict[tuple[str, str], h5py.Dataset] = {}
         self._gop_tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._pid = os.getpid()
 
@@ -421,10 +424,18 @@ class ShardSet:
 
     def _file(self, shard: str) -> h5py.File:
         if os.getpid() != self._pid:  # forked: never reuse the parent's handles
-            self._handles, self._gop_tables, self._pid = {}, {}, os.getpid()
+            self._handles, self._datasets, self._gop_tables = {}, {}, {}
+            self._pid = os.getpid()
         if shard not in self._handles:
             self._handles[shard] = h5py.File(self.directory / shard, "r")
         return self._handles[shard]
+
+    def _dataset(self, shard: str, path: str) -> h5py.Dataset:
+        f = self._file(shard)  # first: it drops a forked parent's handles
+        key = (shard, path)
+        if key not in self._datasets:
+            self._datasets[key] = f[path]
+        return self._datasets[key]
 
     def times(self, video_id: str) -> np.ndarray:
         r = self._ok(video_id)
@@ -448,25 +459,31 @@ class ShardSet:
         self, video_id: str, rows: Iterable[int] | None, kind: str
     ) -> dict[str, np.ndarray]:
         r = self._ok(video_id)
-        f = self._file(r.shard)
         if rows is None:
             sel: Any = slice(r.row_start, r.row_start + r.row_count)
+            pick: Any = slice(None)
         else:
             local = np.asarray(list(rows), dtype=np.int64)
             if len(local) and (local.min() < 0 or local.max() >= r.row_count):
                 raise IndexError(f"{video_id}: rows outside 0..{r.row_count - 1}")
-            # h5py wants increasing unique indices; map back afterwards.
-            uniq, inverse = np.unique(local, return_inverse=True)
-            sel = uniq + r.row_start
+            first, last = (int(local.min()), int(local.max())) if len(local) else (0, -1)
+            if 0 <= last - first < 8 * len(local):  # a clip's rows: read their span, pick here
+                sel, pick = slice(r.row_start + first, r.row_start + last + 1), local - first
+            else:  # a few rows far apart: h5py wants increasing unique indices, map back after
+                uniq, pick = np.unique(local, return_inverse=True)
+                sel = uniq + r.row_start
         out: dict[str, np.ndarray] = {}
         for t in self.teachers:
             if t.kind != kind:
                 continue
-            g = f[t.group][t.name]
-            x = dequantize(g["q"][sel], g["scale"][sel], g["offset"][sel])
+            q, scale, offset = (
+                self._dataset(r.shard, f"{t.group}/{t.name}/{part}")[sel]
+                for part in ("q", "scale", "offset")
+            )
+            x = dequantize(q[pick], scale[pick], offset[pick])
             if not np.isfinite(x).all():
                 raise ShardError(f"{r.shard}: non-finite {t.group} for {video_id}")
-            out[t.key if kind != "logits" else t.name] = x if rows is None else x[inverse]
+            out[t.key if kind != "logits" else t.name] = x
         return out
 
     def frames(self, video_id: str, rows: Iterable[int]) -> np.ndarray:
@@ -478,12 +495,11 @@ class ShardSet:
         local = np.asarray(list(rows), dtype=np.int64)
         if len(local) == 0 or local.min() < 0 or local.max() >= r.row_count:
             raise IndexError(f"{video_id}: rows outside 0..{r.row_count - 1}")
-        f = self._file(r.shard)
         first_rows, offsets = self._gop_table(r.shard)
         rows_global = local + r.row_start
         gop_of = np.searchsorted(first_rows, rows_global, side="right") - 1
         out = np.empty((len(local), self.store.height, self.store.width, 3), dtype=np.uint8)
-        data = f["store/bytes"]
+        data = self._dataset(r.shard, "store/bytes")
         for g in np.unique(gop_of):
             mine = np.flatnonzero(gop_of == g)
             blob = data[offsets[g] : offsets[g + 1]].tobytes()
@@ -569,11 +585,12 @@ class ShardSet:
     def close(self) -> None:
         for h in self._handles.values():
             h.close()
-        self._handles = {}
+        self._handles, self._datasets = {}, {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_handles"] = {}
+        state["_datasets"] = {}
         state["_gop_tables"] = {}
         return state
 

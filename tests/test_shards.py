@@ -47,6 +47,23 @@ def test_round_trip_keeps_logits_within_quantisation_error(tmp_path: Path) -> No
     np.testing.assert_allclose(s.times("dir/one.mp4"), np.arange(9) / 25)
 
 
+def test_any_row_selection_reads_the_rows_asked_for(tmp_path: Path) -> None:
+    """Rows in any order, repeated, near together (read as one span) or far apart (read by
+    index), in a video that is not the shard's first: each is its own row of the whole video."""
+    rng = np.random.default_rng(1)
+    first, second = (rng.normal(0, 4, (n, 7)).astype(np.float32) for n in (30, 200))
+    _write(tmp_path / "a.h5", {"a.mp4": first, "b.mp4": second})
+    s = ShardSet(tmp_path)
+    whole = s.logits("b.mp4")["t"]
+    assert whole.shape == (200, 7)
+    selections = [[], [0], [199], [5, 2, 5, 9], list(range(40, 56)), [199, 0], [3, 150, 3]]
+    selections += [rng.integers(0, 200, rng.integers(1, 40)).tolist() for _ in range(30)]
+    for rows in selections:
+        np.testing.assert_array_equal(s.logits("b.mp4", rows)["t"], whole[rows], str(rows))
+    with pytest.raises(IndexError, match="rows outside"):
+        s.logits("b.mp4", [3, 200])
+
+
 def test_quantisation_of_constant_rows_is_exact() -> None:
     x = np.full((2, 5), 3.5, dtype=np.float32)
     np.testing.assert_array_equal(dequantize(*quantize(x)), x)
