@@ -8,16 +8,9 @@ from typing import Any
 import click
 
 from distinit.eval.config import DEFAULTS, INITS, MODALITIES, MODES, SPLITS, EvalConfig
+from distinit.pipeline.cli import FRAME_SIZE
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
-
-
-def _size(value: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in value.lower().split("x"))
-    except ValueError as exc:
-        raise click.BadParameter(f"expected WIDTHxHEIGHT, got {value!r}") from exc
-    return w, h
 
 
 @click.command("eval")
@@ -138,7 +131,11 @@ def _size(value: str) -> tuple[int, int]:
     help="K uniformly spaced test clips per video.",
 )
 @click.option(
-    "--resize", default="171x128", show_default=True, help="Frames are resized to WxH pixels."
+    "--resize",
+    type=FRAME_SIZE,
+    default="171x128",
+    show_default=True,
+    help="Frames are resized to WxH pixels.",
 )
 @click.option("--crop", type=int, default=112, show_default=True, help="Square crop side, pixels.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
@@ -206,5 +203,4 @@ def _config(options: dict[str, Any]) -> EvalConfig:
     if init is None:
         raise ConfigError("give either --checkpoint RUN/final.pt or --init scratch|inflated")
     amp = not options.pop("no_amp")
-    resize = _size(options.pop("resize"))
-    return EvalConfig(init=init, amp=amp, resize=resize, **options)
+    return EvalConfig(init=init, amp=amp, **options)

@@ -16,10 +16,10 @@ from distinit.extract.config import (
     ExtractConfig,
     parse_teacher_weights,
 )
+from distinit.pipeline.cli import FRAME_SIZE
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.progress import ProgressLine, format_duration
 from distinit.pipeline.runtime import process_from_environment
-from distinit.pipeline.video import parse_size
 
 # inspect --verify: cached embeddings must point where freshly computed ones do.
 EMBEDDING_MIN_COSINE = 0.999
@@ -137,9 +137,9 @@ EMBEDDING_MIN_COSINE = 0.999
 )
 @click.option(
     "--store-size",
+    type=FRAME_SIZE,
     default="171x128",
     show_default=True,
-    metavar="WxH",
     help="Size of the stored frames: the student's frame size (train's --resize), stretched.",
 )
 @click.option(
@@ -168,7 +168,7 @@ def extract(
     retry_failed: bool,
     strict: bool,
     frames_mode: str,
-    store_size: str,
+    store_size: tuple[int, int],
 ) -> None:
     """Decode every frame of every video once, run the teacher(s), write logits to HDF5 shards."""
     env = process_from_environment()  # torchrun's or Slurm's rank, else 0 of 1
@@ -191,7 +191,7 @@ def extract(
         strict=strict,
         retry_failed=retry_failed,
         frames=frames_mode,
-        store_size=parse_size(store_size),
+        store_size=store_size,
     )
     from distinit.extract.runner import Progress, run_extract
     from distinit.extract.teachers import is_known_teacher, unknown_teacher

@@ -42,6 +42,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class FrameSize(click.ParamType):
+    """``WxH`` on the command line -> ``(width, height)``; a malformed value is reported by
+    click against the option that got it (``Invalid value for '--resize': ...``)."""
+
+    name = "WxH"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "WxH"  # click would upper-case the name
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        from distinit.pipeline.video import parse_size
+
+        try:
+            return parse_size(str(value))
+        except DistinitError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+FRAME_SIZE = FrameSize()
+
+
 class LazyGroup(click.Group):
     """A click group whose commands are imported on first use.
 

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from distinit.pipeline.errors import ConfigError
-from distinit.train.config import TrainConfig, parse_size, parse_teacher_weight
+from distinit.train.config import TrainConfig, parse_teacher_weight
 
 
 def _cfg(**kw: object) -> TrainConfig:
@@ -56,12 +57,40 @@ def test_json_round_trip_and_resume_comparison() -> None:
 
 def test_option_parsers() -> None:
     assert parse_teacher_weight("places365=0.25") == ("places365", 0.25)
-    assert parse_size("171x128") == (171, 128)
     for bad in ("places365", "=1", "a=b"):
         with pytest.raises(ConfigError):
             parse_teacher_weight(bad)
-    with pytest.raises(ConfigError):
-        parse_size("171*128")
+
+
+@pytest.mark.parametrize(
+    "command, option",
+    [
+        ("train", "--resize"),
+        ("eval", "--resize"),
+        ("extract", "--store-size"),
+        ("bench train", "--resize"),
+    ],  # fmt: skip
+)
+def test_a_malformed_frame_size_is_one_line_naming_its_option(
+    tmp_path: Path, command: str, option: str
+) -> None:
+    from click.testing import CliRunner
+
+    from distinit.pipeline.cli import FRAME_SIZE, cli
+
+    assert FRAME_SIZE.convert(" 171 x 128 ", None, None) == (171, 128)
+    for bad in ("171", "171*128", "wide"):
+        out = tmp_path / f"out_{bad}"
+        out_option = "--json-out" if command == "bench train" else "--out"
+        args = [*command.split(), option, bad, out_option, str(out)]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        error = [line for line in result.output.splitlines() if line.startswith("Error")]
+        assert error == [
+            f"Error: Invalid value for '{option}': size must look like 171x128 "
+            f"(width x height), got '{bad}'"
+        ], result.output
+        assert "Traceback" not in result.output and not out.exists()
 
 
 def test_command_module_is_light_and_train_never_imports_extract() -> None:

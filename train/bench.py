@@ -26,10 +26,11 @@ from typing import Any
 import click
 
 from distinit.pipeline.bench import machine_description
+from distinit.pipeline.cli import FRAME_SIZE
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
-from distinit.train.config import TrainConfig, parse_size
+from distinit.train.config import TrainConfig
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,7 +52,11 @@ from distinit.train.config import TrainConfig, parse_size
 )
 @click.option("--clip-len", type=int, default=16, show_default=True, help="Frames per clip.")
 @click.option(
-    "--resize", default="171x128", show_default=True, help="Frame size WIDTHxHEIGHT, pixels."
+    "--resize",
+    type=FRAME_SIZE,
+    default="171x128",
+    show_default=True,
+    help="Frame size WIDTHxHEIGHT, pixels.",
 )
 @click.option("--crop", type=int, default=112, show_default=True, help="Crop side, pixels.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Clips per step.")
@@ -93,7 +98,7 @@ def bench_train(
     student: str,
     modality: str,
     clip_len: int,
-    resize: str,
+    resize: tuple[int, int],
     crop: int,
     batch_size: int,
     workers: int,
@@ -119,7 +124,7 @@ def bench_train(
     cfg = TrainConfig(
         targets=targets, out="-", videos=videos, student=student, modality=modality,
         clip_len=clip_len,
-        resize=parse_size(resize), crop=crop, batch_size=batch_size, workers=workers,
+        resize=resize, crop=crop, batch_size=batch_size, workers=workers,
         device=device, amp=amp,
     )  # fmt: skip
     dev = resolve_device(cfg.device)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import click
 
+from distinit.pipeline.cli import FRAME_SIZE
 from distinit.pipeline.errors import ConfigError, ShardError
 from distinit.pipeline.progress import ProgressLine, eta_seconds, format_duration
-from distinit.train.config import TrainConfig, parse_size, parse_teacher_weight
+from distinit.train.config import TrainConfig, parse_teacher_weight
 
 _D = TrainConfig.__dataclass_fields__
 PROGRESS_EVERY_S = 5.0  # seconds between progress lines when stderr is not a terminal
@@ -81,6 +82,7 @@ def _default(name: str) -> object:
 )
 @click.option(
     "--resize",
+    type=FRAME_SIZE,
     default="171x128",
     show_default=True,
     help="Frame size WIDTHxHEIGHT in pixels, stretched, before cropping.",
@@ -252,7 +254,7 @@ def _default(name: str) -> object:
     "the same command trains the next ones (for time-limited jobs). Default: run to the end.",
 )
 def train(
-    resize: str, teacher_weights: tuple[str, ...], grad_clip: float, **options: object
+    resize: tuple[int, int], teacher_weights: tuple[str, ...], grad_clip: float, **options: object
 ) -> None:
     """Stage two: distil cached teacher targets into a 3D video student.
 
@@ -267,7 +269,7 @@ def train(
     if options["init_from"] is not None:  # recorded absolute: a re-run from elsewhere matches
         options["init_from"] = os.path.abspath(str(options["init_from"]))
     cfg = TrainConfig(
-        resize=parse_size(resize),
+        resize=resize,
         teacher_weights=tuple(sorted(parse_teacher_weight(t) for t in teacher_weights)),
         grad_clip=grad_clip if grad_clip > 0 else None,
         **options,  # type: ignore[arg-type]

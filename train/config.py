@@ -13,9 +13,8 @@ from typing import Any
 from distinit.pipeline.errors import ConfigError, UnknownNameError
 from distinit.pipeline.frame_source import FRAME_SOURCES
 from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
-from distinit.pipeline.video import parse_size
 
-__all__ = ["TrainConfig", "parse_size", "parse_teacher_weight"]
+__all__ = ["TrainConfig", "parse_teacher_weight"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
