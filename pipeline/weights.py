@@ -57,12 +57,17 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def torchvision_cache_path(url: str) -> Path:
+    """Where torchvision keeps its copy of the weights at ``url`` (present or not)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
 def torchvision_weights_file(url: str, hint: str) -> Path:
     """torchvision's cached copy of ``url``, downloaded into the cache when the network allows.
 
     ``hint`` tells the user what to pass instead when the machine is offline.
     """
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    cached = torchvision_cache_path(url)
     if cached.is_file():
         return cached
     try:

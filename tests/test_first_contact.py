@@ -90,6 +90,27 @@ def test_teacher_typo_suggests_names_and_where_the_list_is() -> None:
     assert {"efficientnet_lite0", "resnet50", "places365_resnet50"} <= set(listed.stdout.split())
 
 
+def test_the_teacher_list_says_whose_weights_are_on_this_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+    from torchvision.models import get_model_weights
+
+    from distinit.pipeline.cli import cli
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # torch.hub.get_dir() follows it
+    cached = tmp_path / "hub" / "checkpoints" / Path(get_model_weights("resnet18").DEFAULT.url).name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    result = CliRunner().invoke(cli, ["teachers"])
+    assert result.exit_code == 0, result.output
+    status = dict(line.split(None, 1) for line in result.output.splitlines())
+    assert status["efficientnet_lite0"].startswith("ready")
+    assert status["resnet18"] == "ready (torchvision's cache)"
+    assert status["resnet50"].startswith("downloads resnet50-")
+    assert "--teacher-weights places365_resnet50=PATH" in status["places365_resnet50"]
+
+
 def test_uncached_torchvision_weights_name_their_url(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
