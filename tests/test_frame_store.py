@@ -258,3 +258,19 @@ def test_inspect_saves_the_rows_a_strided_clip_reads(
         cli, ["inspect", str(shards), "--video", "a/clip.mp4", "--rows", "30:99", "--save", "x"]
     )
     assert isinstance(bad.exception, ShardError) and "rows 0..39" in str(bad.exception)
+
+
+def test_bench_train_prints_and_writes_the_store_figures(tmp_path: Path) -> None:
+    """The benchmark behind the README's stage-two table runs end to end and writes its keys."""
+    videos, shards = index_dataset(tmp_path)
+    figures = tmp_path / "figures.json"
+    args = ["bench", "train", "--targets", str(shards), "--student", "mc3_18", "--clip-len", "4",
+            "--resize", "64x64", "--crop", "32", "--batch-size", "1", "--workers", "1",
+            "--clips", "4", "--steps", "1", "--json-out", str(figures)]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "loader from the frame store:" in result.output and "store / source = " in result.output
+    written = json.loads(figures.read_text())
+    assert written["store_clips_per_s_per_core"] > written["source_clips_per_s_per_core"] > 0
+    assert 0 < written["store_bytes_per_frame"] < 64 * 64 * 3
+    assert written["store_psnr_db"] >= 40 and written["store_psnr_frames"] == 40 + 5

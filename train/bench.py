@@ -82,9 +82,10 @@ from distinit.train.config import TrainConfig
 @click.option(
     "--psnr-frames",
     type=int,
-    default=64,
+    default=1000,
     show_default=True,
-    help="Random rows whose store frame is compared with the source decoded at the same size.",
+    help="Store frames compared with the source decoded at the same size: every row of videos "
+    "taken in a seeded random order, up to this many.",
 )
 @click.option(
     "--json-out",
@@ -176,7 +177,7 @@ def bench_train(
     if workers > 0:
         many = loader_rate(workers)
         click.echo(
-            f"loader, {workers} workers, {modality}: {many:.2f} clips/s "
+            f"loader, {workers} worker{'s' * (workers != 1)}, {modality}: {many:.2f} clips/s "
             f"({many / workers:.2f} per worker)"
         )
 
@@ -268,16 +269,22 @@ def _store_figures(
         else:
             figures["source_clips_per_s_per_core"] = loader_rate(0, "rgb", "source")
             if figures["store_bytes_per_frame"] is not None:
-                rng = np.random.default_rng(0)
+                # Whole videos in a seeded order, one source decode each, until psnr_frames:
+                # a pooled figure over every frame of the sample clips, not a noisy sample.
                 videos = shards.ok_videos()
+                order = np.random.default_rng(0).permutation(len(videos))
                 store, source = StoreFrames(shards), SourceFrames(shards, cfg.resize, root)
-                a, b = [], []
-                for _ in range(psnr_frames):
-                    r = videos[int(rng.integers(len(videos)))]
-                    row = np.array([int(rng.integers(r.row_count))])
-                    a.append(store(r.id, row))
-                    b.append(source(r.id, row))
+                a, b, counted = [], [], 0
+                for i in order:
+                    r = videos[int(i)]
+                    rows = np.arange(min(r.row_count, psnr_frames - counted))
+                    a.append(store(r.id, rows))
+                    b.append(source(r.id, rows))
+                    counted += len(rows)
+                    if counted >= psnr_frames:
+                        break
                 figures["store_psnr_db"] = psnr(np.concatenate(a), np.concatenate(b))
+                figures["store_psnr_frames"] = counted
     finally:
         torch.set_num_threads(threads)
     store_rate, source_rate = (
@@ -291,7 +298,8 @@ def _store_figures(
         click.echo(
             f"frame store: {figures['store_bytes_per_frame']:.0f} bytes/frame"
             + (
-                f", PSNR {figures['store_psnr_db']:.1f} dB vs the source at {w}x{h}"
+                f", PSNR {figures['store_psnr_db']:.2f} dB vs the source at {w}x{h} "
+                f"(pooled over {figures['store_psnr_frames']:.0f} frames)"
                 if figures["store_psnr_db"] is not None
                 else ""
             )
