@@ -150,6 +150,18 @@ def cli() -> None:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # -v set the level
 
 
+def one_line(exc: DistinitError) -> str:
+    """The error's own message. A DataLoader worker's error reaches the main process as the
+    same type whose message is "Caught X in DataLoader worker process N. Original Traceback
+    ...", ending with the original ``module.X: message`` line: that message is what to print."""
+    text = str(exc)
+    if "\nOriginal Traceback" in text:
+        prefix, _, message = text.rstrip().splitlines()[-1].partition(": ")
+        if prefix.rsplit(".", 1)[-1] == type(exc).__name__:
+            return message
+    return text
+
+
 def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
     # SIGTERM (Slurm preemption, `kill`) ends a run like Ctrl-C: cleanly, with resume advice.
     raise KeyboardInterrupt
@@ -169,7 +181,7 @@ def main() -> None:
         click.echo(str(exc), err=True)
         sys.exit(exc.exit_code)
     except DistinitError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {one_line(exc)}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("Interrupted. Run the same command again to resume.", err=True)

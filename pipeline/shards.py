@@ -300,6 +300,14 @@ class ShardHeader:
     store: StoreFormat | None = None
 
 
+def damaged_shard(path: Path, exc: BaseException) -> ShardError:
+    """The error for a shard whose bytes cannot be read back; the remedy is always the same."""
+    return ShardError(
+        f"{path}: unreadable or damaged shard ({exc}); delete it and run distinit extract "
+        "again to redo its videos"
+    )
+
+
 def read_shard_header(path: str | os.PathLike[str]) -> ShardHeader:
     """Read and validate one shard's attributes and video table."""
     path = Path(path)
@@ -324,7 +332,7 @@ def read_shard_header(path: str | os.PathLike[str]) -> ShardHeader:
             records = _read_records(f, path)
             _check_shapes(f, path, teachers, records)
     except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise ShardError(f"{path}: unreadable or damaged shard ({exc})") from exc
+        raise damaged_shard(path, exc) from exc
     return ShardHeader(path, records, teachers, provenance, version, store)
 
 
@@ -378,7 +386,10 @@ class ShardSet:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
-            raise ShardError(f"{self.directory}: no such shard directory")
+            raise ShardError(
+                f"{self.directory}: no such shard directory (give the --out directory of "
+                "distinit extract)"
+            )
         files = list_shard_files(self.directory)
         if not files:
             raise ShardError(
@@ -430,6 +441,15 @@ class ShardSet:
             self._handles[shard] = h5py.File(self.directory / shard, "r")
         return self._handles[shard]
 
+    @contextlib.contextmanager
+    def _reading(self, shard: str) -> Iterator[None]:
+        """Turn a failed read (a fletcher32 mismatch, a truncated file, a GOP that does not
+        decode) into one line naming the shard and the remedy, also inside a loader worker."""
+        try:
+            yield
+        except (OSError, ShardError) as exc:
+            raise damaged_shard(self.directory / shard, exc) from exc
+
     def _dataset(self, shard: str, path: str) -> h5py.Dataset:
         f = self._file(shard)  # first: it drops a forked parent's handles
         key = (shard, path)
@@ -439,13 +459,13 @@ class ShardSet:
 
     def times(self, video_id: str) -> np.ndarray:
         r = self._ok(video_id)
-        f = self._file(r.shard)
-        return f["frames/time"][r.row_start : r.row_start + r.row_count]
+        with self._reading(r.shard):
+            return self._dataset(r.shard, "frames/time")[r.row_start : r.row_start + r.row_count]
 
     def frame_indices(self, video_id: str) -> np.ndarray:
         r = self._ok(video_id)
-        f = self._file(r.shard)
-        return f["frames/index"][r.row_start : r.row_start + r.row_count]
+        with self._reading(r.shard):
+            return self._dataset(r.shard, "frames/index")[r.row_start : r.row_start + r.row_count]
 
     def logits(self, video_id: str, rows: Iterable[int] | None = None) -> dict[str, np.ndarray]:
         """Float32 logits ``(k, C)`` per teacher for the given rows of a video (all if None)."""
@@ -476,10 +496,11 @@ class ShardSet:
         for t in self.teachers:
             if t.kind != kind:
                 continue
-            q, scale, offset = (
-                self._dataset(r.shard, f"{t.group}/{t.name}/{part}")[sel]
-                for part in ("q", "scale", "offset")
-            )
+            with self._reading(r.shard):
+                q, scale, offset = (
+                    self._dataset(r.shard, f"{t.group}/{t.name}/{part}")[sel]
+                    for part in ("q", "scale", "offset")
+                )
             x = dequantize(q[pick], scale[pick], offset[pick])
             if not np.isfinite(x).all():
                 raise ShardError(f"{r.shard}: non-finite {t.group} for {video_id}")
@@ -495,15 +516,17 @@ class ShardSet:
         local = np.asarray(list(rows), dtype=np.int64)
         if len(local) == 0 or local.min() < 0 or local.max() >= r.row_count:
             raise IndexError(f"{video_id}: rows outside 0..{r.row_count - 1}")
-        first_rows, offsets = self._gop_table(r.shard)
+        with self._reading(r.shard):
+            first_rows, offsets = self._gop_table(r.shard)
         rows_global = local + r.row_start
         gop_of = np.searchsorted(first_rows, rows_global, side="right") - 1
         out = np.empty((len(local), self.store.height, self.store.width, 3), dtype=np.uint8)
         data = self._dataset(r.shard, "store/bytes")
         for g in np.unique(gop_of):
             mine = np.flatnonzero(gop_of == g)
-            blob = data[offsets[g] : offsets[g + 1]].tobytes()
-            out[mine] = decode_gop(blob, self.store, rows_global[mine] - first_rows[g])
+            with self._reading(r.shard):
+                blob = data[offsets[g] : offsets[g + 1]].tobytes()
+                out[mine] = decode_gop(blob, self.store, rows_global[mine] - first_rows[g])
         return out
 
     def total_rows(self) -> int:

@@ -185,8 +185,37 @@ def _train(shards: Path, out: Path, *extra: str) -> list[float]:
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+    where = "source videos under" if "source" in extra else "frame store in"
+    assert f"frames: {where}" in proc.stderr  # the run says where its frames come from
     lines = (out / "log.jsonl").read_text().splitlines()
     return [json.loads(line)["loss"] for line in lines if '"loss"' in line]
+
+
+@pytest.mark.parametrize("dataset", ["store/bytes", "logits/objects/q"])
+def test_training_on_a_damaged_shard_is_one_line_naming_it_and_the_remedy(
+    store_dataset: tuple[Path, Path], tmp_path: Path, dataset: str
+) -> None:
+    """A flipped byte fails its chunk's fletcher32 inside a loader worker: the user gets the
+    shard and what to do, not the worker's traceback."""
+    import h5py
+
+    shards = Path(shutil.copytree(store_dataset[1], tmp_path / "shards"))
+    (path,) = shards.glob("*.h5")
+    with h5py.File(path, "r") as f:
+        offset = f[dataset].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[offset + 50] ^= 0xFF
+    path.write_bytes(bytes(data))
+    proc = subprocess.run(
+        [sys.executable, "-m", "distinit.pipeline.cli", "train", "--targets", str(shards),
+         "--out", str(tmp_path / "run"), *TRAIN_ARGS, "--workers", "1"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert errors[0].startswith(f"Error: {path}: unreadable or damaged shard (")
+    assert errors[0].endswith("delete it and run distinit extract again to redo its videos")
 
 
 def test_training_from_the_store_matches_the_source_and_needs_no_videos(

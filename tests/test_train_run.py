@@ -111,6 +111,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(
         _argv(shards, out, "--lr", "0.1"), env=ENV, capture_output=True, text=True, timeout=300
     )
     assert bad.returncode == 2 and "different config (lr: 0.05 -> 0.1)" in bad.stderr
+    assert "training " not in bad.stderr  # refused before the run is announced
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -275,11 +275,15 @@ def train(
         **options,  # type: ignore[arg-type]
     )
     from distinit.pipeline.runtime import process_from_environment
-    from distinit.train.loop import StepReport, open_targets, run
+    from distinit.train.loop import StepReport, check_resume, open_targets, run
+    from distinit.train.resume import LAST_NAME
     from distinit.train.runlog import LOG_NAME, run_losses
 
     _check_targets(cfg)
-    open_targets(cfg)  # every input error is reported before the run is announced
+    # Every input error is reported before the run is announced.
+    shards, frames = open_targets(cfg)
+    if (Path(cfg.out) / LAST_NAME).is_file():
+        check_resume(Path(cfg.out) / LAST_NAME, cfg, [t.to_json() for t in shards.teachers])
     if cfg.init_from is not None:
         from distinit.train.checkpoint import load_final
 
@@ -308,6 +312,7 @@ def train(
 
     warm = f", starting from the weights of {cfg.init_from}" if cfg.init_from else ""
     click.echo(f"training {cfg.student} ({cfg.modality}) into {cfg.out}{warm}", err=True)
+    click.echo(f"frames: {frames.describe()}", err=True)
     try:
         result = run(cfg, progress=show)
     finally:
@@ -346,6 +351,4 @@ def _check_targets(cfg: TrainConfig) -> None:
                 f"--targets {cfg.targets} holds videos, not teacher targets: run `distinit "
                 f"extract --videos {cfg.targets} --out SHARDS` first, then train --targets SHARDS"
             ) from exc
-        raise ConfigError(
-            f"--targets: {exc} (give the --out directory of distinit extract)"
-        ) from exc
+        raise ConfigError(f"--targets: {exc}") from exc

@@ -388,16 +388,9 @@ def _target_key(teacher: dict[str, Any]) -> str:
     return f"{teacher['name']}:{teacher.get('kind', 'logits')}"
 
 
-def _resume(
-    path: Path,
-    cfg: TrainConfig,
-    teachers: list[dict[str, Any]],
-    student: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    total: int,
-) -> int:
+def check_resume(path: Path, cfg: TrainConfig, teachers: list[dict[str, Any]]) -> dict[str, Any]:
+    """``last.pt`` at ``path`` if this run may continue it (same config, same teachers' targets);
+    else the one-line refusal. The command calls it too, before it announces the run."""
     state = load_last(path)
     mismatches = cfg.resume_mismatches(state["config"])
     if mismatches:
@@ -420,6 +413,20 @@ def _resume(
             f"{path} was trained on targets of other teachers or teacher weights "
             f"({', '.join(changed) or 'other teachers'} changed since); use a new --out directory"
         )
+    return state
+
+
+def _resume(
+    path: Path,
+    cfg: TrainConfig,
+    teachers: list[dict[str, Any]],
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    total: int,
+) -> int:
+    state = check_resume(path, cfg, teachers)
     try:
         student.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
