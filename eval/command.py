@@ -143,8 +143,8 @@ from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
     "--workers",
     type=int,
     default=DEFAULT_LOADER_WORKERS,
-    show_default=True,
-    help="Clip loader processes [default: one per core, at most 4].",
+    show_default=f"one per core, at most 4; here {DEFAULT_LOADER_WORKERS}",
+    help="Clip loader processes.",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seeds the head and clip sampling."

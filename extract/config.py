@@ -8,8 +8,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.video import format_size
 
 FRAME_MODES = ("store", "none")
+MAX_STORE_SIDE = 1024  # far above any student's input; a typo like 1710x1280 fails up front
 NO_TEACHER = "none"  # --teacher none: a frames-only store (e.g. of an evaluation dataset)
 
 
@@ -67,8 +69,11 @@ class ExtractConfig:
             raise ConfigError(f"--frames must be store or none, got {self.frames!r}")
         if self.frames == "none" and not self.teacher_names:
             raise ConfigError("--teacher none with --frames none would store nothing")
-        if min(self.store_size) < 16:
-            raise ConfigError(f"--store-size {self.store_size}: both sides must be >= 16")
+        if not all(16 <= side <= MAX_STORE_SIDE for side in self.store_size):
+            raise ConfigError(
+                f"--store-size {format_size(self.store_size)}: both sides must be 16 to "
+                f"{MAX_STORE_SIDE} pixels (the student's frame size, e.g. 171x128)"
+            )
         if len(set(self.teachers)) != len(self.teachers):
             raise ConfigError(f"--teacher given twice: {list(self.teachers)}")
         from distinit.extract.teachers import group_specs

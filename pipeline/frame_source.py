@@ -103,11 +103,12 @@ def open_frame_source(
         if store is not None and store.size == size:
             return StoreFrames(shards)
         if store is None:
-            why = (
-                "they were made before the frame store existed (schema 1)"
-                if shards.schema_versions == [1]
-                else "they were made with --frames none (or mix shards with and without one)"
-            )
+            if shards.schema_versions == [1]:
+                why = "they were made before the frame store existed (schema 1)"
+            elif shards.mixed_stores:
+                why = "some shards have a frame store and some do not, or theirs differ"
+            else:
+                why = "they were made with --frames none"
         else:
             why = (
                 f"it holds {store.width}x{store.height} frames and {size[0]}x{size[1]} are "
@@ -115,12 +116,15 @@ def open_frame_source(
             )
         if prefer == "store":
             raise ConfigError(f"{shards.directory}: no usable frame store: {why}")
+        root = resolve_videos_root(shards, videos)
         if (shards.directory, why) not in _WARNED:  # once, however often the shards are opened
             _WARNED.add((shards.directory, why))
             log.warning(
-                "%s: no usable frame store (%s); decoding clips from the source videos, which is "
-                "much slower",
+                "%s: no usable frame store (%s); decoding clips from the source videos under %s, "
+                "which is much slower",
                 shards.directory,
                 why,
+                root,
             )
+        return SourceFrames(shards, size, root)
     return SourceFrames(shards, size, resolve_videos_root(shards, videos))

@@ -401,6 +401,7 @@ class ShardSet:
         self.provenance = shards[0].provenance
         # The store is used only when every shard has one, all coded alike.
         formats = {s.store for s in shards}
+        self.mixed_stores = len(formats) > 1
         self.store: StoreFormat | None = formats.pop() if len(formats) == 1 else None
         self.schema_versions = sorted({s.schema_version for s in shards})
         for s in shards[1:]:

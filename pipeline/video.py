@@ -80,6 +80,11 @@ _ROTATION = re.compile(r"display\s*matrix: rotation of (-?[\d.]+) degrees", re.I
 _NOISE = ("Parsed_showinfo", "color_range", "Press [q]", "frame=", "video:", "Metadata", "encoder")
 
 
+def format_size(size: tuple[int, int]) -> str:
+    """``(171, 128)`` -> ``171x128``: sizes in messages, as the CLI takes them."""
+    return f"{size[0]}x{size[1]}"
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``171x128`` -> ``(171, 128)`` (width, height): how frame sizes are written on the CLI."""
     m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)

@@ -303,3 +303,10 @@ def test_bench_train_prints_and_writes_the_store_figures(tmp_path: Path) -> None
     assert written["store_clips_per_s_per_core"] > written["source_clips_per_s_per_core"] > 0
     assert 0 < written["store_bytes_per_frame"] < 64 * 64 * 3
     assert written["store_psnr_db"] >= 40 and written["store_psnr_frames"] == 40 + 5
+
+
+@pytest.mark.parametrize("size", [(8, 128), (171, 15), (100000, 100000), (1025, 768)])
+def test_an_impossible_store_size_is_refused_before_any_video(tmp_path: Path, size: tuple) -> None:
+    with pytest.raises(ConfigError, match=rf"--store-size {size[0]}x{size[1]}: both sides"):
+        ExtractConfig(videos=str(tmp_path), out=str(tmp_path / "out"), store_size=size)
+    assert not (tmp_path / "out").exists()

@@ -311,7 +311,7 @@ def test_a_clip_size_a_student_cannot_take_is_refused_in_one_line(
     with pytest.raises(ConfigError, match=r"mvit_v2_s takes only 16x224x224 clips"):
         TrainConfig(targets=str(mixed_shards), out=str(tmp_path / "r"), student="mvit_v2_s",
                     clip_len=8, crop=112)  # fmt: skip
-    with pytest.raises(ConfigError, match=r"swin3d_t needs crop >= 32"):
+    with pytest.raises(ConfigError, match=r"swin3d_t needs --crop >= 32"):
         TrainConfig(targets=str(mixed_shards), out=str(tmp_path / "r"), student="swin3d_t",
                     clip_len=8, resize=(40, 24), crop=24)  # fmt: skip
     with pytest.raises(ConfigError, match=r"mvit_v2_s takes only 16x224x224 clips"):

@@ -19,7 +19,7 @@ def _cfg(**kw: object) -> TrainConfig:
     [
         ({"student": "resnet50"}, "unknown student"),
         ({"clip_len": 0}, "clip_len must be at least 1"),
-        ({"student": "s3d", "clip_len": 4}, "s3d needs clip_len >= 8"),
+        ({"student": "s3d", "clip_len": 4}, "s3d needs --clip-len >= 8"),
         ({"crop": 200}, "larger than the resized frame"),
         ({"lr": 0.0}, "lr and temperature must be positive"),
         ({"temperature": -1.0}, "lr and temperature must be positive"),

@@ -64,8 +64,8 @@ from distinit.train.config import TrainConfig
     "--workers",
     type=int,
     default=DEFAULT_LOADER_WORKERS,
-    show_default=True,
-    help="Loader worker processes [default: one per core, at most 4].",
+    show_default=f"one per core, at most 4; here {DEFAULT_LOADER_WORKERS}",
+    help="Loader worker processes.",
 )
 @click.option(
     "--clips", type=int, default=32, show_default=True, help="Clips timed per loader measurement."

@@ -13,6 +13,7 @@ from typing import Any
 from distinit.pipeline.errors import ConfigError, UnknownNameError
 from distinit.pipeline.frame_source import FRAME_SOURCES
 from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
+from distinit.pipeline.video import format_size
 
 __all__ = ["TrainConfig", "parse_teacher_weight"]
 
@@ -104,9 +105,14 @@ class TrainConfig:
                 f"got {self.embedding_loss!r}"
             )
         if len(self.resize) != 2 or min(self.resize) < 1:
-            raise ConfigError(f"resize must be two positive sizes, got {self.resize}")
+            raise ConfigError(
+                f"--resize must be two positive sizes, got {format_size(self.resize)}"
+            )
         if self.crop > min(self.resize):
-            raise ConfigError(f"crop {self.crop} is larger than the resized frame {self.resize}")
+            raise ConfigError(
+                f"--crop {self.crop} is larger than the resized frame "
+                f"(--resize {format_size(self.resize)})"
+            )
         if self.workers < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
             raise ConfigError("workers, warmup_steps and weight_decay must not be negative")
         if not self.lr > 0 or not self.temperature > 0:
@@ -123,7 +129,7 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.modality == "flow" and self.clip_len < 2:
-            raise ConfigError("flow needs clip_len >= 2: one frame has no motion")
+            raise ConfigError("flow needs --clip-len >= 2: one frame has no motion")
         for name in ("max_steps", "stop_after"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -49,9 +49,9 @@ class StudentSpec:
                 f"--crop {side}), got {clip_len}x{crop}x{crop}"
             )
         if clip_len < self.min_clip_len:
-            raise ConfigError(f"{self.name} needs clip_len >= {self.min_clip_len}")
+            raise ConfigError(f"{self.name} needs --clip-len >= {self.min_clip_len}")
         if crop < self.min_crop:
-            raise ConfigError(f"{self.name} needs crop >= {self.min_crop}, got {crop}")
+            raise ConfigError(f"{self.name} needs --crop >= {self.min_crop}, got {crop}")
 
 
 def _resnet3d(builder: Callable[..., nn.Module]) -> Callable[[], nn.Module]:
