@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -273,7 +273,7 @@ def verify_store(
     assert shards.store is not None
     source = SourceFrames(shards, shards.store.size, root) if root is not None else None
     squared_error, values, decoded, problems = 0.0, 0, 0, []
-    for video_id, rows in picks.items():
+    for video_id, rows in _spans(picks):
         try:
             stored = shards.frames(video_id, rows)
         except ShardError as exc:
@@ -296,7 +296,16 @@ def verify_store(
     return result
 
 
-RECOMPUTE_BATCH = 32  # frames per teacher call: bounds memory whatever a video's row count
+RECOMPUTE_BATCH = 32  # frames per teacher call
+SPAN_ROWS = 256  # rows of one video decoded at once: bounds memory however long the video
+
+
+def _spans(picks: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
+    """Each video's drawn rows in ascending runs of at most :data:`SPAN_ROWS`: one decode each,
+    so a video is read through once, however many of its rows were drawn."""
+    for video_id, rows in picks.items():
+        for start in range(0, len(rows), SPAN_ROWS):
+            yield video_id, rows[start : start + SPAN_ROWS]
 
 
 def recompute_targets(
@@ -329,7 +338,7 @@ def recompute_targets(
     logits_keys = shards.logits_keys()
     kls: list[np.ndarray] = []
     cosines: list[np.ndarray] = []
-    for video_id, rows in picks.items():
+    for video_id, rows in _spans(picks):
         frames = decode_at_times(root / video_id, runner.geometry, shards.times(video_id)[rows])
         cached = {**shards.logits(video_id, rows), **shards.embeddings(video_id, rows)}
         for start in range(0, len(rows), RECOMPUTE_BATCH):
