@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
@@ -290,8 +291,10 @@ def extract(
     type=int,
     default=None,
     metavar="N",
-    help="Check every checksum and re-run the teacher on N random cached frames; "
-    "exit 1 on a mismatch.",
+    help="Check every checksum and the store's GOP tables, then decode N distinct random rows "
+    "(all rows if fewer) from the store, compare them with the source videos (PSNR) and re-run "
+    "the teachers on them; exit 1 on damage or a mismatch. Source videos not found: those two "
+    "are skipped (see --videos).",
 )
 @click.option(
     "--tolerance",
@@ -302,6 +305,15 @@ def extract(
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed choosing the --verify frames."
+)
+@click.option(
+    "--videos",
+    "videos_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the source videos are now, if they moved since extract [default: the "
+    "directory extract read]. Used by --verify (store PSNR, teacher recompute) and by --save "
+    "when the frames come from the source.",
 )
 def inspect(
     shards: str,
@@ -316,6 +328,7 @@ def inspect(
     verify: int | None,
     tolerance: float,
     seed: int,
+    videos_dir: str | None,
 ) -> None:
     """Summarise a shard directory, show a video's top classes, or verify the cached targets."""
     from distinit.extract import inspection
@@ -323,7 +336,16 @@ def inspect(
 
     shard_set = ShardSet(shards)
     if verify is not None:
-        report = inspection.verify(shard_set, verify, seed=seed)
+        line, started = ProgressLine(), time.monotonic()
+
+        def progress(text: str) -> None:
+            if time.monotonic() - started > 2.0:  # a quick check prints only its result
+                line.update(f"verify: {text}")
+
+        report = inspection.verify(
+            shard_set, verify, seed=seed, videos=videos_dir, progress=progress
+        )
+        line.close()
         ok = report["ok"] = (
             not report["problems"]
             and report["max_kl"] <= tolerance
@@ -339,7 +361,9 @@ def inspect(
     if save_dir is not None:
         if video_id is None or rows is None:
             raise ConfigError("--save needs --video ID and --rows A:B[:S]")
-        written, where = inspection.save_rows(shard_set, video_id, rows, save_dir, frames_from)
+        written, where = inspection.save_rows(
+            shard_set, video_id, rows, save_dir, frames_from, videos=videos_dir
+        )
         click.echo(f"wrote {len(written)} frames to {save_dir} (from the {where})")
         return
     if video_id is not None:

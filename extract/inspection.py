@@ -5,11 +5,13 @@ from __future__ import annotations
 import difflib
 import os
 import posixpath
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from distinit.pipeline.errors import ShardError
+from distinit.pipeline.errors import ConfigError, ShardError
 from distinit.pipeline.shards import ShardSet, TeacherInfo, dequantize, quantize
 
 
@@ -98,7 +100,8 @@ def format_summary(s: dict[str, Any]) -> str:
             else ""
         ),
         (
-            f"frame store: {s['store']}, {s['store_bytes'] / max(s['frames'], 1):.0f} bytes/frame"
+            f"frame store: {s['store']}"
+            + (f", {s['store_bytes'] / s['frames']:.0f} bytes/frame" if s["frames"] else "")
             if s["store"]
             else "frame store: none (training decodes the source videos)"
         ),
@@ -167,26 +170,160 @@ def format_top(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def verify(shards: ShardSet, n: int, seed: int = 0) -> dict[str, Any]:
-    """Read every byte (checksums), then recompute ``n`` random cached frames with the teachers."""
+def draw_rows(shards: ShardSet, n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` distinct rows drawn uniformly from every ok video's rows (all of them when ``n`` is
+    at least their number), as ascending local rows per video id: each video is then decoded
+    once, however many of its rows were drawn."""
+    videos = shards.ok_videos()
+    counts = np.array([r.row_count for r in videos], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    total = int(starts[-1])
+    picks = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+    which = np.searchsorted(starts, picks, side="right") - 1
+    return {videos[i].id: picks[which == i] - starts[i] for i in np.unique(which)}
+
+
+Progress = Callable[[str], None]  # called with e.g. "store rows decoded 40/64"
+
+
+def _row_checks(shards: ShardSet, store_check: str) -> str:
+    """What ``verify`` does with the drawn rows of these shards, for a line saying it skipped."""
+    checks = [store_check] * (shards.store is not None) + ["target recompute"] * bool(
+        shards.teachers
+    )
+    return " and ".join(checks) or "the row checks"
+
+
+def verify(
+    shards: ShardSet,
+    n: int,
+    seed: int = 0,
+    videos: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Read every byte (checksums) and check the store's GOP tables; then, on ``n`` distinct
+    random rows, decode the frame store (PSNR against the source videos) and recompute the
+    teachers' targets from the source videos.
+
+    Damage (checksums, GOP tables, frames that do not match) goes to ``problems``. Source videos
+    that cannot be found are not damage (shards with a store are portable): the parts that need
+    them are skipped and ``skipped`` says why; ``videos`` (``--videos``) says where they are
+    now, and is an error when they are not there either."""
+    from distinit.pipeline.frame_source import resolve_videos_root
+
+    checksum_problems = shards.verify_checksums()
+    problems = checksum_problems + shards.verify_store_tables()
+    report: dict[str, Any] = {"frames_checked": 0, "max_abs_logit_diff": 0.0, "max_kl": 0.0,
+                              "mean_kl": 0.0, "problems": problems,
+                              "checksums_intact": not checksum_problems, "rows_asked": n,
+                              "rows_drawn": 0, "store": None, "skipped": None}  # fmt: skip
+    if problems:
+        report["skipped"] = f"the shards are damaged: {_row_checks(shards, 'store decode')} skipped"
+        return report
+    if n <= 0 or not shards.ok_videos():
+        why = "no rows asked for" if n <= 0 else "the shards hold no extracted frames"
+        report["skipped"] = f"{why}: {_row_checks(shards, 'store decode')} skipped"
+        return report
+    picks = draw_rows(shards, n, seed)
+    report["rows_drawn"] = sum(len(rows) for rows in picks.values())
+    root: Path | None = None
+    try:
+        root = resolve_videos_root(shards, videos)
+    except ConfigError as exc:
+        if videos is not None:
+            raise  # asked for a directory that does not hold them: not something to skip
+        report["skipped"] = f"{_row_checks(shards, 'store PSNR')} skipped: {exc}"
+    if shards.store is not None:
+        advance = _counter("store rows decoded", report["rows_drawn"], progress)
+        report["store"] = verify_store(shards, picks, root, advance)
+        problems += report["store"].pop("problems")
+    if shards.teachers and root is not None and not problems:
+        advance = _counter("frames recomputed", report["rows_drawn"], progress)
+        recompute_targets(shards, picks, root, report, advance)
+    return report
+
+
+def _counter(what: str, total: int, progress: Progress | None) -> Callable[[int], None]:
+    """Counts rows done and tells ``progress`` (``"<what> done/total"``)."""
+    done = [0]
+
+    def advance(rows: int) -> None:
+        done[0] += rows
+        if progress is not None:
+            progress(f"{what} {done[0]}/{total}")
+
+    return advance
+
+
+STORE_MIN_PSNR_DB = 30.0  # far below the ~41 dB of the store's coding: a wrong or broken frame
+
+
+def verify_store(
+    shards: ShardSet,
+    picks: dict[str, np.ndarray],
+    root: Path | None,
+    advance: Callable[[int], None],
+) -> dict[str, Any]:
+    """Decode the drawn rows from the frame store and, when the source videos are at ``root``,
+    compare them with the source decoded at the same size by the rows' timestamps (PSNR pooled
+    over every row)."""
+    from distinit.pipeline.frame_source import SourceFrames
+    from distinit.pipeline.framestore import psnr_from_mse
+
+    assert shards.store is not None
+    source = SourceFrames(shards, shards.store.size, root) if root is not None else None
+    squared_error, values, decoded, problems = 0.0, 0, 0, []
+    for video_id, rows in _spans(picks):
+        try:
+            stored = shards.frames(video_id, rows)
+        except ShardError as exc:
+            problems.append(f"{video_id}: {exc}")
+            continue
+        decoded += len(rows)
+        if source is not None:
+            diff = stored.astype(np.float64) - source(video_id, rows)
+            squared_error += float(np.square(diff).sum())
+            values += diff.size
+        advance(len(rows))
+    result: dict[str, Any] = {"rows_decoded": decoded, "format": shards.store.describe()}
+    result["psnr_db"] = psnr_from_mse(squared_error / values) if values else None
+    if result["psnr_db"] is not None and result["psnr_db"] < STORE_MIN_PSNR_DB:
+        problems.append(
+            f"frame store: PSNR {result['psnr_db']:.1f} dB against the source "
+            f"(expected about 40): frames damaged or not the cached ones"
+        )
+    result["problems"] = problems
+    return result
+
+
+RECOMPUTE_BATCH = 32  # frames per teacher call
+SPAN_ROWS = 256  # rows of one video decoded at once: bounds memory however long the video
+
+
+def _spans(picks: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
+    """Each video's drawn rows in ascending runs of at most :data:`SPAN_ROWS`: one decode each,
+    so a video is read through once, however many of its rows were drawn."""
+    for video_id, rows in picks.items():
+        for start in range(0, len(rows), SPAN_ROWS):
+            yield video_id, rows[start : start + SPAN_ROWS]
+
+
+def recompute_targets(
+    shards: ShardSet,
+    picks: dict[str, np.ndarray],
+    root: Path,
+    report: dict[str, Any],
+    advance: Callable[[int], None],
+) -> None:
+    """Run the recorded teachers on the drawn rows decoded from the source videos (one decode
+    per video) and put how far the cached targets are from the fresh ones into ``report``."""
     from distinit.extract.inference import TeacherRunner
     from distinit.extract.teachers import load_teacher
     from distinit.pipeline.device import resolve_device
     from distinit.pipeline.video import decode_at_times
 
-    problems = shards.verify_checksums() + shards.verify_store_tables()
-    report: dict[str, Any] = {"frames_checked": 0, "max_abs_logit_diff": 0.0, "max_kl": 0.0,
-                              "mean_kl": 0.0, "problems": problems, "store": None}  # fmt: skip
-    videos = shards.ok_videos()
-    if problems or n <= 0 or not videos:
-        return report
+    problems: list[str] = report["problems"]
     config = shards.provenance.get("config", {})
-    root = shards.provenance.get("videos_root", "")
-    if shards.store is not None:
-        report["store"] = verify_store(shards, n, root, seed)
-        problems += report["store"].pop("problems")
-    if not shards.teachers:
-        return report
     kinds: dict[str, tuple[str, ...]] = {}
     for info in shards.teachers:
         kinds[info.name] = (*kinds.get(info.name, ()), info.kind)
@@ -196,32 +333,25 @@ def verify(shards: ShardSet, n: int, seed: int = 0) -> dict[str, Any]:
         if loaded.weights_sha256 != recorded[loaded.name].weights_sha256:
             problems.append(f"{loaded.name}: weights differ from those the shards were made with")
     if problems:
-        return report
+        return
     runner = TeacherRunner(teachers, resolve_device("cpu"), "fp32", kinds=kinds)
-    rng = np.random.default_rng(seed)
-    picks: dict[str, list[int]] = {}
-    for _ in range(n):
-        r = videos[rng.integers(len(videos))]
-        picks.setdefault(r.id, []).append(int(rng.integers(r.row_count)))
+    logits_keys = shards.logits_keys()
     kls: list[np.ndarray] = []
     cosines: list[np.ndarray] = []
-    for video_id, rows in picks.items():
-        rows = sorted(set(rows))
-        path = os.path.join(root, video_id)
-        if not os.path.isfile(path):
-            problems.append(f"{video_id}: video not found under {root}")
-            continue
-        frames = decode_at_times(path, runner.geometry, shards.times(video_id)[rows])
-        fresh = runner(frames)
+    for video_id, rows in _spans(picks):
+        frames = decode_at_times(root / video_id, runner.geometry, shards.times(video_id)[rows])
         cached = {**shards.logits(video_id, rows), **shards.embeddings(video_id, rows)}
-        for key, values in fresh.items():
-            if key in shards.logits_keys():
-                diff = float(np.abs(values - cached[key]).max())
-                report["max_abs_logit_diff"] = max(report["max_abs_logit_diff"], diff)
-                kls.append(kl_divergence(values, cached[key]))
-            else:
-                cosines.append(cosine_rows(values, cached[key]))
+        for start in range(0, len(rows), RECOMPUTE_BATCH):
+            part = slice(start, start + RECOMPUTE_BATCH)
+            for key, values in runner(frames[part]).items():
+                if key in logits_keys:
+                    diff = float(np.abs(values - cached[key][part]).max())
+                    report["max_abs_logit_diff"] = max(report["max_abs_logit_diff"], diff)
+                    kls.append(kl_divergence(values, cached[key][part]))
+                else:
+                    cosines.append(cosine_rows(values, cached[key][part]))
         report["frames_checked"] += len(rows)
+        advance(len(rows))
     if kls:
         all_kl = np.concatenate(kls)
         report["max_kl"] = float(all_kl.max())
@@ -233,64 +363,28 @@ def verify(shards: ShardSet, n: int, seed: int = 0) -> dict[str, Any]:
         report["embedding_min_cosine"] = float(all_cos.min())
         report["embedding_bytes_per_frame"] = sum(d + 8 for d in dims)
         report["embedding_bytes_per_dim"] = sum(d + 8 for d in dims) / sum(dims)
-    return report
-
-
-STORE_MIN_PSNR_DB = 30.0  # far below the ~41 dB of the store's coding: a wrong or broken frame
-
-
-def verify_store(shards: ShardSet, n: int, root: str, seed: int) -> dict[str, Any]:
-    """Decode ``n`` random rows from the frame store and compare them with the source video
-    decoded at the same size by the rows' timestamps (PSNR)."""
-    from distinit.pipeline.framestore import psnr
-    from distinit.pipeline.video import FrameGeometry, decode_at_times
-
-    assert shards.store is not None
-    geometry = FrameGeometry(*shards.store.size)
-    rng = np.random.default_rng([seed, 1])
-    videos = shards.ok_videos()
-    stored, source, problems = [], [], []
-    for _ in range(n):
-        r = videos[rng.integers(len(videos))]
-        row = int(rng.integers(r.row_count))
-        try:
-            stored.append(shards.frames(r.id, [row]))
-        except ShardError as exc:
-            problems.append(f"{r.id} row {row}: {exc}")
-            continue
-        path = os.path.join(root, r.id)
-        if os.path.isfile(path):
-            source.append(decode_at_times(path, geometry, shards.times(r.id)[[row]]))
-    result: dict[str, Any] = {"rows_decoded": len(stored), "format": shards.store.describe()}
-    result["psnr_db"] = (
-        psnr(np.concatenate(stored[: len(source)]), np.concatenate(source))
-        if source and len(source) == len(stored)
-        else None
-    )
-    if result["psnr_db"] is not None and result["psnr_db"] < STORE_MIN_PSNR_DB:
-        problems.append(
-            f"frame store: PSNR {result['psnr_db']:.1f} dB against the source "
-            f"(expected about 40): frames damaged or not the cached ones"
-        )
-    result["problems"] = problems
-    return result
 
 
 def format_verify(report: dict[str, Any]) -> str:
     store = report.get("store")
     lines = [
         "checksums: every chunk of every shard read"
-        + (" — damage found" if report["problems"] else ", all intact"),
+        + (", all intact" if report.get("checksums_intact") else " — damage found"),
     ]
+    if report["rows_drawn"] < report["rows_asked"]:
+        lines.append(
+            f"--verify {report['rows_asked']}: the shards hold {report['rows_drawn']} rows; "
+            "checking every one"
+        )
     if store is not None:
         quality = (
-            f"PSNR {store['psnr_db']:.1f} dB against the source at the same size"
+            f", PSNR {store['psnr_db']:.1f} dB against the source at the same size"
             if store["psnr_db"] is not None
-            else "source videos not found: PSNR not measured"
+            else ""
         )
         lines.append(
             f"frame store ({store['format']}): GOP tables match the rows, "
-            f"{store['rows_decoded']} random rows decoded, {quality}"
+            f"{store['rows_decoded']} rows decoded{quality}"
         )
     if report["frames_checked"]:
         lines.append(
@@ -298,8 +392,6 @@ def format_verify(report: dict[str, Any]) -> str:
             f"{report['max_abs_logit_diff']:.4f}, KL max {report['max_kl']:.2e} "
             f"mean {report['mean_kl']:.2e} (tolerance {report.get('tolerance', float('nan')):.2e})"
         )
-    else:
-        lines.append("no teacher targets recomputed (no teachers, or no frames asked for)")
     if "embedding_mean_cosine" in report:
         lines.append(
             f"embeddings: {report['embedding_bytes_per_frame']} B/frame = "
@@ -307,6 +399,8 @@ def format_verify(report: dict[str, Any]) -> str:
             f"recomputed: mean {report['embedding_mean_cosine']:.5f}, "
             f"min {report['embedding_min_cosine']:.5f}"
         )
+    if report["skipped"]:
+        lines.append(report["skipped"])
     lines += [f"problem: {p}" for p in report["problems"]]
     lines.append("OK" if report.get("ok") else "FAILED")
     return "\n".join(lines)
@@ -330,10 +424,16 @@ def parse_rows(text: str, row_count: int) -> np.ndarray:
 
 
 def save_rows(
-    shards: ShardSet, video_id: str, rows_text: str, out_dir: str, source: str = "auto"
+    shards: ShardSet,
+    video_id: str,
+    rows_text: str,
+    out_dir: str,
+    source: str = "auto",
+    videos: str | None = None,
 ) -> tuple[list[str], str]:
     """Write the frames stage two decodes for the given rows as ``out_dir/<row>.png`` (the
-    store's size, uncropped). Returns the files written and where the frames came from."""
+    store's size, uncropped). Returns the files written and where the frames came from;
+    ``videos`` is where the source videos are if they moved since extract."""
     import cv2
 
     from distinit.pipeline.frame_source import open_frame_source
@@ -341,7 +441,7 @@ def save_rows(
     rows = parse_rows(rows_text, len(shards.times(video_id)))  # an unknown id: a clear error
     config = shards.provenance.get("config", {})
     size = shards.store.size if shards.store else tuple(config.get("store_size", (171, 128)))
-    frames = open_frame_source(shards, (int(size[0]), int(size[1])), prefer=source)
+    frames = open_frame_source(shards, (int(size[0]), int(size[1])), videos=videos, prefer=source)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for row, frame in zip(rows, frames(video_id, rows), strict=True):

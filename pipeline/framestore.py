@@ -189,5 +189,10 @@ def decode_gop(blob: bytes, fmt: StoreFormat, positions: np.ndarray) -> np.ndarr
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of uint8 images ``a`` against ``b`` from their pooled squared error."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return psnr_from_mse(float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of uint8 images whose mean squared error is ``mse`` (pooled by the caller,
+    e.g. over more frames than fit in memory at once)."""
     return float("inf") if mse == 0 else 10.0 * float(np.log10(255.0**2 / mse))

@@ -310,3 +310,111 @@ def test_an_impossible_store_size_is_refused_before_any_video(tmp_path: Path, si
     with pytest.raises(ConfigError, match=rf"--store-size {size[0]}x{size[1]}: both sides"):
         ExtractConfig(videos=str(tmp_path), out=str(tmp_path / "out"), store_size=size)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def teacher_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The index videos extracted with a real teacher and a 64x64 frame store (45 rows)."""
+    root = tmp_path_factory.mktemp("teacher_store")
+    videos, _ = index_dataset(root)
+    summary = run_extract(
+        ExtractConfig(videos=str(videos), out=str(root / "targets"), store_size=(SIZE, SIZE),
+                      workers=1, device="cpu", compile="off", batch_size=8)
+    )  # fmt: skip
+    assert summary.failed == 0 and summary.done == 2
+    return videos, root / "targets"
+
+
+def _inspect(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["inspect", *args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def test_inspect_verify_with_the_videos_moved_is_ok_and_says_what_it_skipped(
+    teacher_store: tuple[Path, Path], tmp_path: Path
+) -> None:
+    videos, shards = teacher_store
+    moved = tmp_path / "moved"
+    os.rename(videos, moved)  # the store makes the shards portable: moving videos is no damage
+    try:
+        code, out = _inspect(str(shards), "--verify", "8")
+        assert code == 0, out
+        assert "all intact" in out and "damage" not in out and out.rstrip().endswith("OK")
+        assert "GOP tables match the rows, 8 rows decoded" in out
+        skipped = [line for line in out.splitlines() if "skipped" in line]
+        assert len(skipped) == 1, out
+        assert skipped[0].startswith("store PSNR and target recompute skipped: ")
+        assert str(videos) in skipped[0] and "pass --videos DIR" in skipped[0]
+        assert "problem:" not in out and "recomputed" not in out
+        # --videos says where they are now: the parts that need them run.
+        code, out = _inspect(str(shards), "--verify", "8", "--videos", str(moved))
+        assert code == 0, out
+        assert "PSNR" in out and "dB against the source" in out and "recomputed 8 frames" in out
+        assert "skipped" not in out
+        # --save from the source finds them there too.
+        save = ["--video", "a/clip.mp4", "--rows", "0:4", "--save", str(tmp_path / "png")]
+        code, out = _inspect(str(shards), *save, "--from", "source", "--videos", str(moved))
+        assert code == 0 and str(moved) in out, out
+        # A --videos that does not hold them is an error, not something to skip.
+        with pytest.raises(ConfigError, match="does not exist"):
+            _inspect(str(shards), "--verify", "8", "--videos", str(tmp_path / "nowhere"))
+    finally:
+        os.rename(moved, videos)
+
+
+def test_inspect_verify_reports_a_flipped_byte_as_damage(
+    teacher_store: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import h5py
+
+    _, shards = teacher_store
+    damaged = tmp_path / "damaged"
+    shutil.copytree(shards, damaged)
+    (path,) = damaged.glob("*.h5")
+    with h5py.File(path, "r") as f:
+        offset = f["store/bytes"].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[offset + 100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    code, out = _inspect(str(damaged), "--verify", "8")
+    assert code != 0 and out.rstrip().endswith("FAILED"), out
+    assert "damage found" in out and f"problem: {path.name}" in out
+    assert "the shards are damaged: store decode and target recompute skipped" in out
+    assert "no frames asked for" not in out
+
+
+def test_inspect_verify_draws_distinct_rows_capped_at_the_row_count(
+    teacher_store: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distinit.extract import inspection
+    from distinit.extract.inspection import draw_rows
+
+    monkeypatch.setattr(inspection, "SPAN_ROWS", 16)  # a 40-row video: decoded in three spans
+
+    _, shards = teacher_store
+    shard_set = ShardSet(shards)
+    total = shard_set.total_rows()
+    for n in (1, 30, total, 1000):
+        picks = draw_rows(shard_set, n, seed=3)
+        assert sum(len(rows) for rows in picks.values()) == min(n, total)
+        for video_id, rows in picks.items():
+            assert np.all(np.diff(rows) > 0)  # ascending, no row twice
+            assert rows[0] >= 0 and rows[-1] < shard_set.records[video_id].row_count
+    code, out = _inspect(str(shards), "--verify", "1000")
+    assert code == 0 and total == 45, out
+    assert f"--verify 1000: the shards hold {total} rows; checking every one" in out
+    assert f"GOP tables match the rows, {total} rows decoded" in out
+    assert f"recomputed {total} frames" in out
+
+
+def test_inspect_prints_no_bytes_per_frame_for_an_empty_store(
+    store_dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
+    videos, _ = store_dataset
+    empty = write_shards(tmp_path / "empty", videos, [])
+    code, out = _inspect(str(empty))
+    assert code == 0 and "0 frames" in out, out
+    (store_line,) = [line for line in out.splitlines() if line.startswith("frame store:")]
+    assert "bytes/frame" not in store_line
