@@ -418,7 +418,11 @@ def parse_rows(text: str, row_count: int) -> np.ndarray:
         step = int(parts[2]) if len(parts) == 3 and parts[2] else 1
     except ValueError:
         raise ShardError(f"--rows {text!r}: expected A:B or A:B:S (e.g. 0:16:2)") from None
-    if not (0 <= start < stop <= row_count) or step < 1:
+    if step < 1:
+        raise ShardError(f"--rows {text!r}: the step S must be at least 1")
+    if start >= stop:
+        raise ShardError(f"--rows {text!r}: A must be below B (rows A, A+S, ... < B)")
+    if not (start >= 0 and stop <= row_count):
         raise ShardError(f"--rows {text!r}: the video has rows 0..{row_count - 1}")
     return np.arange(start, stop, step)
 

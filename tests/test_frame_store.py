@@ -418,3 +418,17 @@ def test_inspect_prints_no_bytes_per_frame_for_an_empty_store(
     assert code == 0 and "0 frames" in out, out
     (store_line,) = [line for line in out.splitlines() if line.startswith("frame store:")]
     assert "bytes/frame" not in store_line
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [("8:0", "A must be below B"), ("4:4", "A must be below B"), ("0:8:0", "step S"),
+     ("0:41", "rows 0..39"), ("-1:4", "rows 0..39"), ("a:b", "expected A:B")],
+)  # fmt: skip
+def test_a_bad_rows_range_says_what_is_wrong_with_it(text: str, reason: str) -> None:
+    from distinit.extract.inspection import parse_rows
+
+    assert parse_rows("3:20:4", 40).tolist() == [3, 7, 11, 15, 19]
+    assert parse_rows("36:", 40).tolist() == [36, 37, 38, 39]
+    with pytest.raises(ShardError, match=reason):
+        parse_rows(text, 40)
