@@ -147,7 +147,9 @@ def cli() -> None:
       distinit train   --targets SHARDS --out RUN
       distinit eval    --dataset hmdb51 --root HMDB51 --checkpoint RUN/final.pt --out OUT
     """
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # -v set the level
+    # Notices read "WARNING: ..."; with -v (set up first, as an eager option) the logger's name
+    # is shown too, for finding where a message comes from.
+    logging.basicConfig(format="%(levelname)s: %(message)s")
 
 
 def one_line(exc: DistinitError) -> str:
