@@ -22,7 +22,7 @@ import numpy as np
 
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.shards import ShardSet
-from distinit.pipeline.video import FrameGeometry, decode_at_times
+from distinit.pipeline.video import FrameGeometry, decode_at_times, format_size
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ def open_frame_source(
     if prefer not in FRAME_SOURCES:
         raise ConfigError(f"frame source must be one of {FRAME_SOURCES}, got {prefer!r}")
     store = shards.store
+    why = None  # why the store is not used, when the user did not ask for the source
     if prefer != "source":
         if store is not None and store.size == size:
             return StoreFrames(shards)
@@ -111,20 +112,19 @@ def open_frame_source(
                 why = "they were made with --frames none"
         else:
             why = (
-                f"it holds {store.width}x{store.height} frames and {size[0]}x{size[1]} are "
-                f"wanted; train --resize {store.width}x{store.height} uses it"
+                f"it holds {format_size(store.size)} frames and {format_size(size)} are "
+                f"wanted; train --resize {format_size(store.size)} uses it"
             )
         if prefer == "store":
             raise ConfigError(f"{shards.directory}: no usable frame store: {why}")
-        root = resolve_videos_root(shards, videos)
-        if (shards.directory, why) not in _WARNED:  # once, however often the shards are opened
-            _WARNED.add((shards.directory, why))
-            log.warning(
-                "%s: no usable frame store (%s); decoding clips from the source videos under %s, "
-                "which is much slower",
-                shards.directory,
-                why,
-                root,
-            )
-        return SourceFrames(shards, size, root)
-    return SourceFrames(shards, size, resolve_videos_root(shards, videos))
+    root = resolve_videos_root(shards, videos)
+    if why is not None and (shards.directory, why) not in _WARNED:  # once per directory
+        _WARNED.add((shards.directory, why))
+        log.warning(
+            "%s: no usable frame store (%s); decoding clips from the source videos under %s, "
+            "which is much slower",
+            shards.directory,
+            why,
+            root,
+        )
+    return SourceFrames(shards, size, root)

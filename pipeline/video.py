@@ -80,9 +80,10 @@ _ROTATION = re.compile(r"display\s*matrix: rotation of (-?[\d.]+) degrees", re.I
 _NOISE = ("Parsed_showinfo", "color_range", "Press [q]", "frame=", "video:", "Metadata", "encoder")
 
 
-def format_size(size: tuple[int, int]) -> str:
-    """``(171, 128)`` -> ``171x128``: sizes in messages, as the CLI takes them."""
-    return f"{size[0]}x{size[1]}"
+def format_size(size: tuple[int, ...]) -> str:
+    """``(171, 128)`` -> ``171x128``: sizes in messages, as the CLI takes them (a malformed
+    size of another length still prints, e.g. ``171``)."""
+    return "x".join(map(str, size))
 
 
 def parse_size(text: str) -> tuple[int, int]:
