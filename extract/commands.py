@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,6 +22,33 @@ from distinit.pipeline.cli import FRAME_SIZE
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.progress import ProgressLine, format_duration
 from distinit.pipeline.runtime import process_from_environment
+from distinit.pipeline.views import DEFAULT_CROP, DEFAULT_POSITIONS
+
+if TYPE_CHECKING:
+    from distinit.pipeline.shards import ShardSet
+
+RECIPE_VIEW = "recipe"
+
+
+class _ViewsType(click.ParamType):
+    """``--views``: a number of crop positions, or ``recipe`` (None)."""
+
+    name = "N|recipe"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == RECIPE_VIEW:
+            return None
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r}: give a number of crop positions (1 or more) or 'recipe'", param, ctx)
+
+
+VIEWS = _ViewsType()
 
 # inspect --verify: cached embeddings must point where freshly computed ones do.
 EMBEDDING_MIN_COSINE = 0.999
@@ -144,6 +172,29 @@ EMBEDDING_MIN_COSINE = 0.999
     help="Size of the stored frames: the student's frame size (train's --resize), stretched.",
 )
 @click.option(
+    "--views",
+    type=VIEWS,
+    default=str(DEFAULT_POSITIONS),
+    show_default=True,
+    help="Crop positions of every frame the teachers run on, spanning the frame on each axis "
+    "(each also mirrored unless --no-mirror-views): train draws its crop among them, so each "
+    "target is the teacher on exactly what the student sees. N times the teacher time and "
+    "target bytes. 'recipe': one view, the teacher's own centre crop (matches no student crop).",
+)
+@click.option(
+    "--crop",
+    type=int,
+    default=DEFAULT_CROP,
+    show_default=True,
+    help="Side of the student's square crop of the --store-size frame (train's --crop).",
+)
+@click.option(
+    "--mirror-views/--no-mirror-views",
+    default=True,
+    show_default=True,
+    help="Also run the teachers on each view mirrored (train then flips; without, it does not).",
+)
+@click.option(
     "--retry-failed", is_flag=True, help="Try again the videos an earlier run recorded as failed."
 )
 @click.option(
@@ -170,6 +221,9 @@ def extract(
     strict: bool,
     frames_mode: str,
     store_size: tuple[int, int],
+    views: int | None,
+    crop: int,
+    mirror_views: bool,
 ) -> None:
     """Decode every frame of every video once, run the teacher(s), write logits to HDF5 shards."""
     env = process_from_environment()  # torchrun's or Slurm's rank, else 0 of 1
@@ -193,6 +247,9 @@ def extract(
         retry_failed=retry_failed,
         frames=frames_mode,
         store_size=store_size,
+        views=views,
+        crop=crop,
+        mirror_views=mirror_views,
     )
     from distinit.extract.runner import Progress, run_extract
     from distinit.extract.teachers import is_known_teacher, unknown_teacher
@@ -297,6 +354,15 @@ def extract(
     "are skipped (see --videos).",
 )
 @click.option(
+    "--consistency",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Draw N training clips with the real loader and re-run the teachers from the source "
+    "videos on exactly the crop each clip's student input covers; print how far the loader's "
+    "targets are (KL, cosine). Exit 1 if shards with views miss the cache's noise floor.",
+)
+@click.option(
     "--tolerance",
     type=float,
     default=0.05,
@@ -326,6 +392,7 @@ def inspect(
     top: int,
     plot: str | None,
     verify: int | None,
+    consistency: int | None,
     tolerance: float,
     seed: int,
     videos_dir: str | None,
@@ -335,6 +402,9 @@ def inspect(
     from distinit.pipeline.shards import ShardSet
 
     shard_set = ShardSet(shards)
+    if consistency is not None:
+        _consistency(shard_set, consistency, seed, videos_dir, as_json)
+        return
     if verify is not None:
         line, started = ProgressLine(), time.monotonic()
 
@@ -377,6 +447,39 @@ def inspect(
         raise ConfigError("--plot needs --video ID")
     summary = inspection.summary(shard_set)
     click.echo(json.dumps(summary) if as_json else inspection.format_summary(summary))
+
+
+def _consistency(
+    shard_set: ShardSet, clips: int, seed: int, videos_dir: str | None, as_json: bool
+) -> None:
+    """inspect --consistency: print the figure; exit 1 when targets of views are not the
+    teacher's output on the crops (a broken view mapping)."""
+    from distinit.pipeline import consistency as check
+
+    line, started = ProgressLine(), time.monotonic()
+
+    def progress(text: str) -> None:
+        if time.monotonic() - started > 2.0:
+            line.update(f"consistency: {text}")
+
+    try:
+        report = check.check_consistency(
+            shard_set, clips, videos=videos_dir, seed=seed, progress=progress
+        )
+    finally:
+        line.close()
+    ok = shard_set.views is None or report.consistent()
+    click.echo(
+        json.dumps({**report.to_json(), "ok": ok}) if as_json else check.format_consistency(report)
+    )
+    if not ok:
+        click.echo(
+            f"inconsistent: the targets of {shard_set.directory} are not the teacher's output on "
+            f"the crops the loader cuts (KL mean above {check.MAX_KL_MEAN:g} or cosine below "
+            f"{check.MIN_COSINE:g}); extract them again",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @click.command()

@@ -9,6 +9,7 @@ from typing import Any
 
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.video import format_size
+from distinit.pipeline.views import DEFAULT_CROP, DEFAULT_POSITIONS, ViewSet
 
 FRAME_MODES = ("store", "none")
 MAX_STORE_SIDE = 1024  # far above any student's input; a typo like 1710x1280 fails up front
@@ -57,6 +58,11 @@ class ExtractConfig:
     retry_failed: bool = False
     frames: str = "store"  # "store": also keep the student's frames; "none": targets only
     store_size: tuple[int, int] = (171, 128)  # (width, height): train's --resize
+    # Crop positions per frame the teachers run on (None: the teacher's own recipe, one view
+    # that matches no student crop), in the store_size frame with train's --crop, and mirrored.
+    views: int | None = DEFAULT_POSITIONS
+    crop: int = DEFAULT_CROP
+    mirror_views: bool = True
 
     def __post_init__(self) -> None:
         if not os.path.isdir(self.videos):
@@ -97,6 +103,13 @@ class ExtractConfig:
             raise ConfigError("--videos-per-shard must be at least 1")
         if os.path.abspath(self.out) == os.path.abspath(self.videos):
             raise ConfigError("--out must not be the --videos directory")
+        self.view_set()  # an impossible --views / --crop is refused before any work
+
+    def view_set(self) -> ViewSet | None:
+        """The views every teacher runs on (None: the teacher's own recipe, or no teacher)."""
+        if self.views is None or not self.teacher_names:
+            return None
+        return ViewSet.grid(self.store_size, self.crop, self.views, self.mirror_views)
 
     @property
     def teacher_names(self) -> tuple[str, ...]:

@@ -1,9 +1,12 @@
 """Running teachers on batches of decoded frames, as fast as the device allows.
 
-Frames are decoded once for all teachers (:func:`decode_geometry`), and each teacher makes its
-own input from that decode (:class:`TeacherInput`: a centre crop covering its own field of view,
-resized to its own input size with its own interpolation), so a teacher with a smaller input sees
-what its recipe says, and the shard records exactly what was done. Frames arrive as one
+Frames are decoded once for all teachers, and each teacher makes its inputs from that decode
+(:class:`TeacherInput`: square boxes of the decode, each resized to the teacher's input size with
+its own interpolation, mirrored where asked), so the shard records exactly what was done. Two
+decodes exist: with views (``pipeline/views.py``) the whole frame stretched to the student's
+frame times an integer scale, one box per view, so each target is the teacher on exactly a crop
+the student sees; without (``--views recipe``) the teacher's own recipe, one centre box
+covering the widest field of view any teacher crops (:func:`decode_geometry`). Frames arrive as one
 ``(B, H, W, 3)`` uint8 array; permuting it to NCHW gives a channels-last tensor for free, the
 layout convolutions run fastest in. Teachers run under ``torch.inference_mode`` and, when asked,
 autocast to bf16/fp16; targets come back as float32.
@@ -30,6 +33,7 @@ from distinit.extract.teachers import Teacher, spec_key
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.shards import TeacherInfo
 from distinit.pipeline.video import FrameGeometry
+from distinit.pipeline.views import View, ViewSet, canvas_geometry, canvas_scale
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +78,37 @@ def _field(teacher: Teacher) -> float:
 
 
 @dataclass(frozen=True)
-class TeacherInput:
-    """What is done to the shared decode to make one teacher's input (then normalised)."""
+class Box:
+    """One square input cut from the shared decode: ``side`` pixels at ``(left, top)``,
+    mirrored left-right when ``flip``."""
 
-    crop: int  # centre square cut from the decoded frame
-    size: int  # resized to this square: the teacher's input size
+    left: int
+    top: int
+    side: int
+    flip: bool = False
+
+
+@dataclass(frozen=True)
+class TeacherInput:
+    """What is done to the shared decode to make one teacher's inputs (then normalised): each
+    box, resized to ``size`` (the teacher's input size)."""
+
+    boxes: tuple[Box, ...]
+    size: int
     interpolation: str
 
-    def describe(self, geometry: FrameGeometry, teacher: Teacher) -> str:
+    def describe(self, geometry: FrameGeometry, teacher: Teacher, views: ViewSet | None) -> str:
         steps = [f"RGB uint8 decoded by ffmpeg: {geometry.describe()}"]
-        if self.crop != geometry.width:
-            steps.append(f"centre crop {self.crop}x{self.crop}")
-        if self.size != self.crop:
+        side = self.boxes[0].side
+        if views is not None:
+            scale = side // views.crop
+            steps.append(
+                f"one {side}x{side} box per view (the view's store box x {scale}"
+                f"{', mirrored for mirrored views' if views.mirrored else ''})"
+            )
+        elif side != geometry.width:
+            steps.append(f"centre crop {side}x{side}")
+        if self.size != side:
             steps.append(f"resize to {self.size}x{self.size} ({self.interpolation}, antialiased)")
         steps.append(teacher.normalisation)
         own = (
@@ -95,16 +118,35 @@ class TeacherInput:
         return ", ".join(steps) + f" [the teacher's own recipe: {own}]"
 
 
-def teacher_input(teacher: Teacher, geometry: FrameGeometry) -> TeacherInput:
-    """The crop of the shared decode that covers exactly the teacher's field of view."""
+def teacher_input(
+    teacher: Teacher, geometry: FrameGeometry, views: ViewSet | None = None
+) -> TeacherInput:
+    """The boxes of the shared decode the teacher runs on: one per view of ``views`` (the
+    decode is then the views' canvas), else one centre box covering exactly the teacher's own
+    field of view."""
     if teacher.interpolation not in _INTERPOLATIONS:
         raise ConfigError(
             f"teacher {teacher.name}: interpolation {teacher.interpolation!r} is not one of "
             f"{', '.join(_INTERPOLATIONS)}"
         )
+    if views is not None:
+        scale = geometry.width // views.size[0]
+        boxes = tuple(view_box(v, views.crop, scale) for v in views.views)
+        return TeacherInput(boxes, teacher.crop_size, teacher.interpolation)
     decoded_field = geometry.width / (geometry.resize_shorter or geometry.width)
     crop = min(geometry.width, round(geometry.width * _field(teacher) / decoded_field))
-    return TeacherInput(crop, teacher.crop_size, teacher.interpolation)
+    centre = Box((geometry.width - crop) // 2, (geometry.height - crop) // 2, crop)
+    return TeacherInput((centre,), teacher.crop_size, teacher.interpolation)
+
+
+def view_box(view: View, crop: int, scale: int) -> Box:
+    """The canvas box of a view: its store box, ``scale`` times finer."""
+    return Box(view.x * scale, view.y * scale, crop * scale, view.flip)
+
+
+def views_geometry(teachers: Sequence[Teacher], views: ViewSet) -> FrameGeometry:
+    """The canvas the teachers' views are cut from (see ``pipeline/views.py``)."""
+    return canvas_geometry(views.size, canvas_scale(views.crop, [t.crop_size for t in teachers]))
 
 
 def split_classifier(teacher: Teacher) -> tuple[nn.Module, nn.Linear | None]:
@@ -133,8 +175,9 @@ _CLASSIFIERS: weakref.WeakKeyDictionary[nn.Module, nn.Linear] = weakref.WeakKeyD
 
 
 class _TeacherOnFrames(nn.Module):
-    """One teacher with its input transform: (B, 3, S, S) uint8 decode -> its targets
-    ``(logits or None, embedding or None)``, both from one pass through the trunk."""
+    """One teacher with its input transform: (B, 3, H, W) uint8 decode -> its targets on each
+    of its boxes ``(logits or None, embedding or None)``, both from one pass through the
+    trunk."""
 
     def __init__(
         self,
@@ -157,15 +200,12 @@ class _TeacherOnFrames(nn.Module):
             "inv_std", 1.0 / torch.tensor(teacher.std).view(1, 3, 1, 1), persistent=False
         )
 
-    def prepare(self, frames: torch.Tensor) -> torch.Tensor:
-        """The teacher's normalised input, as its :class:`TeacherInput` describes."""
-        crop = self.plan.crop
-        if crop != frames.shape[-1] or crop != frames.shape[-2]:
-            top = (frames.shape[-2] - crop) // 2
-            left = (frames.shape[-1] - crop) // 2
-            frames = frames[..., top : top + crop, left : left + crop]
-        x = frames.float()
-        if self.plan.size != crop:
+    def prepare(self, frames: torch.Tensor, box: Box) -> torch.Tensor:
+        """The teacher's normalised input from one box of the decode ``(B, 3, H, W)``."""
+        x = frames[..., box.top : box.top + box.side, box.left : box.left + box.side].float()
+        if box.flip:
+            x = x.flip(-1)
+        if self.plan.size != box.side:
             x = F.interpolate(
                 x, size=(self.plan.size, self.plan.size), mode=self.plan.interpolation,
                 antialias=True,
@@ -174,8 +214,13 @@ class _TeacherOnFrames(nn.Module):
                 x = x.clamp(0.0, 255.0)  # bicubic overshoots; an image stays in 0..255
         return ((x - self.mean) * self.inv_std).contiguous(memory_format=torch.channels_last)
 
-    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        features = self.trunk(self.prepare(frames))
+    def forward(
+        self, frames: torch.Tensor, boxes: tuple[Box, ...] | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Targets of every box (the plan's unless given), box-major: ``(K * B, C)``; all boxes
+        go through the trunk as one batch."""
+        x = torch.cat([self.prepare(frames, b) for b in (boxes or self.plan.boxes)])
+        features = self.trunk(x)
         logits = None
         if self.want_logits and self.classifier is not None:
             logits = self.classifier(features)
@@ -188,9 +233,11 @@ class TeacherRunner:
     ``name:embedding`` for its embedding).
 
     ``kinds`` names the target kinds wanted of each teacher (logits when not listed). With
-    ``compile=True`` each teacher (with its input transform) goes through ``torch.compile``: a
-    one-off cost of tens of seconds that can double the CPU frame rate (see ``distinit bench
-    extract``). Batches are then padded to ``batch_size`` so one compiled shape serves the run.
+    ``views`` every teacher runs on each view of every frame (:meth:`run_views`); without, on
+    its own centre recipe (one view). With ``compile=True`` each teacher (with its input
+    transform) goes through ``torch.compile``: a one-off cost of tens of seconds that can double
+    the CPU frame rate (see ``distinit bench extract``). Batches are then padded to
+    ``batch_size`` so one compiled shape serves the run.
     """
 
     def __init__(
@@ -203,16 +250,21 @@ class TeacherRunner:
         batch_size: int | None = None,
         eager_if_compile_fails: bool = False,
         kinds: dict[str, tuple[str, ...]] | None = None,
+        views: ViewSet | None = None,
     ) -> None:
         self.teachers = list(teachers)
+        self.views = views
         self.kinds = {t.name: (kinds or {}).get(t.name, ("logits",)) for t in self.teachers}
         self.device = device
         self.precision = precision
         self.compiled = False
         self.batch_size = batch_size
         self.eager_if_compile_fails = eager_if_compile_fails
-        self.geometry = decode_geometry(teachers)
-        self.inputs = {t.name: teacher_input(t, self.geometry) for t in self.teachers}
+        self.geometry = (
+            views_geometry(teachers, views) if views is not None else decode_geometry(teachers)
+        )
+        self.inputs = {t.name: teacher_input(t, self.geometry, views) for t in self.teachers}
+        self.num_views = len(views) if views is not None else 1
         self._eager: dict[str, nn.Module] = {}
         self._dims: dict[str, int] = {}
         for t in self.teachers:
@@ -235,10 +287,10 @@ class TeacherRunner:
             self.compile(batch_size)
 
     def _measure_dim(self, module: nn.Module) -> int:
-        side = self.geometry.width
+        g = self.geometry
         with torch.inference_mode():
             _, embedding = module(
-                torch.zeros(1, 3, side, side, dtype=torch.uint8, device=self.device)
+                torch.zeros(1, 3, g.height, g.width, dtype=torch.uint8, device=self.device)
             )
         assert embedding is not None
         if embedding.ndim != 2:
@@ -260,7 +312,7 @@ class TeacherRunner:
         preprocessing its teacher's inputs went through."""
         out = []
         for t in self.teachers:
-            done = self.inputs[t.name].describe(self.geometry, t)
+            done = self.inputs[t.name].describe(self.geometry, t, self.views)
             for kind in self.kinds[t.name]:
                 out.append(t.info(kind, done, self._dims.get(t.name, 0)))
         return out
@@ -281,34 +333,63 @@ class TeacherRunner:
             x = x.pin_memory().to(self.device, non_blocking=True)
         return x
 
-    @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        """Targets ``(B, C)`` of a runner with one view (the recipe, or a single view)."""
+        if self.num_views != 1:
+            raise ValueError("a runner with several views gives (K, B, C): call run_views")
+        return {key: x[0] for key, x in self.run_views(frames).items()}
+
+    @torch.inference_mode()
+    def run_views(
+        self, frames: np.ndarray, views: tuple[View, ...] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Targets ``(K, B, C)`` per target key: each teacher on each of the runner's views
+        (or of ``views``, run uncompiled: e.g. the crops a check recomputes) of each frame."""
         n = len(frames)
-        if self.compiled and self.batch_size is not None and n < self.batch_size:
+        boxes: tuple[Box, ...] | None = None
+        if views is not None:
+            assert self.views is not None, "views of a runner without a view canvas"
+            scale = self.geometry.width // self.views.size[0]
+            boxes = tuple(view_box(v, self.views.crop, scale) for v in views)
+        if self.compiled and self.batch_size is not None and n < self.batch_size and not boxes:
             padding = np.zeros((self.batch_size - n, *frames.shape[1:]), dtype=frames.dtype)
             frames = np.concatenate([frames, padding])
         x8 = self.to_device(frames)
         out: dict[str, np.ndarray] = {}
         for name, forward in self._forward.items():
             with self._autocast():
-                try:
-                    logits, embedding = forward(x8)
-                except Exception as exc:  # compilation errors surface on the first call
-                    if not (self.compiled and self.eager_if_compile_fails):
-                        raise
-                    log.warning(
-                        "torch.compile failed for %s (%s); running it uncompiled: same results, "
-                        "slower. --compile off skips the attempt.",
-                        name,
-                        str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
-                    )
-                    self._forward[name] = self._eager[name]
-                    logits, embedding = self._eager[name](x8)
+                if boxes is not None:
+                    logits, embedding = self._eager[name](x8, boxes)
+                else:
+                    logits, embedding = self._forward_once(name, forward, x8)
+            k = len(boxes) if boxes is not None else self.num_views
             if logits is not None:
-                out[name] = logits[:n].float().cpu().numpy()
+                out[name] = _by_view(logits, k, n)
             if embedding is not None:
-                out[spec_key(name, "embedding")] = embedding[:n].float().cpu().numpy()
+                out[spec_key(name, "embedding")] = _by_view(embedding, k, n)
         return out
+
+    def _forward_once(
+        self, name: str, forward: nn.Module, x8: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        try:
+            return forward(x8)  # type: ignore[no-any-return]
+        except Exception as exc:  # compilation errors surface on the first call
+            if not (self.compiled and self.eager_if_compile_fails):
+                raise
+            log.warning(
+                "torch.compile failed for %s (%s); running it uncompiled: same results, "
+                "slower. --compile off skips the attempt.",
+                name,
+                str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+            )
+            self._forward[name] = self._eager[name]
+            return self._eager[name](x8)  # type: ignore[no-any-return]
+
+
+def _by_view(x: torch.Tensor, views: int, n: int) -> np.ndarray:
+    """Box-major ``(K * B_padded, C)`` -> ``(K, n, C)`` float32 (padding dropped)."""
+    return x.float().reshape(views, -1, x.shape[-1])[:, :n].cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -347,7 +428,7 @@ def calibrate_batch_size(
     rates: dict[int, float] = {}
     started = time.monotonic()
     try:
-        runner(frames[:1])  # the first call's one-off set-up is no batch size's cost
+        runner.run_views(frames[:1])  # the first call's one-off set-up is no batch size's cost
         for b in candidates:
             repeats = 3 if cuda else max(1, 8 // b)
             if not cuda and len(rates) >= 2:
@@ -357,11 +438,11 @@ def calibrate_batch_size(
                     continue
             batch = np.resize(frames, (b, *frames.shape[1:]))  # repeats short inputs
             try:
-                runner(batch)  # warm-up: a new shape's allocations are not throughput
+                runner.run_views(batch)  # warm-up: a new shape's allocations are not throughput
                 _sync(runner.device)
                 t0 = time.perf_counter()
                 for _ in range(repeats):
-                    runner(batch)
+                    runner.run_views(batch)
                 _sync(runner.device)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()

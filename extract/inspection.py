@@ -7,12 +7,16 @@ import os
 import posixpath
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from distinit.pipeline.errors import ConfigError, ShardError
 from distinit.pipeline.shards import ShardSet, TeacherInfo, dequantize, quantize
+from distinit.pipeline.views import ViewSet
+
+if TYPE_CHECKING:
+    from distinit.extract.inference import TeacherRunner
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -23,10 +27,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
     """KL(softmax(p) || softmax(q)) per row, in nats."""
-    p = softmax(p_logits.astype(np.float64))
-    log_p = np.log(np.clip(p, 1e-30, None))
-    log_q = np.log(np.clip(softmax(q_logits.astype(np.float64)), 1e-30, None))
-    return (p * (log_p - log_q)).sum(axis=-1)
+    return kl_of_distributions(
+        softmax(p_logits.astype(np.float64)), softmax(q_logits.astype(np.float64))
+    )
+
+
+def kl_of_distributions(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p || q) per row of two ``(N, C)`` probability arrays, in nats (float64)."""
+    p64, q64 = p.astype(np.float64), q.astype(np.float64)
+    log_p = np.log(np.clip(p64, 1e-30, None))
+    log_q = np.log(np.clip(q64, 1e-30, None))
+    return (p64 * (log_p - log_q)).sum(axis=-1)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -317,39 +328,33 @@ def recompute_targets(
 ) -> None:
     """Run the recorded teachers on the drawn rows decoded from the source videos (one decode
     per video) and put how far the cached targets are from the fresh ones into ``report``."""
-    from distinit.extract.inference import TeacherRunner
-    from distinit.extract.teachers import load_teacher
-    from distinit.pipeline.device import resolve_device
     from distinit.pipeline.video import decode_at_times
 
     problems: list[str] = report["problems"]
-    config = shards.provenance.get("config", {})
-    kinds: dict[str, tuple[str, ...]] = {}
-    for info in shards.teachers:
-        kinds[info.name] = (*kinds.get(info.name, ()), info.kind)
-    recorded = {info.name: info for info in shards.teachers}
-    teachers = [load_teacher(n, config.get("teacher_weights", {}).get(n)) for n in kinds]
-    for loaded in teachers:
-        if loaded.weights_sha256 != recorded[loaded.name].weights_sha256:
-            problems.append(f"{loaded.name}: weights differ from those the shards were made with")
-    if problems:
+    runner = recorded_teachers(shards, problems, shards.views)
+    if runner is None:
         return
-    runner = TeacherRunner(teachers, resolve_device("cpu"), "fp32", kinds=kinds)
     logits_keys = shards.logits_keys()
     kls: list[np.ndarray] = []
     cosines: list[np.ndarray] = []
     for video_id, rows in _spans(picks):
         frames = decode_at_times(root / video_id, runner.geometry, shards.times(video_id)[rows])
-        cached = {**shards.logits(video_id, rows), **shards.embeddings(video_id, rows)}
-        for start in range(0, len(rows), RECOMPUTE_BATCH):
-            part = slice(start, start + RECOMPUTE_BATCH)
-            for key, values in runner(frames[part]).items():
-                if key in logits_keys:
-                    diff = float(np.abs(values - cached[key][part]).max())
-                    report["max_abs_logit_diff"] = max(report["max_abs_logit_diff"], diff)
-                    kls.append(kl_divergence(values, cached[key][part]))
-                else:
-                    cosines.append(cosine_rows(values, cached[key][part]))
+        for view in range(shards.num_views):
+            cached = {
+                **shards.logits(video_id, rows, view),
+                **shards.embeddings(video_id, rows, view),
+            }
+            views = (shards.views.views[view],) if shards.views is not None else None
+            for start in range(0, len(rows), RECOMPUTE_BATCH):
+                part = slice(start, start + RECOMPUTE_BATCH)
+                for key, values in runner.run_views(frames[part], views).items():
+                    fresh = values[0]  # (B, C) of this view
+                    if key in logits_keys:
+                        diff = float(np.abs(fresh - cached[key][part]).max())
+                        report["max_abs_logit_diff"] = max(report["max_abs_logit_diff"], diff)
+                        kls.append(kl_divergence(fresh, cached[key][part]))
+                    else:
+                        cosines.append(cosine_rows(fresh, cached[key][part]))
         report["frames_checked"] += len(rows)
         advance(len(rows))
     if kls:
@@ -363,6 +368,30 @@ def recompute_targets(
         report["embedding_min_cosine"] = float(all_cos.min())
         report["embedding_bytes_per_frame"] = sum(d + 8 for d in dims)
         report["embedding_bytes_per_dim"] = sum(d + 8 for d in dims) / sum(dims)
+
+
+def recorded_teachers(
+    shards: ShardSet, problems: list[str], views: ViewSet | None
+) -> TeacherRunner | None:
+    """The shards' teachers, loaded as their provenance says, on the CPU in fp32 (on the
+    canvas of ``views``, else their own recipe); None, with a line in ``problems``, when the
+    weights found are not those the shards were made with."""
+    from distinit.extract.inference import TeacherRunner
+    from distinit.extract.teachers import load_teacher
+    from distinit.pipeline.device import resolve_device
+
+    config = shards.provenance.get("config", {})
+    kinds: dict[str, tuple[str, ...]] = {}
+    for info in shards.teachers:
+        kinds[info.name] = (*kinds.get(info.name, ()), info.kind)
+    recorded = {info.name: info for info in shards.teachers}
+    teachers = [load_teacher(n, config.get("teacher_weights", {}).get(n)) for n in kinds]
+    for loaded in teachers:
+        if loaded.weights_sha256 != recorded[loaded.name].weights_sha256:
+            problems.append(f"{loaded.name}: weights differ from those the shards were made with")
+    if problems:
+        return None
+    return TeacherRunner(teachers, resolve_device("cpu"), "fp32", kinds=kinds, views=views)
 
 
 def format_verify(report: dict[str, Any]) -> str:

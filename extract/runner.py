@@ -56,6 +56,7 @@ from distinit.pipeline.shards import (
     write_manifest,
 )
 from distinit.pipeline.video import FrameChunk, FrameGeometry, VideoInfo, VideoReader
+from distinit.pipeline.views import ViewSet
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,9 @@ def _run_extract(
             provenance = _provenance(cfg, runner, batch_size, store)
             provenance["batch_size_choice"] = choice
             infos = runner.infos() if runner is not None else []
-            shards = _ShardSequence(out, prefix, infos, provenance, cfg.videos_per_shard, store)
+            shards = _ShardSequence(
+                out, prefix, infos, provenance, cfg.videos_per_shard, store, cfg.view_set()
+            )
             with _stop_on_signals() as stop:
                 _extract(cfg, todo, runner, batch_size, store, shards, summary, stop, progress)
             summary.shards_written = shards.written
@@ -197,6 +200,7 @@ def _teacher_runner(
         precision,
         eager_if_compile_fails=cfg.compile == "auto",
         kinds=kinds,
+        views=cfg.view_set(),
     )
     if headers:
         _check_same_teachers(runner.infos(), headers[0])
@@ -250,20 +254,28 @@ def _check_same_recipe(cfg: ExtractConfig, shard: ShardHeader) -> None:
     """Shards of one directory must agree: refuse to add frames made another way."""
     before = shard.provenance.get("config", {})
     store = f"{cfg.store_size[0]}x{cfg.store_size[1]}" if cfg.frames == "store" else None
-    asked = (target_keys(cfg.teacher_names), cfg.fps, store)
+    views = cfg.view_set()
+    asked = (target_keys(cfg.teacher_names), cfg.fps, store, _views_text(views))
     had_store = f"{shard.store.width}x{shard.store.height}" if shard.store else None
-    had = ([t.key for t in shard.teachers], before.get("fps"), had_store)
+    had_views = _views_text(shard.views) if shard.teachers else _views_text(None)
+    if not cfg.teacher_names:  # a frames-only store has no views to agree on
+        asked = (*asked[:3], had_views)
+    had = ([t.key for t in shard.teachers], before.get("fps"), had_store, had_views)
     if asked != had:
 
-        def recipe(teachers: list[str], fps: float | None, store: str | None) -> str:
+        def recipe(teachers: list[str], fps: float | None, store: str | None, views: str) -> str:
             rate = "every frame" if fps is None else f"{fps:g} fps"
             frames = f"a {store} frame store" if store else "no frame store"
-            return f"teachers {', '.join(teachers) or 'none'} at {rate} with {frames}"
+            return f"teachers {', '.join(teachers) or 'none'} at {rate} with {frames}, {views}"
 
         raise ConfigError(
             f"{cfg.out} holds shards made with {recipe(*had)}; this run asks for "
             f"{recipe(*asked)}. Use a new --out (the shards of one directory must agree)."
         )
+
+
+def _views_text(views: ViewSet | None) -> str:
+    return views.describe() if views is not None else "the teacher's own view"
 
 
 def _check_same_teachers(teachers: list[TeacherInfo], shard: ShardHeader) -> None:
@@ -299,6 +311,13 @@ def _provenance(
             else f"first native frame at or after n/{cfg.fps}"
         ),
         "fps": cfg.fps,
+        "views": (
+            runner.views.describe()
+            if runner is not None and runner.views is not None
+            else "one view per frame: the teacher's own recipe (centre crop)"
+            if runner is not None
+            else None
+        ),
         "precision": runner.precision if runner is not None else None,
         "compiled": runner.compiled if runner is not None else None,
         "batch_size": batch_size,
@@ -319,9 +338,11 @@ class _ShardSequence:
         provenance: dict[str, Any],
         videos_per_shard: int,
         store: StoreFormat | None,
+        views: ViewSet | None,
     ) -> None:
         self.out, self.prefix, self.teachers = out, prefix, teachers
         self.provenance, self.videos_per_shard, self.store = provenance, videos_per_shard, store
+        self.views = views
         existing = [p.name for p in out.glob(prefix + "*" + SHARD_SUFFIX)]
         self.next_seq = 1 + max(
             (int(n[len(prefix) : -len(SHARD_SUFFIX)]) for n in existing), default=-1
@@ -334,7 +355,9 @@ class _ShardSequence:
             path = self.out / f"{self.prefix}{self.next_seq:05d}{SHARD_SUFFIX}"
             self.next_seq += 1
             with self._write_errors(path):
-                self.writer = ShardWriter(path, self.teachers, self.provenance, self.store)
+                self.writer = ShardWriter(
+                    path, self.teachers, self.provenance, self.store, self.views
+                )
         return self.writer
 
     def add_video(
@@ -504,17 +527,16 @@ def _extract(
         nonlocal filled
         if filled == 0 or runner is None:
             return
-        logits = runner(batch[:filled])
-        quantised = {name: quantize(x) for name, x in logits.items()}
-        finite = np.logical_and.reduce([np.isfinite(x).all(axis=1) for x in logits.values()])
+        logits = runner.run_views(batch[:filled])  # key -> (K, B, C)
+        quantised = {name: _quantize_views(x) for name, x in logits.items()}
+        finite = np.logical_and.reduce([np.isfinite(x).all(axis=(0, 2)) for x in logits.values()])
         row = 0
         for video, rows in owners:
             if not finite[row : row + rows].all():
                 video.failed = video.failed or "the teacher produced non-finite logits"
+            part = slice(row, row + rows)
             for name, (q, s, o) in quantised.items():
-                video.logits.setdefault(name, []).append(
-                    (q[row : row + rows], s[row : row + rows], o[row : row + rows])
-                )
+                video.logits.setdefault(name, []).append((q[:, part], s[:, part], o[:, part]))
             video.rows_in_batch -= rows
             row += rows
         owners.clear()
@@ -617,6 +639,13 @@ def _extract(
         summary.seconds = time.monotonic() - started
 
 
+def _quantize_views(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`quantize` of ``(K, B, C)`` targets, row by row: ``(K, B, C), (K, B), (K, B)``."""
+    k, b, c = x.shape
+    q, scale, offset = quantize(x.reshape(k * b, c))
+    return q.reshape(k, b, c), scale.reshape(k, b), offset.reshape(k, b)
+
+
 def _record_failure(video: _Pending, shards: _ShardSequence, summary: ExtractSummary) -> None:
     reason = video.failed or "unknown error"
     summary.failed += 1
@@ -627,8 +656,8 @@ def _record_failure(video: _Pending, shards: _ShardSequence, summary: ExtractSum
 def _write_video(video: _Pending, shards: _ShardSequence, summary: ExtractSummary) -> None:
     info = video.info or VideoInfo()
     times = np.concatenate(video.times)
-    logits = {
-        name: tuple(np.concatenate([part[i] for part in parts]) for i in range(3))
+    logits = {  # (K, n, C), (K, n), (K, n): the rows of every view
+        name: tuple(np.concatenate([part[i] for part in parts], axis=1) for i in range(3))
         for name, parts in video.logits.items()
     }
     record = VideoRecord(

@@ -5,14 +5,18 @@ name and renamed when closed, so a crash never leaves a half-written shard under
 ``manifest.json`` index regenerated from them after each run. The shard files are the truth: a
 resumed run scans them, so a run killed before writing the manifest loses nothing it finished.
 
-Layout of one shard (``SCHEMA_VERSION`` 2)::
+Layout of one shard (``SCHEMA_VERSION`` 3)::
 
     attrs  format="distinit-shard", schema_version, provenance (JSON), teachers (JSON list)
     /frames/time           float64 (N,)    seconds from the video's first frame
     /frames/index          int64   (N,)    native frame index (decode order)
-    /logits/<teacher>/q    int8    (N, C)  per-frame affine quantised logits
-    /logits/<teacher>/scale, /offset  float32 (N,)   logit = q * scale + offset
-    /embeddings/<teacher>/q, /scale, /offset   the same encoding for embedding targets (N, D)
+    /logits/<teacher>/q    int8    (K, N, C)  per-frame affine quantised logits of each view
+    /logits/<teacher>/scale, /offset  float32 (K, N)   logit = q * scale + offset
+    /embeddings/<teacher>/q, /scale, /offset   the same encoding for embedding targets (K, N, D)
+    /views                 the views (absent: one view, the teacher's own centre recipe): attrs
+                           size (the student's frame WxH), crop (see pipeline/views.py)
+    /views/store_box       int64   (K, 4)  x0, y0, x1, y1 of view k in the student's frame
+    /views/flip            uint8   (K,)    1 where view k is mirrored left-right
     /store                 the frame store (absent with ``--frames none``): attrs format (JSON,
                            see pipeline/framestore.py)
     /store/bytes           uint8   (B,)    H.264 GOPs, one after another
@@ -20,9 +24,11 @@ Layout of one shard (``SCHEMA_VERSION`` 2)::
     /store/gop_offset      int64   (G+1,)  GOP g is bytes[gop_offset[g]:gop_offset[g+1]]
     /videos/<field>        one entry per video: id (path relative to --videos), status, error,
                            row_start, row_count, native_frames, duration, width, height, fps
+    /videos/source_box     float32 (V, K, 4)  view k's box in video v's source pixels (with views)
 
-Row r of the store is the frame whose targets are row r. Schema 1 shards (no store) are still
-read; stage two then decodes their frames from the source videos.
+Row r of the store is the frame whose targets are row r (of every view). Schema 1 shards (no
+store) and schema 2 shards (targets ``(N, C)``, the teacher's recipe only) are still read;
+stage two then decodes schema 1's frames from the source videos.
 
 Logits, not probabilities, are stored so the temperature stays a training-time choice. Per-frame
 int8 quantisation costs about 1 KB per frame for a 1000-class teacher; every chunk carries a
@@ -54,9 +60,10 @@ import numpy as np
 from distinit.pipeline.errors import ShardError
 from distinit.pipeline.framestore import StoreFormat, decode_gop
 from distinit.pipeline.runtime import DirectoryLock, atomic_write
+from distinit.pipeline.views import ViewSet
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (1, 2)  # 1: no frame store
+SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)  # 1: no frame store; 1 and 2: targets of one view
 FORMAT_NAME = "distinit-shard"
 SHARD_SUFFIX = ".h5"
 TMP_SUFFIX = ".h5.tmp"
@@ -148,6 +155,7 @@ class ShardWriter:
         teachers: list[TeacherInfo],
         provenance: dict[str, Any],
         store: StoreFormat | None = None,
+        views: ViewSet | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.name.endswith(SHARD_SUFFIX):
@@ -155,6 +163,9 @@ class ShardWriter:
         self.tmp_path = self.path.with_name(self.path.name[: -len(SHARD_SUFFIX)] + TMP_SUFFIX)
         self.teachers = teachers
         self.store = store
+        self.views = views
+        k = len(views) if views is not None else 1
+        self.num_views = k
         # The shard is built in memory and written with plain file I/O in close(): HDF5 defers
         # chunk writes, so a full disk would otherwise surface in its destructors, where it
         # cannot be reported (and can crash the process) instead of as an OSError we handle.
@@ -171,10 +182,19 @@ class ShardWriter:
             frames.create_dataset(name, (0,), dtype=dtype, **_growable(()))
         self._file.create_group("logits")
         for t in teachers:
+            # View-major (K, N, ...), chunked one view at a time: a clip reads one view's rows.
             g = self._file.require_group(t.group).create_group(t.name)
-            g.create_dataset("q", (0, t.num_classes), dtype=np.int8, **_growable((t.num_classes,)))
+            g.create_dataset(
+                "q", (k, 0, t.num_classes), dtype=np.int8, **_growable((t.num_classes,), views=k)
+            )
             for name in ("scale", "offset"):
-                g.create_dataset(name, (0,), dtype=np.float32, **_growable(()))
+                g.create_dataset(name, (k, 0), dtype=np.float32, **_growable((), views=k))
+        if views is not None:
+            vg = self._file.create_group("views")
+            vg.attrs["size"] = list(views.size)
+            vg.attrs["crop"] = views.crop
+            vg.create_dataset("store_box", data=views.store_boxes())
+            vg.create_dataset("flip", data=np.array([v.flip for v in views.views], np.uint8))
         if store is not None:
             st = self._file.create_group("store")
             st.attrs["format"] = json.dumps(store.to_json(), sort_keys=True)
@@ -193,11 +213,17 @@ class ShardWriter:
         logits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
         gops: list[tuple[int, bytes]] | None = None,
     ) -> None:
-        """Append a complete video: ``logits[key] = quantize(...)`` of its frames, one entry per
-        teacher target (:attr:`TeacherInfo.key`) and, when the shard has a store, its frames as
-        ``gops``: ``(rows, H.264 bytes)`` in row order."""
+        """Append a complete video: ``logits[key] = quantize(...)`` of its frames, ``(K, n, C)``
+        and ``(K, n)`` arrays for the shard's K views (``(n, C)``, ``(n,)`` for one), one entry
+        per teacher target (:attr:`TeacherInfo.key`) and, when the shard has a store, its
+        frames as ``gops``: ``(rows, H.264 bytes)`` in row order."""
         n = len(times)
-        if len(indices) != n or any(len(v[0]) != n for v in logits.values()):
+        if self.num_views == 1:  # a one-view shard's targets may come without the view axis
+            logits = {
+                k: v if v[0].ndim == 3 else (v[0][None], v[1][None], v[2][None])
+                for k, v in logits.items()
+            }
+        if len(indices) != n or any(v[0].shape[:2] != (self.num_views, n) for v in logits.values()):
             raise ShardError(f"{record.id}: frames, indices and logits disagree in length")
         groups = {t.key: f"{t.group}/{t.name}" for t in self.teachers}
         if set(logits) != set(groups):
@@ -219,9 +245,9 @@ class ShardWriter:
         _append(self._file["frames/index"], indices)
         for key, (q, scale, offset) in logits.items():
             g = self._file[groups[key]]
-            _append(g["q"], q)
-            _append(g["scale"], scale)
-            _append(g["offset"], offset)
+            _append(g["q"], q, axis=1)
+            _append(g["scale"], scale, axis=1)
+            _append(g["offset"], offset, axis=1)
         self.rows += n
         record.row_start, record.row_count, record.status = start, n, "ok"
         self.records.append(record)
@@ -245,6 +271,12 @@ class ShardWriter:
             videos.create_dataset(
                 name, data=np.array([getattr(r, name) for r in self.records], dtype=np.float64)
             )
+        if self.views is not None:
+            boxes = [self.views.source_boxes(r.width, r.height) for r in self.records]
+            videos.create_dataset(
+                "source_box",
+                data=np.array(boxes, dtype=np.float32).reshape(-1, self.num_views, 4),
+            )
         self._file.flush()
         image = self._file.id.get_file_image()
         self._file.close()
@@ -263,7 +295,7 @@ class ShardWriter:
     @property
     def nbytes(self) -> int:
         """Approximate size of the shard so far (its logits, frame tables and store)."""
-        per_row = 16 + sum(t.num_classes + 8 for t in self.teachers)
+        per_row = 16 + self.num_views * sum(t.num_classes + 8 for t in self.teachers)
         return self.rows * per_row + self.store_bytes
 
     def abort(self) -> None:
@@ -274,18 +306,25 @@ class ShardWriter:
             os.unlink(self.tmp_path)
 
 
-def _growable(row_shape: tuple[int, ...], chunk_rows: int = _ROW_CHUNK) -> dict[str, Any]:
+def _growable(
+    row_shape: tuple[int, ...], chunk_rows: int = _ROW_CHUNK, views: int | None = None
+) -> dict[str, Any]:
+    """Dataset options for rows appended along the row axis (axis 1 when ``views`` lead)."""
+    lead: tuple[int, ...] = () if views is None else (views,)
     return {
-        "maxshape": (None, *row_shape),
-        "chunks": (chunk_rows, *row_shape),
+        "maxshape": (*lead, None, *row_shape),
+        "chunks": (*((1,) if lead else ()), chunk_rows, *row_shape),
         "fletcher32": True,
     }
 
 
-def _append(dataset: h5py.Dataset, values: np.ndarray) -> None:
-    n = dataset.shape[0]
-    dataset.resize(n + len(values), axis=0)
-    dataset[n:] = values
+def _append(dataset: h5py.Dataset, values: np.ndarray, axis: int = 0) -> None:
+    n = dataset.shape[axis]
+    dataset.resize(n + values.shape[axis], axis=axis)
+    if axis == 0:
+        dataset[n:] = values
+    else:
+        dataset[:, n:] = values
 
 
 @dataclass
@@ -298,6 +337,7 @@ class ShardHeader:
     provenance: dict[str, Any]
     schema_version: int = SCHEMA_VERSION
     store: StoreFormat | None = None
+    views: ViewSet | None = None  # None: one view, the teacher's own centre recipe
 
 
 def damaged_shard(path: Path, exc: BaseException) -> ShardError:
@@ -330,10 +370,19 @@ def read_shard_header(path: str | os.PathLike[str]) -> ShardHeader:
                 else None
             )
             records = _read_records(f, path)
-            _check_shapes(f, path, teachers, records)
+            views = _read_views(f) if "views" in f else None
+            _check_shapes(f, path, teachers, records, len(views) if views else 1)
     except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
         raise damaged_shard(path, exc) from exc
-    return ShardHeader(path, records, teachers, provenance, version, store)
+    return ShardHeader(path, records, teachers, provenance, version, store, views)
+
+
+def _read_views(f: h5py.File) -> ViewSet:
+    g = f["views"]
+    size = tuple(int(x) for x in g.attrs["size"])
+    return ViewSet.from_table(
+        (size[0], size[1]), int(g.attrs["crop"]), g["store_box"][()], g["flip"][()]
+    )
 
 
 def _read_records(f: h5py.File, path: Path) -> list[VideoRecord]:
@@ -352,14 +401,23 @@ def _read_records(f: h5py.File, path: Path) -> list[VideoRecord]:
 
 
 def _check_shapes(
-    f: h5py.File, path: Path, teachers: list[TeacherInfo], records: list[VideoRecord]
+    f: h5py.File,
+    path: Path,
+    teachers: list[TeacherInfo],
+    records: list[VideoRecord],
+    views: int,
 ) -> None:
     rows = f["frames/time"].shape[0]
     if f["frames/index"].shape != (rows,):
         raise ShardError(f"{path}: frames/index has the wrong shape")
     for t in teachers:
         g = f[t.group][t.name]
-        if g["q"].shape != (rows, t.num_classes) or g["scale"].shape != (rows,):
+        lead = (views,) if g["q"].ndim == 3 else ()  # schema 1 and 2: one view, no view axis
+        if (
+            (not lead and views != 1)
+            or g["q"].shape != (*lead, rows, t.num_classes)
+            or g["scale"].shape != (*lead, rows)
+        ):
             raise ShardError(f"{path}: {t.group} of {t.name} have the wrong shape")
     for r in records:
         if r.row_start < 0 or r.row_start + r.row_count > rows:
@@ -404,6 +462,15 @@ class ShardSet:
         self.mixed_stores = len(formats) > 1
         self.store: StoreFormat | None = formats.pop() if len(formats) == 1 else None
         self.schema_versions = sorted({s.schema_version for s in shards})
+        self.views: ViewSet | None = shards[0].views
+        for s in shards[1:]:
+            if s.views != self.views:
+                raise ShardError(
+                    f"{s.path}: its views differ from {shards[0].path.name}'s; shards of one "
+                    "directory must share their views (extract them into one --out with one "
+                    "--views, --crop and --store-size)"
+                )
+        self._view_axis: dict[str, bool] = {}  # shard -> whether its targets have a view axis
         for s in shards[1:]:
             if [t.to_json() for t in s.teachers] != [t.to_json() for t in self.teachers]:
                 raise ShardError(
@@ -468,17 +535,28 @@ class ShardSet:
         with self._reading(r.shard):
             return self._dataset(r.shard, "frames/index")[r.row_start : r.row_start + r.row_count]
 
-    def logits(self, video_id: str, rows: Iterable[int] | None = None) -> dict[str, np.ndarray]:
-        """Float32 logits ``(k, C)`` per teacher for the given rows of a video (all if None)."""
-        return self._targets(video_id, rows, "logits")
+    @property
+    def num_views(self) -> int:
+        return len(self.views) if self.views is not None else 1
 
-    def embeddings(self, video_id: str, rows: Iterable[int] | None = None) -> dict[str, np.ndarray]:
+    def logits(
+        self, video_id: str, rows: Iterable[int] | None = None, view: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Float32 logits ``(k, C)`` per teacher for the given rows of a video (all if None),
+        of view ``view`` (an index into :attr:`views`; 0 for shards of one view)."""
+        return self._targets(video_id, rows, "logits", view)
+
+    def embeddings(
+        self, video_id: str, rows: Iterable[int] | None = None, view: int = 0
+    ) -> dict[str, np.ndarray]:
         """Float32 embeddings ``(k, D)`` per target key (``name:embedding``), as :meth:`logits`."""
-        return self._targets(video_id, rows, "embedding")
+        return self._targets(video_id, rows, "embedding", view)
 
     def _targets(
-        self, video_id: str, rows: Iterable[int] | None, kind: str
+        self, video_id: str, rows: Iterable[int] | None, kind: str, view: int
     ) -> dict[str, np.ndarray]:
+        if not 0 <= view < self.num_views:
+            raise IndexError(f"view {view} of a shard set with {self.num_views}")
         r = self._ok(video_id)
         if rows is None:
             sel: Any = slice(r.row_start, r.row_start + r.row_count)
@@ -498,8 +576,9 @@ class ShardSet:
             if t.kind != kind:
                 continue
             with self._reading(r.shard):
+                lead = (view,) if self._has_view_axis(r.shard, f"{t.group}/{t.name}/q") else ()
                 q, scale, offset = (
-                    self._dataset(r.shard, f"{t.group}/{t.name}/{part}")[sel]
+                    self._dataset(r.shard, f"{t.group}/{t.name}/{part}")[(*lead, sel)]
                     for part in ("q", "scale", "offset")
                 )
             x = dequantize(q[pick], scale[pick], offset[pick])
@@ -507,6 +586,11 @@ class ShardSet:
                 raise ShardError(f"{r.shard}: non-finite {t.group} for {video_id}")
             out[t.key if kind != "logits" else t.name] = x
         return out
+
+    def _has_view_axis(self, shard: str, q_path: str) -> bool:
+        if shard not in self._view_axis:
+            self._view_axis[shard] = self._dataset(shard, q_path).ndim == 3
+        return self._view_axis[shard]
 
     def frames(self, video_id: str, rows: Iterable[int]) -> np.ndarray:
         """The store's frames of a video's ``rows`` (any order, may repeat): ``(k, H, W, 3)``

@@ -126,7 +126,7 @@ def test_teacher_provenance_is_stored(tmp_path: Path) -> None:
 def test_non_finite_logits_are_reported(tmp_path: Path) -> None:
     path = _write(tmp_path / "a.h5", {"v.mp4": np.zeros((3, 7), np.float32)})
     with h5py.File(path, "a") as f:
-        f["logits/t/scale"][1] = np.nan
+        f["logits/t/scale"][0, 1] = np.nan  # view 0, row 1
     shards = ShardSet(tmp_path)
     assert any("non-finite" in p for p in shards.verify_checksums())
     with pytest.raises(ShardError, match="non-finite"):

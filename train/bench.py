@@ -132,7 +132,7 @@ def bench_train(
     shards, frames = open_targets(cfg)
 
     def dataset(modality_: str, source: str = "auto") -> ClipDataset:
-        spec = clip_spec(dataclasses.replace(cfg, modality=modality_))
+        spec = clip_spec(dataclasses.replace(cfg, modality=modality_), shards.views)
         where = frames if source == "auto" else open_frame_source(shards, cfg.resize, prefer=source)
         return ClipDataset(shards, where, spec, seed=0, global_batch=batch_size)
 

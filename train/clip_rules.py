@@ -10,6 +10,7 @@ A clip is ``clip_len`` rows of one video taken every ``stride`` rows from ``star
   rather than freezing on a padded frame; a looped video's ``k`` test clips are identical.
 * Crop and flip: a random ``crop`` square and a coin-flip horizontal mirror when augmenting, the
   centre square and no flip otherwise. Drawn in the order start, x, y, flip from one generator.
+  Shards with views (``pipeline/views.py``) replace x, y and flip by one uniformly drawn view.
 * Modality (:func:`clip_input`): RGB is cropped as decoded; flow is computed on the whole resized
   frames, then cropped and flipped with dx negated.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from distinit.pipeline.views import ViewSet
 from distinit.train.flow import FLOW_CHANNELS, clip_to_flow
 
 MODALITIES = ("rgb", "flow")
@@ -62,6 +64,11 @@ def draw_crop(rng: np.random.Generator, size: tuple[int, int], crop: int) -> tup
     x = int(rng.integers(0, width - crop + 1))
     y = int(rng.integers(0, height - crop + 1))
     return x, y, bool(rng.random() < 0.5)
+
+
+def draw_view(rng: np.random.Generator, views: ViewSet) -> int:
+    """A uniformly random view of the shards' views: its box and flip are the clip's crop."""
+    return int(rng.integers(0, len(views)))
 
 
 def centre_crop(size: tuple[int, int], crop: int) -> tuple[int, int, bool]:

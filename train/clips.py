@@ -11,12 +11,18 @@ different worker count and a DDP run draw the same clips as one uninterrupted pr
 * Window, looping of short videos, crop, flip and modality: the clip rules of
   ``train/clip_rules.py`` (shared with evaluation). Short videos are counted
   (:attr:`ClipDataset.short_videos`), never dropped.
+* View: with shards that cache their teachers' targets per view (``pipeline/views.py``), the
+  clip's crop and flip are those of one uniformly drawn view, the same for all its frames, and
+  its targets are that view's: the teacher's output on exactly the pixels the student sees.
+  Shards of the teacher's own centre view only (older, or ``--views recipe``) get a random crop
+  and flip as before, against targets of another view (a notice says so once).
 * Frames: the rows' frames from a :class:`~distinit.pipeline.frame_source.FrameSource` (the
   shards' frame store, or the source videos by stored timestamps), at ``resize``.
 * Target per teacher: the mean over the clip's frames of ``softmax(logits / T)`` (a looped frame
   counts once per appearance), or with ``target_frames="random"`` the tempered distribution of
-  one uniformly drawn frame of the clip. An embedding target (key ``name:embedding``) is the mean
-  of the frames' L2-normalised embeddings, normalised again (:func:`mean_embedding`).
+  one uniformly drawn frame of the clip (both of the clip's view). An embedding target (key
+  ``name:embedding``) is the mean of the frames' L2-normalised embeddings, normalised again
+  (:func:`mean_embedding`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from torch.utils.data import Dataset, Sampler
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.frame_source import FrameSource
 from distinit.pipeline.shards import ShardSet, VideoRecord
+from distinit.pipeline.video import format_size
+from distinit.pipeline.views import DEFAULT_POSITIONS, ViewSet
 from distinit.train import clip_rules
 from distinit.train.clip_rules import clip_input
 from distinit.train.flow import set_flow_threads
@@ -55,6 +63,7 @@ class ClipSpec:
     target_frames: str  # "mean" or "random"
     augment: bool = True
     modality: str = "rgb"  # "rgb" or "flow": what clip_input makes of the decoded frames
+    views: ViewSet | None = None  # the shards' views: crops are drawn among them
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ class ClipPlan:
     crop_y: int
     flip: bool
     target_frame: int  # clip frame whose target is used with target_frames="random"
+    view: int = 0  # the shards' view whose crop and targets the clip has (0 without views)
 
 
 def video_order(seed: int, epoch: int, num_videos: int) -> np.ndarray:
@@ -83,13 +93,60 @@ def plan_clip(
     rng = np.random.default_rng([seed, _CLIP_STREAM, step, position])
     rows_available = row_counts[video]
     start = clip_rules.random_start(rng, rows_available, spec.clip_len, spec.frame_stride)
-    if spec.augment:
+    view = 0
+    if spec.views is not None:
+        view = clip_rules.draw_view(rng, spec.views) if spec.augment else centre_view(spec.views)
+        chosen = spec.views.views[view]
+        crop_x, crop_y, flip = chosen.x, chosen.y, chosen.flip
+    elif spec.augment:
         crop_x, crop_y, flip = clip_rules.draw_crop(rng, spec.resize, spec.crop)
     else:
         crop_x, crop_y, flip = clip_rules.centre_crop(spec.resize, spec.crop)
     rows = clip_rules.window_rows(rows_available, spec.clip_len, spec.frame_stride, start)
     target_frame = int(rng.integers(0, spec.clip_len))
-    return ClipPlan(video, tuple(int(r) for r in rows), crop_x, crop_y, flip, target_frame)
+    return ClipPlan(video, tuple(int(r) for r in rows), crop_x, crop_y, flip, target_frame, view)
+
+
+def centre_view(views: ViewSet) -> int:
+    """The unflipped view nearest the centre crop (the view of an unaugmented clip)."""
+    cx, cy = ((s - views.crop) / 2 for s in views.size)
+    candidates = [i for i, v in enumerate(views.views) if not v.flip]
+    return min(
+        candidates, key=lambda i: (views.views[i].x - cx) ** 2 + (views.views[i].y - cy) ** 2
+    )
+
+
+def check_views(shards: ShardSet, resize: tuple[int, int], crop: int) -> None:
+    """Refuse clips whose geometry differs from the one the shards' views were cut in (their
+    targets would describe other pixels); warn, once per directory, when the shards have no
+    views at all."""
+    views = shards.views
+    if views is None:
+        if shards.teachers and shards.directory not in _NOTICED:
+            _NOTICED.add(shards.directory)
+            log.warning(
+                "%s: the targets are the teacher's own centre view, not the student's crops "
+                "(shards made before views, or with --views recipe): on the sample clips that "
+                "is a KL of %s nats between the teacher on the crop and the target; "
+                "distinit inspect --consistency measures it, distinit extract --views %d fixes it",
+                shards.directory,
+                NO_VIEW_KL,
+                DEFAULT_POSITIONS,
+            )
+        return
+    if (views.size, views.crop) != (tuple(resize), crop):
+        raise ConfigError(
+            f"{shards.directory}: the targets are of {views.crop}x{views.crop} crops of "
+            f"{format_size(views.size)} frames; train with --resize {format_size(views.size)} "
+            f"--crop {views.crop} (or extract again with --store-size {format_size(resize)} "
+            f"--crop {crop})"
+        )
+
+
+# The consistency figure of centre-view targets (inspect --consistency 64 on the sample clips,
+# KL mean per clip from the clip with the lowest to the highest), quoted by the notice.
+NO_VIEW_KL = "0.2-0.9"
+_NOTICED: set[object] = set()
 
 
 def tempered(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -123,6 +180,9 @@ class ClipDataset(Dataset[dict[str, Any]]):
     ) -> None:
         if frames.size != spec.resize:
             raise ConfigError(f"frames of {frames.size} given for clips of {spec.resize}")
+        if spec.views != shards.views:
+            raise ValueError("the clip spec's views are not the shards' (pass shards.views)")
+        check_views(shards, spec.resize, spec.crop)
         self.shards = shards
         self.frames = frames
         self.spec = spec
@@ -156,13 +216,13 @@ class ClipDataset(Dataset[dict[str, Any]]):
         clip = clip_input(
             frames, self.spec.modality, plan.crop_x, plan.crop_y, self.spec.crop, plan.flip
         )
-        logits = self.shards.logits(record.id, rows)
+        logits = self.shards.logits(record.id, rows, plan.view)
         targets: dict[str, torch.Tensor] = {}
         for name, x in logits.items():
             if self.spec.target_frames == "random":
                 x = x[plan.target_frame : plan.target_frame + 1]
             targets[name] = torch.from_numpy(tempered(x, self.spec.temperature).mean(axis=0))
-        for key, e in self.shards.embeddings(record.id, rows).items():
+        for key, e in self.shards.embeddings(record.id, rows, plan.view).items():
             if self.spec.target_frames == "random":
                 e = e[plan.target_frame : plan.target_frame + 1]
             targets[key] = torch.from_numpy(mean_embedding(e))
@@ -171,6 +231,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
             "clip": torch.from_numpy(clip),
             "targets": targets,  # target -> (C,) float32 summing to 1, or (D,) unit embedding
             "rows": torch.from_numpy(rows),  # (T,) for alignment checks
+            "view": plan.view,
             "index": index,
         }
 

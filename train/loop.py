@@ -33,6 +33,7 @@ from distinit.pipeline.errors import (
 )
 from distinit.pipeline.frame_source import FrameSource, open_frame_source
 from distinit.pipeline.shards import ShardSet
+from distinit.pipeline.views import ViewSet
 from distinit.train import distributed
 from distinit.train.checkpoint import FinalCheckpoint, load_init_weights, save_final
 from distinit.train.clip_rules import input_channels
@@ -88,7 +89,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def clip_spec(cfg: TrainConfig, *, augment: bool = True) -> ClipSpec:
+def clip_spec(cfg: TrainConfig, views: ViewSet | None, *, augment: bool = True) -> ClipSpec:
+    """The clips of a run over shards with ``views`` (``shards.views``)."""
     return ClipSpec(
         clip_len=cfg.clip_len,
         frame_stride=cfg.frame_stride,
@@ -98,6 +100,7 @@ def clip_spec(cfg: TrainConfig, *, augment: bool = True) -> ClipSpec:
         target_frames=cfg.target_frames,
         augment=augment,
         modality=cfg.modality,
+        views=views,
     )
 
 
@@ -186,7 +189,8 @@ def _train(
     out = Path(cfg.out)
     shards, frames = open_targets(cfg)
     global_batch = cfg.batch_size * ctx.world_size
-    dataset = ClipDataset(shards, frames, clip_spec(cfg), seed=cfg.seed, global_batch=global_batch)
+    spec = clip_spec(cfg, shards.views)
+    dataset = ClipDataset(shards, frames, spec, seed=cfg.seed, global_batch=global_batch)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * dataset.steps_per_epoch
     if dataset.short_videos:
         log.warning(
