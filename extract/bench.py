@@ -6,13 +6,15 @@ All ratios are taken within one run (this kind of machine is noisy between runs)
   ``frames / (decode-only time + teacher-only time)``, each alone at its best setting; on a GPU,
   the smaller of the teacher's rate and the decode rate;
 * end to end: the ``distinit extract`` command a user runs (a fresh process, every option but
-  ``--videos/--out/--teacher/--device`` at its default, so the start-up batch calibration too)
-  on the same clips, against that limit; and the same command with ``--frames none``, in
-  alternating runs, for what writing the frame store costs;
+  ``--videos/--out/--teacher/--device`` at its default, so the start-up batch calibration and
+  the default views too) on the same clips, against that limit; the same command with
+  ``--frames none`` and with ``--views recipe`` (one view per frame), in alternating runs, for
+  what writing the frame store and running the teacher on every view cost;
 * a naive extractor (batch 1, fp32, contiguous layout, per-frame PIL preprocessing);
 * reduced precision: speed and KL against fp32 on real frames;
-* storage: bytes per frame and KL of the int8 shard encoding against fp32 logits, and bytes per
-  dimension and cosine similarity of the same encoding of the teacher's embedding;
+* storage: bytes per frame and KL of the int8 shard encoding against fp32 logits, the target
+  bytes per frame and per view of the shards the command wrote, and bytes per dimension and
+  cosine similarity of the same encoding of the teacher's embedding;
 * memory: peak RSS extracting a 10-minute video against a 10-second one.
 """
 
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -40,6 +43,7 @@ from distinit.pipeline.device import resolve_device
 from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
 from distinit.pipeline.shards import ShardSet, dequantize, quantize
 from distinit.pipeline.video import FrameGeometry, VideoReader
+from distinit.pipeline.views import DEFAULT_CROP, DEFAULT_POSITIONS, ViewSet
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 COMPILED_BATCH_SIZES = (4, 8, 16)
@@ -84,12 +88,12 @@ def decode_only(
 def teacher_only(runner: TeacherRunner, frames: np.ndarray, batch: int, repeats: int = 2) -> float:
     """Seconds for the teacher alone on ``frames``: the best of ``repeats`` passes, since other
     load on the machine only ever makes a pass slower."""
-    runner(frames[:batch])  # warm-up: first-call allocations are not throughput
+    runner.run_views(frames[:batch])  # warm-up: first-call allocations are not throughput
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         for i in range(0, len(frames), batch):
-            runner(frames[i : i + batch])
+            runner.run_views(frames[i : i + batch])
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -136,17 +140,26 @@ def peak_rss_mb(videos: Path, fps: float) -> float:
     return int(result.stdout.strip().splitlines()[-1]) / 1024
 
 
-def cli_end_to_end(
-    root: Path, teacher: str, dev: torch.device, frames_mode: str = "store"
-) -> tuple[float, float, float, str]:
+@dataclass(frozen=True)
+class EndToEnd:
+    """What one ``distinit extract`` run reported and wrote."""
+
+    fps: float  # as the command reports it
+    wall_fps: float  # over the whole process, start-up included
+    disk_bytes_per_frame: float
+    target_bytes_per_frame: float  # targets, scales, offsets, times, indices on disk
+    views: int
+    batch_choice: str
+
+
+def cli_end_to_end(root: Path, teacher: str, dev: torch.device, *options: str) -> EndToEnd:
     """Run ``distinit extract`` as a user would (a fresh process, default options but
-    ``--frames``) and return its reported frames/s, frames/s over the whole process, shard bytes
-    per frame and the teacher batch choice it logged in the shards."""
+    ``options``, e.g. ``--frames none``) and say what it reported and wrote."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "shards"
         command = [sys.executable, "-c", "from distinit.pipeline.cli import main; main()",
                    "extract", "--videos", str(root), "--out", str(out), "--teacher", teacher,
-                   "--device", str(dev), "--frames", frames_mode]  # fmt: skip
+                   "--device", str(dev), *options]  # fmt: skip
         started = time.monotonic()
         done = subprocess.run(command, capture_output=True, text=True)
         wall = time.monotonic() - started
@@ -157,9 +170,13 @@ def cli_end_to_end(
         if match is None:
             raise click.ClickException(f"no summary in distinit extract's output: {done.stdout}")
         frames, rate = int(match.group(1)), float(match.group(3))
-        provenance = ShardSet(out).provenance
+        shards = ShardSet(out)
         disk = sum(p.stat().st_size for p in out.glob("*.h5")) / max(frames, 1)
-    return rate, frames / wall, disk, str(provenance.get("batch_size_choice"))
+        targets = shards.target_nbytes() / max(frames, 1)
+        choice = str(shards.provenance.get("batch_size_choice"))
+        views = shards.num_views
+        shards.close()
+    return EndToEnd(rate, frames / wall, disk, targets, views, choice)
 
 
 def embedding_storage_figures(
@@ -254,25 +271,47 @@ def bench_extract(
     limit = min(n / teacher_s, n / decode_s) if gpu else n / (decode_s + teacher_s)
     rule = "min of rates" if gpu else "frames / (decode + teacher)"
     click.echo(f"teacher only at its best ({setting}): {n / teacher_s:.1f} frames/s")
+    # The default views: K teacher inputs per frame, cut from one canvas decode.
+    views = ViewSet.grid((171, 128), DEFAULT_CROP, DEFAULT_POSITIONS)
+    views_runner = TeacherRunner([t], dev, "fp32", views=views)
+    views_probe = probe[: max(best_batch, min(len(probe), 32))]
+    views_s = teacher_only(views_runner, decode_only(paths[:1], views_runner.geometry, 1)[0][
+        : len(views_probe)], best_batch)  # fmt: skip
+    one_view_s = teacher_only(runner, views_probe, best_batch)
+    views_teacher_s = views_s / len(views_probe) * n
+    views_limit = (
+        min(n / views_teacher_s, n / decode_s) if gpu else n / (decode_s + views_teacher_s)
+    )
+    click.echo(f"teacher only on the {len(views)} default views ({views.describe()}), eager, "
+               f"batch {best_batch} frames: {n / views_teacher_s:.1f} frames/s = "
+               f"{views_s / one_view_s:.1f}x the teacher time of one view (aim <= "
+               f"{len(views)})")  # fmt: skip
 
     # Best of two runs, like the parts of the limit: load from elsewhere only slows a run. Runs
-    # with and without the frame store alternate, so drifting load hits both alike.
-    runs: dict[str, list[tuple[float, float, float, str]]] = {"store": [], "none": []}
+    # of the default command, without the frame store and with one view alternate, so drifting
+    # load hits all alike.
+    variants = {"default": (), "no store": ("--frames", "none"), "one view": ("--views", "recipe")}
+    runs: dict[str, list[EndToEnd]] = {name: [] for name in variants}
     for _ in range(2):
-        for frames_mode in runs:
-            runs[frames_mode].append(cli_end_to_end(root, teacher, dev, frames_mode))
-    e2e, e2e_wall, disk_per_frame, choice = max(runs["store"], key=lambda r: r[0])
-    e2e_no_store = max(r[0] for r in runs["none"])
+        for name, options in variants.items():
+            runs[name].append(cli_end_to_end(root, teacher, dev, *options))
+    best = {name: max(r, key=lambda e: e.fps) for name, r in runs.items()}
+    e2e, e2e_no_store, e2e_one = best["default"].fps, best["no store"].fps, best["one view"].fps
     naive = naive_rate(t, frames[: min(n, 96)], paths[0])
-    click.echo(f"limit ({rule}): {limit:.1f} frames/s")
+    click.echo(f"limit ({rule}): {views_limit:.1f} frames/s with the default views, "
+               f"{limit:.1f} with one view")  # fmt: skip
     click.echo(f"end to end (the command users run: distinit extract --videos --out --teacher "
                f"--device, every other option at its default): {e2e:.1f} frames/s as it reports "
-               f"= {e2e / limit:.2f}x the limit; {e2e_wall:.1f} frames/s counting start-up; "
-               f"{choice}")  # fmt: skip
+               f"= {e2e / views_limit:.2f}x the limit; {best['default'].wall_fps:.1f} frames/s "
+               f"counting start-up; {best['default'].batch_choice}")  # fmt: skip
+    click.echo(f"views cost: {e2e:.1f} frames/s end to end with {best['default'].views} views vs "
+               f"{e2e_one:.1f} with --views recipe (one view) = {e2e_one / e2e:.1f}x the time; "
+               f"one view runs at {e2e_one / limit:.2f}x its limit")  # fmt: skip
     click.echo(f"frame store cost: {e2e:.1f} frames/s end to end with it vs {e2e_no_store:.1f} "
                f"with --frames none = {e2e / e2e_no_store:.2f}x (target >= 0.9)")  # fmt: skip
-    click.echo(f"naive extractor (batch 1, fp32, NCHW, PIL): {naive:.1f} frames/s;"
-               f" distinit is {e2e / naive:.2f}x faster (target >= 2)")  # fmt: skip
+    click.echo(f"naive extractor (batch 1, fp32, NCHW, PIL, one view): {naive:.1f} frames/s; "
+               f"one-view distinit is {e2e_one / naive:.2f}x faster (target >= 2)")  # fmt: skip
+    disk_per_frame = best["default"].disk_bytes_per_frame
 
     fp32 = np.concatenate(
         [runner(frames[i : i + best_batch])[teacher] for i in range(0, n, best_batch)]
@@ -303,19 +342,29 @@ def bench_extract(
                f"{2 * fp32.shape[1] + 16} B/frame at KL {kl_fp16.mean():.1e}; "
                f"shards on disk: {disk_per_frame:.0f} B/frame"
                )  # fmt: skip
+    k = best["default"].views
+    target_bytes = best["default"].target_bytes_per_frame
+    one_view_bytes = best["one view"].target_bytes_per_frame
+    click.echo(f"targets on disk with {k} views: {target_bytes:.0f} B/frame = "
+               f"{target_bytes / k:.0f} B per view (target <= 1075 per view and 1000-class "
+               f"teacher); with one view {one_view_bytes:.0f} B/frame")  # fmt: skip
     embedding = embedding_storage_figures(t, dev, frames[: min(n, 128)])
     click.echo(f"embedding targets ({teacher}:embedding, {embedding['dim']}-d): "
                f"{embedding['bytes_per_frame']} B/frame = {embedding['bytes_per_dim']:.3f} B/dim, "
                f"cosine vs fp32 mean {embedding['mean_cosine']:.5f} min "
                f"{embedding['min_cosine']:.5f} (goal <= 1.1 B/dim at mean >= 0.999)")  # fmt: skip
     fig.update(
-        embedding_storage=embedding, end_to_end_wall_fps=e2e_wall, batch_size_choice=choice,
+        embedding_storage=embedding, end_to_end_wall_fps=best["default"].wall_fps,
+        batch_size_choice=best["default"].batch_choice, views=k, views_limit_fps=views_limit,
+        views_teacher_fps=n / views_teacher_s, views_teacher_time_ratio=views_s / one_view_s,
+        end_to_end_one_view_fps=e2e_one, one_view_over_views_time=e2e_one / e2e,
+        target_bytes_per_frame=target_bytes, target_bytes_per_view=target_bytes / k,
         frames=n, decode_fps=n / decode_s, decode_workers=best_workers, teacher_fps_by_batch=sweep,
         best_batch=best_batch, compiled_fps_by_batch={b: r for b, (r, _) in compiled_sweep.items()},
         best_setting=setting, teacher_fps=n / teacher_s,
         limit_fps=limit, end_to_end_fps=e2e,
-        end_to_end_over_limit=e2e / limit, end_to_end_no_store_fps=e2e_no_store,
-        store_over_no_store=e2e / e2e_no_store, naive_fps=naive, over_naive=e2e / naive,
+        end_to_end_over_limit=e2e / views_limit, end_to_end_no_store_fps=e2e_no_store,
+        store_over_no_store=e2e / e2e_no_store, naive_fps=naive, over_naive=e2e_one / naive,
         reduced_precision=reduced, bytes_per_frame=per_frame, int8_mean_kl=float(kl_int8.mean()),
         disk_bytes_per_frame=disk_per_frame,
     )  # fmt: skip

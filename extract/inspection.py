@@ -166,7 +166,7 @@ def video_top(shards: ShardSet, video_id: str, teacher: str | None, k: int) -> d
     """The teacher's classes averaged over a video's frames (mean of per-frame softmax)."""
     require_video(shards, video_id)
     t = _classifier(shards, teacher)
-    probs = softmax(shards.logits(video_id)[t.name]).mean(axis=0)
+    probs = frame_probabilities(shards, video_id, t.name).mean(axis=0)
     order = np.argsort(-probs)[:k]
     return {
         "id": video_id,
@@ -175,8 +175,19 @@ def video_top(shards: ShardSet, video_id: str, teacher: str | None, k: int) -> d
     }
 
 
+def frame_probabilities(shards: ShardSet, video_id: str, teacher: str) -> np.ndarray:
+    """``(N, C)``: each frame's class distribution, the mean of ``softmax`` over the shards'
+    views (what the teacher sees in the whole frame), read one view at a time."""
+    total: np.ndarray | None = None
+    for view in range(shards.num_views):
+        p = softmax(shards.logits(video_id, None, view)[teacher].astype(np.float64))
+        total = p if total is None else total + p
+    assert total is not None
+    return total / shards.num_views
+
+
 def format_top(result: dict[str, Any]) -> str:
-    lines = [f"{result['id']} — {result['teacher']}, mean over frames:"]
+    lines = [f"{result['id']} — {result['teacher']}, mean over frames (and views):"]
     lines += [f"  {c['prob']:7.2%}  {c['class']}" for c in result["top"]]
     return "\n".join(lines)
 
@@ -496,7 +507,7 @@ def plot_timeline(
 
     require_video(shards, video_id)
     t = _classifier(shards, teacher)
-    probs = softmax(shards.logits(video_id)[t.name])  # (N, C)
+    probs = frame_probabilities(shards, video_id, t.name)  # (N, C)
     times = shards.times(video_id)
     order = np.argsort(-probs.mean(axis=0))[:k]
     fig, ax = plt.subplots(figsize=(9, 4), dpi=110)

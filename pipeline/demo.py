@@ -114,13 +114,14 @@ def demo(out: str, videos: str | None, holdout: str | None, quick: bool, steps: 
     _link_tree(root, [held], out_dir / "videos" / "heldout")
 
     fps = 10.0 if quick else None
-    resize = (86, 64)  # the student's frames: stored at this size, trained at 56 px crops
+    resize, crop = (86, 64), 56  # the student's frames: stored at this size, cropped to 56 px
     click.echo(f"[1/4] extract: EfficientNet-Lite0 (ImageNet) on {len(ids)} videos from {root}"
-               + (" at 10 frames/s" if quick else ", every frame"))  # fmt: skip
+               + (" at 10 frames/s" if quick else ", every frame")
+               + f", on each of the {crop} px crops the student may see")  # fmt: skip
     for part in ("train", "heldout"):
         summary = run_extract(ExtractConfig(
             videos=str(out_dir / "videos" / part), out=str(out_dir / "shards" / part), fps=fps,
-            device="cpu", store_size=resize))  # fmt: skip
+            device="cpu", store_size=resize, crop=crop))  # fmt: skip
         for video_id, reason in summary.failures:
             click.echo(f"      failed: {video_id}: {reason}")
     train_shards = ShardSet(out_dir / "shards" / "train")
@@ -142,7 +143,7 @@ def demo(out: str, videos: str | None, holdout: str | None, quick: bool, steps: 
     n_steps = steps or (30 if quick else 150)
     cfg = TrainConfig(
         targets=str(out_dir / "shards" / "train"), out=str(out_dir / "run"), student=student,
-        clip_len=8, resize=resize, crop=56, batch_size=4, workers=1, lr=0.05,
+        clip_len=8, resize=resize, crop=crop, batch_size=4, workers=1, lr=0.05,
         warmup_steps=max(1, n_steps // 10), max_steps=n_steps, device="cpu", seed=0,
         save_every=max(10, n_steps // 5),
     )  # fmt: skip

@@ -3,9 +3,11 @@
 The fidelity figure of distillation: measured on videos the student never trained on, it says
 whether the student learned to see what the teacher sees rather than memorising clips. Clips are
 ``clips_per_video`` windows uniformly spaced over each video (the clip rules of
-``train/clip_rules.py``), centre-cropped, no flip; the
-teacher's class of a clip is the argmax of its mean per-frame distribution (T = 1), the same
-target the student was trained towards.
+``train/clip_rules.py``). With shards of views, clip ``k`` of a video is cropped as view
+``k mod K`` and compared with that view's targets, so student and teacher see the same pixels;
+shards of the teacher's own centre view are centre-cropped, no flip. The teacher's class of a
+clip is the argmax of its mean per-frame distribution (T = 1), the same target the student was
+trained towards.
 """
 
 from __future__ import annotations
@@ -47,13 +49,23 @@ def top1_agreement(
     top5 = {h: 0 for h in heads}
     total = 0
     x0, y0, _ = clip_rules.centre_crop(frames.size, crop)
+    views = shards.views
+    if views is not None and (views.size, views.crop) != (frames.size, crop):
+        raise ValueError("agreement clips must be cut as the shards' views are")
     for record in shards.ok_videos():
         n = record.row_count
-        for start in clip_rules.uniform_starts(n, clip_len, frame_stride, clips_per_video):
+        starts = clip_rules.uniform_starts(n, clip_len, frame_stride, clips_per_video)
+        for k, start in enumerate(starts):
             rows = clip_rules.window_rows(record.row_count, clip_len, frame_stride, int(start))
-            clip = clip_rules.clip_input(frames(record.id, rows), "rgb", x0, y0, crop, False)
+            view = k % len(views) if views is not None else 0
+            x, y, flip = (
+                (views.views[view].x, views.views[view].y, views.views[view].flip)
+                if views is not None
+                else (x0, y0, False)
+            )
+            clip = clip_rules.clip_input(frames(record.id, rows), "rgb", x, y, crop, flip)
             outputs = student(student.normalize(torch.from_numpy(clip)[None]))  # (1, C) per head
-            logits = shards.logits(record.id, rows)
+            logits = shards.logits(record.id, rows, view)
             for h in heads:
                 teacher_top1 = int(tempered(logits[h], 1.0).mean(axis=0).argmax())
                 ranked = outputs[h][0].topk(5).indices.tolist()
