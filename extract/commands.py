@@ -22,7 +22,7 @@ from distinit.pipeline.cli import FRAME_SIZE
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.progress import ProgressLine, format_duration
 from distinit.pipeline.runtime import process_from_environment
-from distinit.pipeline.views import DEFAULT_CROP, DEFAULT_POSITIONS
+from distinit.pipeline.views import DEFAULT_POSITIONS
 
 if TYPE_CHECKING:
     from distinit.pipeline.shards import ShardSet
@@ -184,9 +184,9 @@ EMBEDDING_MIN_COSINE = 0.999
 @click.option(
     "--crop",
     type=int,
-    default=DEFAULT_CROP,
-    show_default=True,
-    help="Side of the student's square crop of the --store-size frame (train's --crop).",
+    default=None,
+    help="Side of the student's square crop of the --store-size frame (train's --crop) "
+    "[default: 7/8 of its shorter side, 112 for 171x128].",
 )
 @click.option(
     "--mirror-views/--no-mirror-views",
@@ -222,7 +222,7 @@ def extract(
     frames_mode: str,
     store_size: tuple[int, int],
     views: int | None,
-    crop: int,
+    crop: int | None,
     mirror_views: bool,
 ) -> None:
     """Decode every frame of every video once, run the teacher(s), write logits to HDF5 shards."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.video import format_size
-from distinit.pipeline.views import DEFAULT_CROP, DEFAULT_POSITIONS, ViewSet
+from distinit.pipeline.views import DEFAULT_POSITIONS, ViewSet, default_crop
 
 FRAME_MODES = ("store", "none")
 MAX_STORE_SIDE = 1024  # far above any student's input; a typo like 1710x1280 fails up front
@@ -61,7 +61,7 @@ class ExtractConfig:
     # Crop positions per frame the teachers run on (None: the teacher's own recipe, one view
     # that matches no student crop), in the store_size frame with train's --crop, and mirrored.
     views: int | None = DEFAULT_POSITIONS
-    crop: int = DEFAULT_CROP
+    crop: int | None = None  # None: 7/8 of the store's shorter side (112 for 171x128)
     mirror_views: bool = True
 
     def __post_init__(self) -> None:
@@ -109,7 +109,8 @@ class ExtractConfig:
         """The views every teacher runs on (None: the teacher's own recipe, or no teacher)."""
         if self.views is None or not self.teacher_names:
             return None
-        return ViewSet.grid(self.store_size, self.crop, self.views, self.mirror_views)
+        crop = self.crop if self.crop is not None else default_crop(self.store_size)
+        return ViewSet.grid(self.store_size, crop, self.views, self.mirror_views)
 
     @property
     def teacher_names(self) -> tuple[str, ...]:

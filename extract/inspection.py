@@ -83,6 +83,13 @@ def summary(shards: ShardSet) -> dict[str, Any]:
         "videos_failed": sum(v["status"] == "failed" for v in videos),
         "frames": sum(v["frames"] for v in videos),
         "bytes": sum(p.stat().st_size for p in shards.directory.glob("*.h5")),
+        "views": (
+            shards.views.describe()
+            if shards.views is not None
+            else "one per frame, the teacher's own centre crop (not the student's crops)"
+            if shards.teachers
+            else None
+        ),
         "store": shards.store.describe() if shards.store else None,
         "store_bytes": shards.store_nbytes() if shards.store else 0,
         "target_bytes": shards.target_nbytes(),
@@ -110,6 +117,7 @@ def format_summary(s: dict[str, Any]) -> str:
             if s["provenance"].get("frame_geometry")
             else ""
         ),
+        *([f"views: {s['views']}"] if s.get("views") else []),
         (
             f"frame store: {s['store']}"
             + (f", {s['store_bytes'] / s['frames']:.0f} bytes/frame" if s["frames"] else "")

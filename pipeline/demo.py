@@ -1,10 +1,11 @@
 """``distinit demo``: the whole method on real video, on a CPU, in minutes.
 
-1. Extract: the offline ImageNet teacher (EfficientNet-Lite0) labels every frame of the clips.
+1. Extract: the offline ImageNet teacher (EfficientNet-Lite0) labels every frame of the clips, on
+   each of the crops (views) the student may be shown.
 2. Show what the teacher sees: its top classes per video, and a timeline picture.
 3. Train a small 3D student on all videos but one, against the cached targets.
-4. On the held-out video, report how often the student's top-1 class equals the teacher's,
-   beside the same figure for the untrained student.
+4. On the held-out video, report how often the student's top-1 class equals the teacher's on
+   the same view, beside the same figure for the untrained student.
 
 Like the CLI, this module imports the stages inside the command body.
 """
@@ -168,7 +169,8 @@ def demo(out: str, videos: str | None, holdout: str | None, quick: bool, steps: 
     span = f"loss {first:.3f} -> {last:.3f}" if first is not None and last is not None else ""
     click.echo(f"      {span}{done} ({time.monotonic() - started:.0f}s so far)")
 
-    click.echo(f"[4/4] top-1 agreement with the teacher, {AGREEMENT_CLIPS} clips per video:")
+    click.echo(f"[4/4] top-1 agreement with the teacher, {AGREEMENT_CLIPS} clips per video, "
+               "student and teacher on the same view:")  # fmt: skip
     trained = load_final(out_dir / "run" / "final.pt").build_student()
     torch.manual_seed(0)
     untrained = Student(student, {t.name: t.num_classes for t in train_shards.teachers})

@@ -42,7 +42,9 @@ def ok_ids(shards: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def real_shards(tmp_path_factory: pytest.TempPathFactory, sample_clips: Path) -> Path:
     out = tmp_path_factory.mktemp("real") / "shards"
-    result = distinit("extract", "--videos", str(sample_clips), "--out", str(out))
+    result = distinit(
+        "extract", "--videos", str(sample_clips), "--out", str(out), "--views", "recipe"
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -94,7 +96,9 @@ def test_bad_input_is_recorded_and_good_videos_complete(
 ) -> None:
     expected = make_corpus(tmp_path / "videos")
     out = tmp_path / "shards"
-    result = distinit("extract", "--videos", str(tmp_path / "videos"), "--out", str(out))
+    result = distinit(
+        "extract", "--videos", str(tmp_path / "videos"), "--out", str(out), "--views", "recipe"
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     shards = ShardSet(out)
@@ -117,7 +121,9 @@ def test_bad_input_is_recorded_and_good_videos_complete(
               f"{sum(s == 'failed' for s in got.values())} recorded as failed, 2 not taken "
               "for videos (a directory named like one, a symlink loop)")  # fmt: skip
     # Re-running skips everything, duplicates nothing; --strict turns failures into exit 1.
-    again = distinit("extract", "--videos", str(tmp_path / "videos"), "--out", str(out))
+    again = distinit(
+        "extract", "--videos", str(tmp_path / "videos"), "--out", str(out), "--views", "recipe"
+    )
     assert f"0 videos done, 0 failed, {len(expected)} skipped" in again.stdout
     assert again.returncode == 0
     strict = distinit(

@@ -319,7 +319,7 @@ def teacher_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     videos, _ = index_dataset(root)
     summary = run_extract(
         ExtractConfig(videos=str(videos), out=str(root / "targets"), store_size=(SIZE, SIZE),
-                      workers=1, device="cpu", compile="off", batch_size=8)
+                      crop=48, workers=1, device="cpu", compile="off", batch_size=8)
     )  # fmt: skip
     assert summary.failed == 0 and summary.done == 2
     return videos, root / "targets"

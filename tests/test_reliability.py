@@ -23,7 +23,7 @@ def test_sigterm_stops_extract_cleanly_and_it_resumes(tmp_path: Path) -> None:
     for i in range(10):
         make_index_video(videos / f"v{i}.mp4", 40)
     out = tmp_path / "shards"
-    argv = [*CLI, "extract", "--videos", str(videos), "--out", str(out), "--videos-per-shard", "1",
+    argv = [*CLI, "extract", "--videos", str(videos), "--out", str(out), "--views", "recipe", "--videos-per-shard", "1",
             "--workers", "1"]  # fmt: skip
     proc = subprocess.Popen(
         argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -70,7 +70,7 @@ def test_out_of_space_mid_shard_keeps_earlier_shards(tmp_path: Path) -> None:
     videos.mkdir()
     make_index_video(videos / "a.mp4", 2)
     out = tmp_path / "shards"
-    argv = [*CLI, "extract", "--videos", str(videos), "--out", str(out)]
+    argv = [*CLI, "extract", "--videos", str(videos), "--out", str(out), "--views", "recipe"]
     assert subprocess.run(argv, env=ENV, capture_output=True, timeout=300).returncode == 0
     before = {p.name: p.read_bytes() for p in out.glob("*.h5")}
     make_index_video(videos / "b.mp4", 60)  # 60 KB of logits: cannot fit under the limit

@@ -113,7 +113,7 @@ def test_compile_on_compiles_the_teacher_and_matches_eager(
     for mode in ("off", "on"):
         out = tmp_path / mode
         cfg = ExtractConfig(videos=str(videos), out=str(out), compile=mode, batch_size=4,
-                            device="cpu", precision="fp32", workers=1)  # fmt: skip
+                            device="cpu", precision="fp32", workers=1, views=None)  # fmt: skip
         extract_runner.run_extract(cfg)
         (shard,) = ShardSet(out).ok_videos()
         assert read_shard_header(out / shard.shard).provenance["compiled"] is (mode == "on")

@@ -52,7 +52,7 @@ def mixed_shards(tmp_path_factory: pytest.TempPathFactory, videos: Path) -> Path
     out = tmp_path_factory.mktemp("today_shards")
     cfg = ExtractConfig(
         videos=str(videos), out=str(out), teachers=(LITE, LITE_EMB), fps=4.0, batch_size=8,
-        compile="off", device="cpu",
+        compile="off", device="cpu", views=None,
     )  # fmt: skip
     summary = run_extract(cfg)
     assert summary.done == len(CLIPS) and summary.frames > 40
@@ -216,11 +216,12 @@ def test_each_teacher_gets_its_own_preprocessing_from_one_decode(
         std = torch.tensor(t.std).view(1, 3, 1, 1)
         actual = seen[t.name] * std + mean  # back to 0..255
         plan = runner.inputs[t.name]
+        side = plan.boxes[0].side
         # Recorded: the steps the shard names, applied by hand, are exactly what the teacher saw.
-        assert f"centre crop {plan.crop}x{plan.crop}" in info.preprocessing
-        top = (x_decoded.shape[-1] - plan.crop) // 2
-        by_record = x_decoded[..., top : top + plan.crop, top : top + plan.crop]
-        if plan.size != plan.crop:
+        assert f"centre crop {side}x{side}" in info.preprocessing
+        top = (x_decoded.shape[-1] - side) // 2
+        by_record = x_decoded[..., top : top + side, top : top + side]
+        if plan.size != side:
             assert f"resize to {plan.size}x{plan.size} ({t.interpolation}" in info.preprocessing
             by_record = F.interpolate(
                 by_record, size=(plan.size, plan.size), mode=t.interpolation, antialias=True
@@ -232,7 +233,7 @@ def test_each_teacher_gets_its_own_preprocessing_from_one_decode(
         assert err < 6.0, (t.name, err)
         # ... and far from the old shortcut (the largest teacher's crop resized to fit).
         shortcut = F.interpolate(x_decoded, size=(t.crop_size,) * 2, mode="bilinear")
-        if plan.crop != x_decoded.shape[-1]:
+        if side != x_decoded.shape[-1]:
             assert (shortcut - own).abs().mean().item() > err
 
 
@@ -263,14 +264,14 @@ def test_teacher_batch_is_calibrated_on_the_first_frames_and_logged(
 
     caplog.set_level("INFO", logger="distinit.extract.runner")
     cfg = ExtractConfig(videos=str(videos), out=str(tmp_path / "auto"), fps=1.0, compile="off",
-                        device="cpu")  # fmt: skip
+                        device="cpu", views=None)  # fmt: skip
     run_extract(cfg)
     provenance = ShardSet(tmp_path / "auto").provenance
     assert "measured on the first frames" in provenance["batch_size_choice"]
     assert provenance["batch_size"] in CPU_BATCH_SIZES
     assert provenance["batch_size_choice"] in caplog.text
     cfg = ExtractConfig(videos=str(videos), out=str(tmp_path / "given"), fps=1.0, compile="off",
-                        device="cpu", batch_size=3)  # fmt: skip
+                        device="cpu", batch_size=3, views=None)  # fmt: skip
     run_extract(cfg)
     provenance = ShardSet(tmp_path / "given").provenance
     assert (provenance["batch_size"], provenance["batch_size_choice"]) == (3, "3 (--batch-size)")

@@ -116,12 +116,17 @@ def test_the_loader_draws_one_view_per_clip_with_its_own_crop_and_targets(tmp_pa
     assert seen == set(range(len(views)))  # every view is drawn
 
 
-def test_clips_cut_otherwise_than_the_views_are_refused(tmp_path: Path) -> None:
+def test_clips_cut_otherwise_than_the_views_say_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     views = ViewSet.grid((171, 128), 112, 6)
     shards = _peaked_view_shards(tmp_path, views)
     spec = ClipSpec(4, 1, (171, 128), 96, 1.0, "mean", views=views)
-    with pytest.raises(ConfigError, match="train with --resize 171x128 --crop 112"):
-        ClipDataset(shards, _BlankFrames((171, 128)), spec, seed=0, global_batch=1)
+    dataset = ClipDataset(shards, _BlankFrames((171, 128)), spec, seed=0, global_batch=1)
+    assert "train with --resize 171x128 --crop 112" in caplog.text
+    # Random crops, against the targets of the most central unflipped view (x 30, y 0 or 16).
+    central = views.views[int(dataset[0]["targets"]["t"].argmax())]
+    assert central.x == 30 and not central.flip
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ different worker count and a DDP run draw the same clips as one uninterrupted pr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator
@@ -116,10 +117,10 @@ def centre_view(views: ViewSet) -> int:
     )
 
 
-def check_views(shards: ShardSet, resize: tuple[int, int], crop: int) -> None:
-    """Refuse clips whose geometry differs from the one the shards' views were cut in (their
-    targets would describe other pixels); warn, once per directory, when the shards have no
-    views at all."""
+def check_views(shards: ShardSet, resize: tuple[int, int], crop: int) -> bool:
+    """Whether clips of ``resize`` and ``crop`` can be cut as the shards' views are. When not
+    (shards without views, or views cut for another geometry), say once per directory that the
+    targets will not be of the student's crops."""
     views = shards.views
     if views is None:
         if shards.teachers and shards.directory not in _NOTICED:
@@ -133,14 +134,21 @@ def check_views(shards: ShardSet, resize: tuple[int, int], crop: int) -> None:
                 NO_VIEW_KL,
                 DEFAULT_POSITIONS,
             )
-        return
+        return False
     if (views.size, views.crop) != (tuple(resize), crop):
-        raise ConfigError(
-            f"{shards.directory}: the targets are of {views.crop}x{views.crop} crops of "
-            f"{format_size(views.size)} frames; train with --resize {format_size(views.size)} "
-            f"--crop {views.crop} (or extract again with --store-size {format_size(resize)} "
-            f"--crop {crop})"
-        )
+        if (shards.directory, "geometry") not in _NOTICED:
+            _NOTICED.add((shards.directory, "geometry"))
+            log.warning(
+                "%s: the targets are of %dx%d crops of %s frames, the clips are %dx%d crops of "
+                "%s: random crops against the most central view's targets, which do not match "
+                "them; train with --resize %s --crop %d (or extract again with --store-size %s "
+                "--crop %d)",
+                shards.directory, views.crop, views.crop, format_size(views.size), crop, crop,
+                format_size(resize), format_size(views.size), views.crop, format_size(resize),
+                crop,
+            )  # fmt: skip
+        return False
+    return True
 
 
 # The consistency figure of centre-view targets (inspect --consistency 64 on the sample clips,
@@ -182,7 +190,12 @@ class ClipDataset(Dataset[dict[str, Any]]):
             raise ConfigError(f"frames of {frames.size} given for clips of {spec.resize}")
         if spec.views != shards.views:
             raise ValueError("the clip spec's views are not the shards' (pass shards.views)")
-        check_views(shards, spec.resize, spec.crop)
+        # Without usable views: random crops, against the targets of the most central view.
+        self.target_view = 0
+        if not check_views(shards, spec.resize, spec.crop):
+            if spec.views is not None:
+                self.target_view = centre_view(spec.views)
+            spec = dataclasses.replace(spec, views=None)
         self.shards = shards
         self.frames = frames
         self.spec = spec
@@ -216,13 +229,14 @@ class ClipDataset(Dataset[dict[str, Any]]):
         clip = clip_input(
             frames, self.spec.modality, plan.crop_x, plan.crop_y, self.spec.crop, plan.flip
         )
-        logits = self.shards.logits(record.id, rows, plan.view)
+        view = plan.view if self.spec.views is not None else self.target_view
+        logits = self.shards.logits(record.id, rows, view)
         targets: dict[str, torch.Tensor] = {}
         for name, x in logits.items():
             if self.spec.target_frames == "random":
                 x = x[plan.target_frame : plan.target_frame + 1]
             targets[name] = torch.from_numpy(tempered(x, self.spec.temperature).mean(axis=0))
-        for key, e in self.shards.embeddings(record.id, rows, plan.view).items():
+        for key, e in self.shards.embeddings(record.id, rows, view).items():
             if self.spec.target_frames == "random":
                 e = e[plan.target_frame : plan.target_frame + 1]
             targets[key] = torch.from_numpy(mean_embedding(e))
@@ -231,7 +245,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
             "clip": torch.from_numpy(clip),
             "targets": targets,  # target -> (C,) float32 summing to 1, or (D,) unit embedding
             "rows": torch.from_numpy(rows),  # (T,) for alignment checks
-            "view": plan.view,
+            "view": view,
             "index": index,
         }
 
