@@ -60,7 +60,8 @@ def test_extract_killed_after_a_shard_mid_shard_and_mid_manifest(tmp_path: Path)
     for name in names:
         make_index_video(videos / name, 20)
     out = tmp_path / "shards"
-    argv = [*CLI, "extract", "--videos", str(videos), "--out", str(out), "--views", "recipe", "--videos-per-shard", "2",
+    argv = [*CLI, "extract", "--videos", str(videos), "--out", str(out), "--views", "recipe",
+            "--videos-per-shard", "2",
             "--workers", "1", "--batch-size", "4"]  # fmt: skip
 
     # 1. After the first shard exists: the run is working on the next one.

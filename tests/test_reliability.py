@@ -23,7 +23,8 @@ def test_sigterm_stops_extract_cleanly_and_it_resumes(tmp_path: Path) -> None:
     for i in range(10):
         make_index_video(videos / f"v{i}.mp4", 40)
     out = tmp_path / "shards"
-    argv = [*CLI, "extract", "--videos", str(videos), "--out", str(out), "--views", "recipe", "--videos-per-shard", "1",
+    argv = [*CLI, "extract", "--videos", str(videos), "--out", str(out), "--views", "recipe",
+            "--videos-per-shard", "1",
             "--workers", "1"]  # fmt: skip
     proc = subprocess.Popen(
         argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
