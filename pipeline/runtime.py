@@ -16,6 +16,7 @@ directory.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import itertools
@@ -303,7 +304,7 @@ class DirectoryLock:
     def acquire(self) -> DirectoryLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_lock_file(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
             except BlockingIOError as exc:
@@ -336,6 +337,20 @@ class DirectoryLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def open_lock_file(path: Path, flags: int) -> int:
+    """``os.open`` that never follows a symbolic link: a link planted where a lock file goes
+    would otherwise have its target truncated and overwritten."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(
+                f"{path} is a symbolic link where a lock file belongs; a lock is never "
+                "followed through a link: remove it"
+            ) from exc
+        raise
 
 
 def _same_file(fd: int, path: Path) -> bool:
