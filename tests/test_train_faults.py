@@ -143,3 +143,20 @@ def test_ctrl_c_with_the_output_pipe_gone_still_saves(
     stopped_at = torch.load(out / "last.pt", weights_only=True)["step"]
     logged = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
     assert 1 <= stopped_at < STEPS and logged[-1] == stopped_at
+
+
+def test_the_student_is_given_a_contiguous_clip_tensor(
+    index_data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The normalised clip is a permuted view; under DDP it would give gradients whose strides
+    differ from the bucket's (fine-tuning makes it contiguous too)."""
+    seen: list[bool] = []
+
+    class Watched(loop.Student):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            seen.append(x.is_contiguous())
+            return super().forward(x)
+
+    monkeypatch.setattr(loop, "Student", Watched)
+    _train(index_data[1], tmp_path / "run", "--stop-after", "2")
+    assert seen == [True, True]
