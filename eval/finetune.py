@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,9 +28,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from distinit.eval.datasets import ClipProtocol, TrainClips
 from distinit.eval.initialise import HEAD
 from distinit.eval.splits import VideoItem
-from distinit.pipeline.errors import CheckpointError, ConfigError, NonFiniteLossError
+from distinit.pipeline.errors import (
+    CheckpointError,
+    ConfigError,
+    Interrupted,
+    NonFiniteLossError,
+)
 from distinit.pipeline.progress import eta_seconds, format_duration
-from distinit.pipeline.runtime import atomic_torch_save
+from distinit.pipeline.runtime import Process, atomic_torch_save
+from distinit.pipeline.stopping import ShieldedWorkerInit, StopSignals, agree_to_stop
 from distinit.pipeline.weights import load_weights_only
 from distinit.train.clips import prepare_workers
 from distinit.train.students import Student
@@ -145,58 +152,88 @@ def finetune(
     steps_per_epoch = math.ceil(len(sampler if sampler is not None else dataset) / per_rank)
     total = steps_per_epoch * (settings.epochs - start_epoch)
     done, began = 0, time.monotonic()
-    for epoch in range(start_epoch, settings.epochs):
-        lr = settings.lr * 0.5 * (1 + math.cos(math.pi * epoch / settings.epochs))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        dataset.set_epoch(epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader = DataLoader(
-            dataset,
-            batch_size=per_rank,
-            shuffle=sampler is None,
-            sampler=sampler,
-            num_workers=settings.workers,
-            generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch),
-            drop_last=False,
-        )
-        model.train()
-        loss_sum, seen = 0.0, 0
-        for clips, labels in loader:  # clips: (B, T, H, W, 3) uint8 or (B, T, H, W, 2) flow
-            # contiguous: the permuted layout would give DDP gradients of mismatched strides
-            x = student.normalize(clips.to(device, non_blocking=True)).contiguous()  # (B,C,T,H,W)
-            labels = labels.to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                loss = nn.functional.cross_entropy(model(x)[HEAD], labels)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"fine-tuning loss is {loss.item()} at epoch {epoch + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.item() * len(labels)
-            seen += len(labels)
-            done += 1
-        elapsed = time.monotonic() - began
-        eta = eta_seconds(done, total, elapsed)
-        if rank == 0:
-            progress(
-                f"epoch {epoch + 1}/{settings.epochs}  loss {loss_sum / max(seen, 1):.4f}  "
-                f"lr {lr:.2e}  elapsed {format_duration(elapsed)}  ETA {format_duration(eta)}"
+    proc = Process(rank, world)
+    with StopSignals() as signals:
+        for epoch in range(start_epoch, settings.epochs):
+            lr = settings.lr * 0.5 * (1 + math.cos(math.pi * epoch / settings.epochs))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            dataset.set_epoch(epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            loader = DataLoader(
+                dataset,
+                batch_size=per_rank,
+                shuffle=sampler is None,
+                sampler=sampler,
+                num_workers=settings.workers,
+                generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch),
+                drop_last=False,
+                worker_init_fn=ShieldedWorkerInit(),  # signals to the group reach us alone
             )
-            atomic_torch_save(
-                state_path,
-                {
-                    "fingerprint": fingerprint,
-                    "init_weights": init_weights,
-                    "epochs_done": epoch + 1,
-                    "model": student.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                },
-            )
-        if world > 1:
-            dist.barrier()
+            model.train()
+            loss_sum, seen = 0.0, 0
+            batches = iter(loader)
+            while True:
+                # Every stop decision (a fault, a signal) is taken by all ranks together, so no
+                # rank is left waiting in DDP's all-reduce.
+                fault: Exception | None = None
+                try:
+                    clips, labels = next(batches)  # (B, T, H, W, 3) uint8 or (B, T, H, W, 2)
+                except StopIteration:
+                    break  # every rank's sampler has the same length
+                except Exception as exc:
+                    fault = exc
+                signum = agree_to_stop(proc, signals, fault)
+                if signum is not None:
+                    raise Interrupted(
+                        f"{signal.Signals(signum).name} in fine-tuning epoch {epoch + 1} of "
+                        f"{settings.epochs}: finished epochs ({epoch}) are kept in {state_path}; "
+                        "run the same command again to resume",
+                        signum,
+                    )
+                try:
+                    # contiguous: the permuted layout would give DDP gradients of mismatched
+                    # strides
+                    x = student.normalize(clips.to(device, non_blocking=True)).contiguous()
+                    labels = labels.to(device)  # x: (B, C, T, H, W)
+                    with torch.autocast(
+                        device_type=device.type, dtype=torch.float16, enabled=use_amp
+                    ):
+                        loss = nn.functional.cross_entropy(model(x)[HEAD], labels)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(
+                            f"fine-tuning loss is {loss.item()} at epoch {epoch + 1}"
+                        )
+                except Exception as exc:
+                    fault = exc
+                agree_to_stop(proc, None, fault)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                loss_sum += loss.item() * len(labels)
+                seen += len(labels)
+                done += 1
+            elapsed = time.monotonic() - began
+            eta = eta_seconds(done, total, elapsed)
+            if rank == 0:
+                progress(
+                    f"epoch {epoch + 1}/{settings.epochs}  loss {loss_sum / max(seen, 1):.4f}  "
+                    f"lr {lr:.2e}  elapsed {format_duration(elapsed)}  ETA {format_duration(eta)}"
+                )
+                atomic_torch_save(
+                    state_path,
+                    {
+                        "fingerprint": fingerprint,
+                        "init_weights": init_weights,
+                        "epochs_done": epoch + 1,
+                        "model": student.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                    },
+                )
+            if world > 1:
+                dist.barrier()
     return student
 
 

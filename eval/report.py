@@ -13,6 +13,7 @@ import numpy as np
 
 from distinit.eval.metrics import VideoProbs, load_video_probs
 from distinit.pipeline.errors import DatasetError
+from distinit.pipeline.paths import inside
 from distinit.pipeline.runtime import atomic_write
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,8 @@ def _probs_path(out: Path, split_row: dict[str, Any]) -> Path:
     folder = out if out.is_dir() else out.parent  # RUNS may name results.json itself
     if "video_probs" not in split_row:
         raise DatasetError(f"{out}: split {split_row['split']} names no video_probs file")
-    return folder / str(split_row["video_probs"])
+    what = f"{out}: split {split_row['split']}'s video_probs"
+    return inside(folder, str(split_row["video_probs"]), what, DatasetError)
 
 
 def _aligned(rgb: VideoProbs, flow: VideoProbs) -> tuple[np.ndarray, np.ndarray] | str:

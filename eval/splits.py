@@ -17,6 +17,7 @@ from pathlib import Path
 
 from distinit.eval.manifests import Manifest, SplitCounts
 from distinit.pipeline.errors import DatasetError
+from distinit.pipeline.paths import check_relative
 from distinit.pipeline.video import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ def _tagged(
                     f"{sorted(roles)}, got {line.strip()!r}"
                 )
             rel = manifest.video_path.format(**{"class": cls, "video": fields[0]})
+            check_relative(rel, f"{found[cls]}:{lineno}: video", DatasetError)
             role = roles[fields[1]]
             if role == "train":
                 train.append((cls, rel))
@@ -218,6 +220,7 @@ def _read_list(
                 f"{path}:{lineno}: expected '<class>/<video>{' <label>' if labelled else ''}' "
                 f"with a known class, got {line.strip()!r}"
             )
+        check_relative(rel, f"{path}:{lineno}: video", DatasetError)
         cls = lookup[folder]
         if len(fields) == 2 and (
             not fields[1].isdigit() or int(fields[1]) != classes.index(cls) + 1

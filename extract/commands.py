@@ -7,6 +7,7 @@ runs.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -18,8 +19,9 @@ from distinit.extract.config import (
     ExtractConfig,
     parse_teacher_weights,
 )
+from distinit.pipeline import stopping
 from distinit.pipeline.cli import FRAME_SIZE
-from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.errors import ConfigError, Interrupted
 from distinit.pipeline.progress import ProgressLine, format_duration
 from distinit.pipeline.runtime import process_from_environment
 from distinit.pipeline.views import DEFAULT_POSITIONS
@@ -294,11 +296,12 @@ def extract(
         f"({rate:.1f} frames/s); {summary.bytes_written / 1e6:.2f} MB written to {cfg.out}"
     )
     if summary.interrupted:
-        click.echo(
-            "Interrupted: finished videos are saved. Run the same command again to resume.",
-            err=True,
+        signum = stopping.received_signal() or signal.SIGINT
+        raise Interrupted(
+            f"{signal.Signals(signum).name}: finished videos are saved. Run the same command "
+            "again to resume.",
+            signum,
         )
-        sys.exit(130)
     if strict and (summary.failed or summary.failed_earlier):
         sys.exit(1)
 

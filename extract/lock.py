@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from distinit.pipeline.errors import ConfigError
-from distinit.pipeline.runtime import DirectoryLock
+from distinit.pipeline.runtime import DirectoryLock, open_lock_file
 
 _RANK_LOCK = re.compile(r"\.lock-(\d+)-of-(\d+)$")
 
@@ -49,7 +49,7 @@ class RankLock(DirectoryLock):
             if m is None or int(m.group(2)) == self.num_shards:
                 continue
             try:
-                probe = os.open(other, os.O_RDWR)
+                probe = open_lock_file(other, os.O_RDWR)
             except FileNotFoundError:
                 continue
             try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -55,6 +53,7 @@ from distinit.pipeline.shards import (
     read_shard_header,
     write_manifest,
 )
+from distinit.pipeline.stopping import StopSignals
 from distinit.pipeline.video import FrameChunk, FrameGeometry, VideoInfo, VideoReader
 from distinit.pipeline.views import ViewSet
 
@@ -172,7 +171,7 @@ def _run_extract(
             shards = _ShardSequence(
                 out, prefix, infos, provenance, cfg.videos_per_shard, store, cfg.view_set()
             )
-            with _stop_on_signals() as stop:
+            with StopSignals() as stop:  # the one stop-signal rule (pipeline.stopping)
                 _extract(cfg, todo, runner, batch_size, store, shards, summary, stop, progress)
             summary.shards_written = shards.written
             summary.bytes_written = sum((out / n).stat().st_size for n in shards.written)
@@ -408,27 +407,6 @@ class _ShardSequence:
                 f"{path}: write failed ({reason}); finished shards are intact, "
                 "free space and run the same command again to resume"
             ) from exc
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """SIGINT/SIGTERM ask the run to stop after writing what is complete."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():  # a second signal: stop now
-            raise KeyboardInterrupt
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def _decode_worker(

@@ -2,21 +2,23 @@
 
 Each sub-command lives with its stage (``distinit.extract.commands`` and so on) and is imported
 only when it runs, so ``distinit --help`` stays instant and never imports torch. Domain errors
-become one line on stderr and exit status 2; nothing a user did wrong prints a traceback.
+become one line on stderr and exit status 2; nothing a user did wrong prints a traceback. A stop
+signal exits as :mod:`distinit.pipeline.stopping` says, for every command.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import sys
-from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from distinit.pipeline.errors import DistinitError, Interrupted
+from distinit.pipeline import stopping
+from distinit.pipeline.errors import DistinitError, Interrupted, one_line
 
 # name -> (module:attribute, one-line help shown by `distinit --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -152,42 +154,72 @@ def cli() -> None:
     logging.basicConfig(format="%(levelname)s: %(message)s")
 
 
-def one_line(exc: DistinitError) -> str:
-    """The error's own message. A DataLoader worker's error reaches the main process as the
-    same type whose message is "Caught X in DataLoader worker process N. Original Traceback
-    ...", ending with the original ``module.X: message`` line: that message is what to print."""
-    text = str(exc)
-    if "\nOriginal Traceback" in text:
-        prefix, _, message = text.rstrip().splitlines()[-1].partition(": ")
-        if prefix.rsplit(".", 1)[-1] == type(exc).__name__:
-            return message
-    return text
-
-
-def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM (Slurm preemption, `kill`) ends a run like Ctrl-C: cleanly, with resume advice.
-    raise KeyboardInterrupt
+INTERRUPTED = "Interrupted. Run the same command again to resume."
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    stopping.install_default_handlers()
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:
+        signum = _stop_signal(exc)  # click turns a KeyboardInterrupt into Abort
+        if signum is None:
+            _exit("Aborted.", stopping.exit_code(signal.SIGINT))
+        _exit(INTERRUPTED, stopping.exit_code(signum))
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        try:
+            exc.show()
+        except OSError:
+            _silence()
+        _exit(None, exc.exit_code)
     except Interrupted as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(exc.exit_code)
+        _exit(str(exc), stopping.exit_code(exc.signum))
     except DistinitError as exc:
-        click.echo(f"Error: {one_line(exc)}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("Interrupted. Run the same command again to resume.", err=True)
-        sys.exit(130)
+        _exit(f"Error: {one_line(exc)}", 2)
+    except KeyboardInterrupt as exc:
+        _exit(INTERRUPTED, stopping.exit_code(_stop_signal(exc) or signal.SIGINT))
+    except BrokenPipeError as exc:
+        # The reader went away (`| head`, or `| tee` killed by the same Ctrl-C): not an error of
+        # ours to report, and there is nowhere to report it.
+        _silence()
+        signum = _stop_signal(exc)
+        _exit(None, stopping.exit_code(signum if signum is not None else signal.SIGPIPE))
+
+
+def _stop_signal(exc: BaseException) -> int | None:
+    """The stop signal behind ``exc`` (itself, its cause or its context), if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, stopping.StopNow):
+            return seen.signum
+        if isinstance(seen, KeyboardInterrupt):
+            return signal.SIGINT
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _exit(message: str | None, code: int) -> NoReturn:
+    """Say ``message`` on stderr if it is still there, and exit with ``code``."""
+    if message is not None:
+        try:
+            click.echo(message, err=True)
+        except OSError:
+            _silence()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            _silence()
+    sys.exit(code)
+
+
+def _silence() -> None:
+    """Point stdout and stderr at /dev/null: once the pipe behind them is broken, the
+    interpreter's own flush at exit would fail too and change the exit status."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

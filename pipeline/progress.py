@@ -83,6 +83,7 @@ class ProgressLine:
         self.every = 0.2 if self.tty else every
         self._last = -math.inf
         self._open = False  # a TTY line is drawn and not yet ended
+        self._gone = False  # the stream broke (a closed pipe): progress is no longer shown
 
     def update(self, text: str, *, final: bool = False) -> None:
         now = time.monotonic()
@@ -90,15 +91,24 @@ class ProgressLine:
             return
         self._last = now
         if self.tty:
-            self.stream.write("\r\x1b[K" + text)
+            self._write("\r\x1b[K" + text)
             self._open = True
         else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+            self._write(text + "\n")
 
     def close(self) -> None:
         """End an in-place line, so what is printed next starts on a line of its own."""
         if self._open:
-            self.stream.write("\n")
-            self.stream.flush()
+            self._write("\n")
             self._open = False
+
+    def _write(self, text: str) -> None:
+        # A progress line is never worth a run: `cmd | tee log` loses its reader on the same
+        # Ctrl-C that asks the run to save and stop, and the save must still happen.
+        if self._gone:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except OSError:
+            self._gone = True

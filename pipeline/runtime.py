@@ -16,12 +16,16 @@ directory.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
+import itertools
 import json
 import logging
 import os
 import re
+import shutil
+import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,14 +103,67 @@ def local_rank(env: dict[str, str] | os._Environ[str] | None = None) -> int:
 
 
 def first_slurm_host(nodelist: str) -> str:
-    """The first host of a Slurm node list: ``gpu[03-05,07],cpu1`` -> ``gpu03``."""
-    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
-    if not m:
-        raise ConfigError(f"cannot read the Slurm node list {nodelist!r}")
-    prefix, ranges = m.group(1), m.group(2)
-    if ranges is None:
-        return prefix
-    return prefix + ranges.split(",")[0].split("-")[0]
+    """The first host of a Slurm node list, as Slurm itself expands it: ``scontrol show
+    hostnames`` where Slurm is installed, else :func:`slurm_hostnames` (the same grammar)."""
+    scontrol = shutil.which("scontrol")
+    if scontrol is not None:
+        try:
+            shown = subprocess.run(
+                [scontrol, "show", "hostnames", nodelist],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout.split()
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.debug("scontrol show hostnames failed (%s); expanding the list here", exc)
+        else:
+            if shown:
+                return shown[0]
+    return slurm_hostnames(nodelist)[0]
+
+
+# A node list item is literal text and bracket groups; a bracket group is a comma list of
+# numbers and ranges ``lo-hi``, zero-padded to the width of ``lo`` (``[08-10]``: 08, 09, 10).
+_HOSTLIST_TOKEN = re.compile(r"\[([^\[\]]*)\]|([^\[\],]+)")
+_HOSTLIST_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def slurm_hostnames(nodelist: str) -> list[str]:
+    """Every host of a Slurm node list, in Slurm's order: ``rack[1-2]-gpu[01-02],login`` ->
+    rack1-gpu01, rack1-gpu02, rack2-gpu01, rack2-gpu02, login."""
+    text = nodelist.strip()
+    hosts: list[str] = []
+    pos = 0
+    while pos < len(text):
+        choices: list[list[str]] = []  # one list of alternatives per literal or bracket group
+        while pos < len(text) and text[pos] != ",":
+            m = _HOSTLIST_TOKEN.match(text, pos)
+            if m is None:
+                raise ConfigError(f"cannot read the Slurm node list {nodelist!r}")
+            group, literal = m.group(1), m.group(2)
+            choices.append([literal] if group is None else _expand_group(group, nodelist))
+            pos = m.end()
+        if not choices:
+            raise ConfigError(f"cannot read the Slurm node list {nodelist!r} (an empty host)")
+        hosts += ["".join(parts) for parts in itertools.product(*choices)]
+        pos += 1  # the comma between items
+    if not hosts:
+        raise ConfigError(f"cannot read the Slurm node list {nodelist!r} (no host)")
+    return hosts
+
+
+def _expand_group(group: str, nodelist: str) -> list[str]:
+    out: list[str] = []
+    for part in group.split(","):
+        m = _HOSTLIST_RANGE.fullmatch(part.strip())
+        if m is None:
+            raise ConfigError(f"cannot read the Slurm node list {nodelist!r} (range {part!r})")
+        lo, hi = m.group(1), m.group(2) or m.group(1)
+        if int(hi) < int(lo):
+            raise ConfigError(f"cannot read the Slurm node list {nodelist!r} (range {part!r})")
+        out += [str(n).zfill(len(lo)) for n in range(int(lo), int(hi) + 1)]
+    return out
 
 
 def rendezvous_environment(proc: Process, env: dict[str, str] | None = None) -> dict[str, str]:
@@ -247,7 +304,7 @@ class DirectoryLock:
     def acquire(self) -> DirectoryLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_lock_file(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
             except BlockingIOError as exc:
@@ -280,6 +337,20 @@ class DirectoryLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def open_lock_file(path: Path, flags: int) -> int:
+    """``os.open`` that never follows a symbolic link: a link planted where a lock file goes
+    would otherwise have its target truncated and overwritten."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(
+                f"{path} is a symbolic link where a lock file belongs; a lock is never "
+                "followed through a link: remove it"
+            ) from exc
+        raise
 
 
 def _same_file(fd: int, path: Path) -> bool:

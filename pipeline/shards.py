@@ -59,6 +59,7 @@ import numpy as np
 
 from distinit.pipeline.errors import ShardError
 from distinit.pipeline.framestore import StoreFormat, decode_gop
+from distinit.pipeline.paths import check_relative
 from distinit.pipeline.runtime import DirectoryLock, atomic_write
 from distinit.pipeline.views import ViewSet
 
@@ -481,6 +482,7 @@ class ShardSet:
         self.records: dict[str, VideoRecord] = {}
         for s in shards:
             for r in s.records:
+                check_relative(r.id, f"{s.path}: video id", ShardError)  # joined onto roots
                 # A video retried after a failure appears twice: the successful entry wins.
                 if r.id not in self.records or self.records[r.id].status != "ok":
                     self.records[r.id] = r

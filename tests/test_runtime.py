@@ -20,6 +20,7 @@ from distinit.pipeline.runtime import (
     local_rank,
     process_from_environment,
     rendezvous_environment,
+    slurm_hostnames,
 )
 
 
@@ -48,6 +49,44 @@ def test_slurm_rendezvous_is_derived_the_same_on_every_task() -> None:
     # What the user set wins; torchrun sets its own and gets nothing added.
     assert rendezvous_environment(proc, {**env, "MASTER_ADDR": "h", "MASTER_PORT": "1"}) == {}
     assert rendezvous_environment(Process(1, 2, 1, "torchrun"), env) == {}
+
+
+@pytest.mark.parametrize(
+    ("nodelist", "hosts"),
+    [
+        ("node7", ["node7"]),
+        ("node7,node8", ["node7", "node8"]),
+        ("gpu[03-05,07],cpu1", ["gpu03", "gpu04", "gpu05", "gpu07", "cpu1"]),
+        ("gpu[001-003]-ib", ["gpu001-ib", "gpu002-ib", "gpu003-ib"]),  # a suffix
+        ("rack[1-2]-gpu[01-02]", ["rack1-gpu01", "rack1-gpu02", "rack2-gpu01", "rack2-gpu02"]),
+        ("n[8-10]", ["n8", "n9", "n10"]),  # no padding without a leading zero
+        ("n[098-101]", ["n098", "n099", "n100", "n101"]),  # padded to the low bound's width
+        ("a[1,3],b-[2]-x,c", ["a1", "a3", "b-2-x", "c"]),
+    ],
+)
+def test_slurm_node_lists_expand_as_slurm_does(nodelist: str, hosts: list[str]) -> None:
+    assert slurm_hostnames(nodelist) == hosts
+
+
+@pytest.mark.parametrize("nodelist", ["gpu[1-", "gpu[a]", "x[3-1]", "a]b", ",", ""])
+def test_a_malformed_slurm_node_list_is_one_line(nodelist: str) -> None:
+    with pytest.raises(ConfigError, match="cannot read the Slurm node list"):
+        slurm_hostnames(nodelist)
+
+
+def test_first_slurm_host_asks_scontrol_when_slurm_is_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol: the parser
+    assert first_slurm_host("rack[1-2]-gpu[01-04]") == "rack1-gpu01"
+    assert first_slurm_host("gpu[001-004]-ib") == "gpu001-ib"
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$1 $2" > {tmp_path}/asked; echo h-from-slurm\n')
+    scontrol.chmod(0o755)
+    assert first_slurm_host("gpu[001-004]-ib") == "h-from-slurm"
+    assert (tmp_path / "asked").read_text() == "show hostnames\n"
+    scontrol.write_text("#!/bin/sh\nexit 1\n")  # a broken Slurm client: the parser again
+    assert first_slurm_host("gpu[001-004]-ib") == "gpu001-ib"
 
 
 def test_atomic_writes_leave_only_the_file(tmp_path: Path) -> None:

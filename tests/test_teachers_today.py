@@ -128,6 +128,19 @@ def test_a_logits_and_an_embedding_teacher_train_together_and_the_loss_falls(
     assert steps[0]["loss"] == pytest.approx(first[LITE] + 2.0 * first[LITE_EMB], rel=1e-4)
 
 
+def test_bench_train_runs_on_shards_with_an_embedding_target(mixed_shards: Path) -> None:
+    from click.testing import CliRunner
+
+    from distinit.pipeline.cli import cli
+
+    args = ["bench", "train", "--targets", str(mixed_shards), "--student", "mc3_18",
+            "--clip-len", "4", "--resize", "40x32", "--crop", "32", "--batch-size", "1",
+            "--workers", "0", "--clips", "2", "--steps", "1"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "steps/s" in result.output
+
+
 def test_embedding_losses_compare_directions() -> None:
     t = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
     same = torch.tensor([[0.6, 0.8], [5.0, 0.0]])  # same directions, other lengths

@@ -181,7 +181,9 @@ def bench_train(
             f"({many / workers:.2f} per worker)"
         )
 
-    heads = {t.name: t.num_classes for t in shards.teachers}
+    # Keyed as the loop keys them: a teacher may give logits and an embedding (NAME:embedding).
+    heads = {t.key: t.num_classes for t in shards.teachers}
+    kinds = {t.key: t.kind for t in shards.teachers}
     weights = {t: cfg.weight_of(t) for t in heads}
     torch.manual_seed(0)
     channels = input_channels(modality)
@@ -195,7 +197,9 @@ def bench_train(
         targets_ = {k: v.to(dev, non_blocking=True) for k, v in batch["targets"].items()}
         with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
             out = net(net.normalize(x))
-        loss, _ = distillation_loss(out, targets_, cfg.temperature, weights)
+        loss, _ = distillation_loss(
+            out, targets_, cfg.temperature, weights, kinds, cfg.embedding_loss
+        )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -222,7 +226,12 @@ def bench_train(
     )
     synthetic_batch: dict[str, Any] = {
         "clip": synthetic_clip.to(dev),  # already on the device: no loader, no copy
-        "targets": {t: torch.softmax(torch.randn(batch_size, c), dim=1) for t, c in heads.items()},
+        "targets": {  # (B, C) distributions, or (B, D) unit embeddings
+            t: torch.nn.functional.normalize(torch.randn(batch_size, c), dim=1)
+            if kinds[t] == "embedding"
+            else torch.softmax(torch.randn(batch_size, c), dim=1)
+            for t, c in heads.items()
+        },
     }
 
     def forever() -> Iterator[dict[str, Any]]:

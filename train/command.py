@@ -247,6 +247,14 @@ def _default(name: str) -> object:
     help="Write RUN/last.pt every this many steps (and at the end).",
 )
 @click.option(
+    "--max-bad-clips",
+    type=int,
+    default=_default("max_bad_clips"),
+    show_default=True,
+    help="Clips whose video does not decode (under --frames source) that are replaced by "
+    "another clip and counted; one more stops the run in one line. 0: stop at the first.",
+)
+@click.option(
     "--stop-after",
     type=int,
     default=None,
@@ -276,14 +284,20 @@ def train(
     )
     from distinit.pipeline.runtime import process_from_environment
     from distinit.train.loop import StepReport, check_resume, open_targets, run
-    from distinit.train.resume import LAST_NAME
+    from distinit.train.resume import LAST_NAME, shard_set_fingerprint
     from distinit.train.runlog import LOG_NAME, run_losses
 
     _check_targets(cfg)
     # Every input error is reported before the run is announced.
     shards, frames = open_targets(cfg)
+    resume_state = None  # last.pt, read once: here, and handed to the run
     if (Path(cfg.out) / LAST_NAME).is_file():
-        check_resume(Path(cfg.out) / LAST_NAME, cfg, [t.to_json() for t in shards.teachers])
+        resume_state = check_resume(
+            Path(cfg.out) / LAST_NAME,
+            cfg,
+            [t.to_json() for t in shards.teachers],
+            shard_set_fingerprint(shards),
+        )
     if cfg.init_from is not None:
         from distinit.train.checkpoint import load_final
 
@@ -310,19 +324,26 @@ def train(
             final=r.step in (first_step + 1, r.total),
         )
 
+    main = process_from_environment().is_main  # rank 0 alone announces and reports
     warm = f", starting from the weights of {cfg.init_from}" if cfg.init_from else ""
-    click.echo(f"training {cfg.student} ({cfg.modality}) into {cfg.out}{warm}", err=True)
-    click.echo(f"frames: {frames.describe()}", err=True)
+    if main:
+        click.echo(f"training {cfg.student} ({cfg.modality}) into {cfg.out}{warm}", err=True)
+        click.echo(f"frames: {frames.describe()}", err=True)
     try:
-        result = run(cfg, progress=show)
+        result = run(cfg, progress=show, resume_state=resume_state)
     finally:
         line.close()
-    if not process_from_environment().is_main:  # rank 0 alone reports
+    if not main:
         return
     click.echo(
         f"videos: {result.videos} ({result.short_videos} shorter than a clip, looped); "
         f"steps {result.resumed_from} -> {result.steps_done} of {result.total_steps}"
     )
+    if result.bad_clips:
+        click.echo(
+            f"bad clips: {result.bad_clips} could not be decoded and were replaced by others "
+            f"(at most {cfg.max_bad_clips} tolerated; the log names each)"
+        )
     first, last = run_losses(Path(cfg.out) / LOG_NAME)
     if first is not None and last is not None:
         click.echo(f"loss of the run: first {first:.4f}, last {last:.4f}")

@@ -39,6 +39,7 @@ RESUMABLE_CHANGES = frozenset(
         "save_every",
         "stop_after",
         "device",
+        "max_bad_clips",
     }
 )
 
@@ -87,6 +88,7 @@ class TrainConfig:
     save_every: int = 10
     stop_after: int | None = None  # exit (resumable) after this many steps of one invocation
     init_from: str | None = None  # a final.pt whose weights start the run (new optimizer, schedule)
+    max_bad_clips: int = 10  # clips whose video cannot be decoded, skipped before the run stops
 
     def __post_init__(self) -> None:
         # Imported here: the registry pulls in torch, and `distinit train --help` should not.
@@ -113,8 +115,10 @@ class TrainConfig:
                 f"--crop {self.crop} is larger than the resized frame "
                 f"(--resize {format_size(self.resize)})"
             )
-        if self.workers < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ConfigError("workers, warmup_steps and weight_decay must not be negative")
+        if min(self.workers, self.warmup_steps, self.weight_decay, self.max_bad_clips) < 0:
+            raise ConfigError(
+                "workers, warmup_steps, weight_decay and max_bad_clips must not be negative"
+            )
         if not self.lr > 0 or not self.temperature > 0:
             raise ConfigError("lr and temperature must be positive")
         if not 0 <= self.momentum < 1:

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
 from typing import Any
 
 import torch
@@ -33,8 +32,10 @@ from distinit.pipeline.errors import (
 )
 from distinit.pipeline.frame_source import FrameSource, open_frame_source
 from distinit.pipeline.shards import ShardSet
+from distinit.pipeline.stopping import ShieldedWorkerInit, StopSignals, agree_to_stop
 from distinit.pipeline.views import ViewSet
 from distinit.train import distributed
+from distinit.train.bad_clips import BadClipCount, TolerantClips, failures
 from distinit.train.checkpoint import FinalCheckpoint, load_init_weights, save_final
 from distinit.train.clip_rules import input_channels
 from distinit.train.clips import (
@@ -46,7 +47,15 @@ from distinit.train.clips import (
 )
 from distinit.train.config import STEP_MILESTONES, TrainConfig
 from distinit.train.loss import distillation_loss
-from distinit.train.resume import LAST_NAME, load_last, restore_rng, rng_state, save_last
+from distinit.train.resume import (
+    LAST_NAME,
+    check_same_shard_set,
+    load_last,
+    restore_rng,
+    rng_state,
+    save_last,
+    shard_set_fingerprint,
+)
 from distinit.train.runlog import CURVE_NAME, LOG_NAME, RunLog, plot_loss, truncate_log
 from distinit.train.students import Student
 
@@ -65,6 +74,7 @@ class RunResult:
     videos: int
     short_videos: int
     final_path: Path | None  # None when stopped early with --stop-after
+    bad_clips: int = 0  # clips of this invocation whose video did not decode (replaced)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -136,43 +146,20 @@ class StepReport:
 ProgressFn = Callable[[StepReport], None]
 
 
-class StopSignals:
-    """While training, SIGINT and SIGTERM (Ctrl-C, cluster pre-emption) ask the loop to stop
-    after the step in flight, save ``last.pt`` there and exit; the handlers before are restored
-    on exit."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.received = signum
-
-    def __enter__(self) -> StopSignals:
-        for s in self.SIGNALS:
-            self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-
-def run(cfg: TrainConfig, progress: ProgressFn | None = None) -> RunResult:
-    """Train into ``cfg.out``, which this job alone writes (a second job is refused)."""
+def run(
+    cfg: TrainConfig,
+    progress: ProgressFn | None = None,
+    resume_state: dict[str, Any] | None = None,
+) -> RunResult:
+    """Train into ``cfg.out``, which this job alone writes (a second job is refused).
+    ``resume_state``: ``RUN/last.pt`` as :func:`check_resume` returned it to a caller that has
+    read it already (else it is read here)."""
     ctx = distributed.setup(cfg.device)
     try:
         lock = runtime.lock_run_directory(Path(cfg.out), "train", ctx.process)
         try:
             with StopSignals() as signals:
-                return _train(cfg, ctx, progress, signals)
+                return _train(cfg, ctx, progress, signals, resume_state)
         finally:
             if lock is not None:
                 lock.release()
@@ -185,12 +172,14 @@ def _train(
     ctx: distributed.DistContext,
     progress: ProgressFn | None,
     signals: StopSignals,
+    resume_state: dict[str, Any] | None,
 ) -> RunResult:
     out = Path(cfg.out)
     shards, frames = open_targets(cfg)
     global_batch = cfg.batch_size * ctx.world_size
     spec = clip_spec(cfg, shards.views)
     dataset = ClipDataset(shards, frames, spec, seed=cfg.seed, global_batch=global_batch)
+    shard_set = shard_set_fingerprint(shards)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * dataset.steps_per_epoch
     if dataset.short_videos:
         log.warning(
@@ -222,7 +211,9 @@ def _train(
     last_path = out / LAST_NAME
     teachers = [t.to_json() for t in shards.teachers]  # what last.pt and final.pt record
     if last_path.exists():
-        start = _resume(last_path, cfg, teachers, student, optimizer, scheduler, scaler, total)
+        if resume_state is None:
+            resume_state = check_resume(last_path, cfg, teachers, shard_set)
+        start = _resume(last_path, resume_state, cfg, student, optimizer, scheduler, scaler, total)
         log.info("resuming %s from step %d of %d", out, start, total)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -237,50 +228,73 @@ def _train(
     end = min(total, start + cfg.stop_after) if cfg.stop_after is not None else total
     prepare_workers(cfg.workers)
     loader = DataLoader(
-        dataset,
+        TolerantClips(dataset),
         batch_size=cfg.batch_size,
         sampler=StepSampler(start, end, cfg.batch_size, ctx.rank, ctx.world_size),
         num_workers=cfg.workers,
-        worker_init_fn=worker_init,
+        # Out of the job's process group: a signal to the whole group (Slurm, `kill -TERM
+        # -PGID`, Ctrl-C) reaches this process alone, which saves before the workers stop.
+        worker_init_fn=ShieldedWorkerInit(worker_init),
         pin_memory=ctx.device.type == "cuda",
     )
     runlog = RunLog(out / LOG_NAME) if ctx.is_main else None
+    bad = BadClipCount(cfg.max_bad_clips)
     first_loss: float | None = None
     last_loss: float | None = None
     batches: Iterator[dict[str, Any]] = iter(loader)
     student.train()
-    step = start
     done = start
+
+    def save(step: int) -> None:
+        if ctx.is_main:
+            _save_last(
+                last_path, cfg, teachers, shard_set, student, optimizer, scheduler, scaler, step
+            )
+
     try:
         for step in range(start, end):
-            if runtime.agree(signals.received is not None, ctx.process):
-                break
+            # Every stop decision (a fault, a signal) is taken by all ranks together, before
+            # the step's first collective, so no rank is left waiting in one.
             t0 = time.perf_counter()
+            fault: Exception | None = None
             try:
                 batch = next(batches)
-            except Exception:
-                # Ctrl-C also reaches the loader's workers; their exit is the signal's doing.
-                if signals.received is None:
-                    raise
+            except Exception as exc:
+                fault = exc
+            if agree_to_stop(ctx.process, signals, fault) is not None:
                 break
             t1 = time.perf_counter()
+            for message in failures(batch):
+                log.warning("bad clip replaced at step %d: %s", step + 1, message)
             # (B, T, H, W, 3) uint8 for rgb, (B, T, H, W, 2) float32 for flow
             clips = batch["clip"].to(ctx.device, non_blocking=True)
             targets = {k: v.to(ctx.device, non_blocking=True) for k, v in batch["targets"].items()}
-            with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=use_amp):
-                outputs = model(student.normalize(clips))  # head -> (B, C)
-            loss, per_teacher = distillation_loss(
-                outputs, targets, cfg.temperature, weights, kinds, cfg.embedding_loss
-            )
-            reported = distributed.mean_over_ranks(
-                torch.stack([loss.detach(), *(per_teacher[t].detach() for t in heads)]), ctx
-            )
-            if not torch.isfinite(reported).all():
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step + 1} (lr {scheduler.get_last_lr()[0]:.3g}): "
-                    f"{dict(zip(['total', *heads], reported.tolist(), strict=True))}; "
-                    "lower --lr or raise --warmup-steps"
+            try:
+                with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=use_amp):
+                    # contiguous: the permuted layout would give DDP gradients of mismatched
+                    # strides
+                    outputs = model(student.normalize(clips).contiguous())  # head -> (B, C)
+                loss, per_teacher = distillation_loss(
+                    outputs, targets, cfg.temperature, weights, kinds, cfg.embedding_loss
                 )
+                mine = torch.stack([loss.detach(), *(per_teacher[t].detach() for t in heads)])
+                if not torch.isfinite(mine).all():
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {step + 1} (lr "
+                        f"{scheduler.get_last_lr()[0]:.3g}): "
+                        f"{dict(zip(['total', *heads], mine.tolist(), strict=True))}; "
+                        "lower --lr or raise --warmup-steps"
+                    )
+            except Exception as exc:
+                fault = exc
+            agree_to_stop(ctx.process, None, fault)
+            # The mean losses, and the bad clips summed, over ranks.
+            n_bad = torch.tensor([float(len(failures(batch)))], device=ctx.device)
+            reported = distributed.mean_over_ranks(torch.cat([mine, n_bad]), ctx)
+            too_many = bad.add(round(float(reported[-1]) * ctx.world_size), step + 1)
+            if too_many is not None:
+                save(done)  # the steps before are good: keep them
+                raise too_many
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -297,7 +311,7 @@ def _train(
                 torch.cuda.synchronize(ctx.device)
             t2 = time.perf_counter()
             done = step + 1
-            values = reported.tolist()
+            values = reported[:-1].tolist()
             last_loss = values[0]
             first_loss = values[0] if first_loss is None else first_loss
             if runlog is not None and (done % cfg.log_every == 0 or done == end):
@@ -312,16 +326,16 @@ def _train(
                         "clips_per_s": global_batch / (t2 - t0),
                         "data_s": t1 - t0,
                         "compute_s": t2 - t1,
+                        "bad_clips": bad.total,  # replaced so far in this invocation
                     }
                 )
             if ctx.is_main and progress is not None:
                 progress(StepReport(done, total, values[0], lr, global_batch / (t2 - t0)))
-            if ctx.is_main and (done % cfg.save_every == 0 or done == end):
-                _save_last(last_path, cfg, teachers, student, optimizer, scheduler, scaler, done)
+            if done % cfg.save_every == 0 or done == end:
+                save(done)
         if done < end:
             # Stopped by a signal (here or on another rank): keep every finished step.
-            if ctx.is_main:
-                _save_last(last_path, cfg, teachers, student, optimizer, scheduler, scaler, done)
+            save(done)
             signum = signals.received or signal.SIGTERM
             raise Interrupted(
                 f"{signal.Signals(signum).name} at step {done} of {total}: saved {last_path}; "
@@ -360,6 +374,7 @@ def _train(
         videos=len(dataset.videos),
         short_videos=dataset.short_videos,
         final_path=final_path,
+        bad_clips=bad.total,
     )
 
 
@@ -367,6 +382,7 @@ def _save_last(
     path: Path,
     cfg: TrainConfig,
     teachers: list[dict[str, Any]],
+    shard_set: dict[str, Any],
     student: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -379,6 +395,7 @@ def _save_last(
             "step": step,
             "config": cfg.to_json(),
             "teachers": json.dumps(teachers),  # the targets' identity: weights hash, recipe
+            "shard_set": json.dumps(shard_set),  # which clip each step draws depends on it
             "model": student.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -392,10 +409,15 @@ def _target_key(teacher: dict[str, Any]) -> str:
     return f"{teacher['name']}:{teacher.get('kind', 'logits')}"
 
 
-def check_resume(path: Path, cfg: TrainConfig, teachers: list[dict[str, Any]]) -> dict[str, Any]:
-    """``last.pt`` at ``path`` if this run may continue it (same config, same teachers' targets);
-    else the one-line refusal. The command calls it too, before it announces the run."""
+def check_resume(
+    path: Path, cfg: TrainConfig, teachers: list[dict[str, Any]], shard_set: dict[str, Any]
+) -> dict[str, Any]:
+    """``last.pt`` at ``path`` if this run may continue it (same config, same teachers' targets,
+    same shard set); else the one-line refusal. The command calls it before it announces the
+    run and hands the state to :func:`run`."""
     state = load_last(path)
+    saved_set = state.get("shard_set")
+    check_same_shard_set(path, json.loads(saved_set) if saved_set else None, shard_set)
     mismatches = cfg.resume_mismatches(state["config"])
     if mismatches:
         saved = state["config"]
@@ -422,15 +444,14 @@ def check_resume(path: Path, cfg: TrainConfig, teachers: list[dict[str, Any]]) -
 
 def _resume(
     path: Path,
+    state: dict[str, Any],
     cfg: TrainConfig,
-    teachers: list[dict[str, Any]],
     student: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
     total: int,
 ) -> int:
-    state = check_resume(path, cfg, teachers)
     try:
         student.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

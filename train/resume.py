@@ -8,6 +8,8 @@ step they stop at. Loaded with ``weights_only=True``: plain tensors and numbers 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import torch
 
 from distinit.pipeline.errors import CheckpointError
 from distinit.pipeline.runtime import atomic_torch_save
+from distinit.pipeline.shards import ShardSet, list_shard_files
 from distinit.train.checkpoint import load_tagged
 
 LAST_FORMAT = "distinit-train-state"
@@ -33,6 +36,40 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def shard_set_fingerprint(shards: ShardSet) -> dict[str, Any]:
+    """What a run's clip draws depend on: every video id with its rows and shard, and each shard
+    file by name and size. Not the directory, so the same shards moved elsewhere match; a grown
+    or other set, which changes the epoch length and the clip of every step, does not."""
+    videos = [(r.id, r.row_count, r.shard) for r in shards.ok_videos()]
+    files = [(p.name, p.stat().st_size) for p in list_shard_files(shards.directory)]
+    digest = hashlib.sha256(json.dumps([videos, files]).encode()).hexdigest()
+    return {
+        "digest": digest,
+        "videos": len(videos),
+        "rows": sum(n for _, n, _ in videos),
+        "files": len(files),
+    }
+
+
+def check_same_shard_set(path: Path, saved: dict[str, Any] | None, now: dict[str, Any]) -> None:
+    """Refuse, in one line, to continue ``path`` on a shard set other than its own. A
+    ``last.pt`` written before fingerprints were recorded has none to compare: accepted."""
+    if saved is None or saved.get("digest") == now["digest"]:
+        return
+    raise CheckpointError(
+        f"{path} was trained on another shard set ({_describe(saved)}; --targets holds "
+        f"{_describe(now)}): resuming would change which clip every step draws; give the "
+        "original shards (moved elsewhere is fine) or use a new --out directory"
+    )
+
+
+def _describe(fingerprint: dict[str, Any]) -> str:
+    return (
+        f"{fingerprint.get('videos')} videos, {fingerprint.get('rows')} rows in "
+        f"{fingerprint.get('files')} files"
+    )
 
 
 def save_last(path: Path, payload: dict[str, Any]) -> None:
