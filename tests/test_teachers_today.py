@@ -96,7 +96,7 @@ def test_embedding_targets_are_stored_compactly_and_close_to_fp32(
     assert np.abs(logits - shards.logits(video)[LITE]).max() < 0.2  # int8 step of the logits
     with h5py.File(next(mixed_shards.glob("*.h5")), "r") as f:
         q = f["embeddings"][LITE]["q"]
-        assert q.dtype == np.int8 and q.shape[1] == 1280
+        assert q.dtype == np.int8 and q.shape[-1] == 1280  # (views, rows, dims)
         stored = q.dtype.itemsize * q.shape[1] + f["embeddings"][LITE]["scale"].dtype.itemsize * 2
     assert stored / 1280 <= 1.1
     figures = embedding_storage(fresh)
