@@ -102,13 +102,13 @@ def test_compile_on_compiles_the_teacher_and_matches_eager(
     make_index_video(videos / "v.mp4", 7, size=32)  # 7 frames: one full batch of 4, one padded
     monkeypatch.setattr(extract_runner, "load_teacher", _tiny_teacher)
     compiled_calls: list[type] = []
-    real_call = TeacherRunner.__call__
+    real_call = TeacherRunner.run_views
 
-    def spy(self: TeacherRunner, frames: np.ndarray) -> dict[str, np.ndarray]:
+    def spy(self: TeacherRunner, frames: np.ndarray, views: object = None) -> dict[str, np.ndarray]:
         compiled_calls.extend(type(f) for f in self._forward.values())
-        return real_call(self, frames)
+        return real_call(self, frames, views)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(TeacherRunner, "__call__", spy)
+    monkeypatch.setattr(TeacherRunner, "run_views", spy)
     logits = {}
     for mode in ("off", "on"):
         out = tmp_path / mode

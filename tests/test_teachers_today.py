@@ -97,7 +97,7 @@ def test_embedding_targets_are_stored_compactly_and_close_to_fp32(
     with h5py.File(next(mixed_shards.glob("*.h5")), "r") as f:
         q = f["embeddings"][LITE]["q"]
         assert q.dtype == np.int8 and q.shape[-1] == 1280  # (views, rows, dims)
-        stored = q.dtype.itemsize * q.shape[1] + f["embeddings"][LITE]["scale"].dtype.itemsize * 2
+        stored = q.dtype.itemsize * q.shape[-1] + f["embeddings"][LITE]["scale"].dtype.itemsize * 2
     assert stored / 1280 <= 1.1
     figures = embedding_storage(fresh)
     assert figures["bytes_per_dim"] == stored / 1280
