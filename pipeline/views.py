@@ -52,10 +52,7 @@ class ViewSet:
 
     def __post_init__(self) -> None:
         width, height = self.size
-        if not 1 <= self.crop <= min(width, height):
-            raise ConfigError(
-                f"--crop {self.crop} does not fit the {format_size(self.size)} frame (--store-size)"
-            )
+        _check_crop(self.size, self.crop)
         for v in self.views:
             if not (0 <= v.x <= width - self.crop and 0 <= v.y <= height - self.crop):
                 raise ConfigError(f"view at ({v.x}, {v.y}) lies outside {format_size(self.size)}")
@@ -70,10 +67,7 @@ class ViewSet:
         if positions < 1:
             raise ConfigError(f"--views must be at least 1, got {positions}")
         width, height = size
-        if not 1 <= crop <= min(width, height):
-            raise ConfigError(
-                f"--crop {crop} does not fit the {format_size(size)} frame (--store-size)"
-            )
+        _check_crop(size, crop)
         free = (width - crop, height - crop)
         nx, ny = _grid_shape(positions, free)
         xs = _spread(free[0], nx)
@@ -138,8 +132,12 @@ class ViewSet:
         )
         return cls(size, crop, views)
 
-    def index_of(self, view: View) -> int:
-        return self.views.index(view)
+
+def _check_crop(size: tuple[int, int], crop: int) -> None:
+    if not 1 <= crop <= min(size):
+        raise ConfigError(
+            f"--crop {crop} does not fit the {format_size(size)} frame (--store-size)"
+        )
 
 
 def default_crop(size: tuple[int, int]) -> int:
