@@ -8,11 +8,13 @@ signal exits as :mod:`distinit.pipeline.stopping` says, for every command.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
 import signal
 import sys
+import traceback
 from typing import Any, NoReturn
 
 import click
@@ -164,26 +166,26 @@ def main() -> None:
     except click.exceptions.Abort as exc:
         signum = _stop_signal(exc)  # click turns a KeyboardInterrupt into Abort
         if signum is None:
-            _exit("Aborted.", stopping.exit_code(signal.SIGINT))
-        _exit(INTERRUPTED, stopping.exit_code(signum))
+            _exit(exc, "Aborted.", stopping.exit_code(signal.SIGINT))
+        _exit(exc, INTERRUPTED, stopping.exit_code(signum))
     except click.ClickException as exc:
         try:
             exc.show()
         except OSError:
             _silence()
-        _exit(None, exc.exit_code)
+        _exit(exc, None, exc.exit_code)
     except Interrupted as exc:
-        _exit(str(exc), stopping.exit_code(exc.signum))
+        _exit(exc, str(exc), stopping.exit_code(exc.signum))
     except DistinitError as exc:
-        _exit(f"Error: {one_line(exc)}", 2)
+        _exit(exc, f"Error: {one_line(exc)}", 2)
     except KeyboardInterrupt as exc:
-        _exit(INTERRUPTED, stopping.exit_code(_stop_signal(exc) or signal.SIGINT))
+        _exit(exc, INTERRUPTED, stopping.exit_code(_stop_signal(exc) or signal.SIGINT))
     except BrokenPipeError as exc:
         # The reader went away (`| head`, or `| tee` killed by the same Ctrl-C): not an error of
         # ours to report, and there is nowhere to report it.
         _silence()
         signum = _stop_signal(exc)
-        _exit(None, stopping.exit_code(signum if signum is not None else signal.SIGPIPE))
+        _exit(exc, None, stopping.exit_code(signum if signum is not None else signal.SIGPIPE))
 
 
 def _stop_signal(exc: BaseException) -> int | None:
@@ -198,8 +200,9 @@ def _stop_signal(exc: BaseException) -> int | None:
     return None
 
 
-def _exit(message: str | None, code: int) -> NoReturn:
+def _exit(ended_by: BaseException, message: str | None, code: int) -> NoReturn:
     """Say ``message`` on stderr if it is still there, and exit with ``code``."""
+    _release(ended_by)
     if message is not None:
         try:
             click.echo(message, err=True)
@@ -211,6 +214,21 @@ def _exit(message: str | None, code: int) -> NoReturn:
         except OSError:
             _silence()
     sys.exit(code)
+
+
+def _release(exc: BaseException) -> None:
+    """Free what the frames of a handled error still hold, while the interpreter is whole.
+
+    A DDP model left in those frames keeps its gloo process group, and so gloo's worker
+    threads, alive into interpreter shutdown, where freeing them aborts the process
+    ("terminate called without an active exception") instead of exiting with our status.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if seen.__traceback__ is not None:
+            traceback.clear_frames(seen.__traceback__)
+        seen = seen.__cause__ or seen.__context__
+    gc.collect()
 
 
 def _silence() -> None:
