@@ -134,8 +134,10 @@ def test_bad_input_is_recorded_and_good_videos_complete(
         str(out),
         "--retry-failed",
         "--strict",
+        "--views",
+        "recipe",
     )
-    assert strict.returncode == 1
+    assert strict.returncode == 1, strict.stderr
     assert sorted(r.id for r in ShardSet(out).ok_videos()) == sorted(
         v for v, s in got.items() if s == "ok"
     )
