@@ -18,9 +18,9 @@ The teacher batch size is measured at start-up on the first real frames
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,7 +32,7 @@ from torch import nn
 from distinit.extract.teachers import Teacher, spec_key
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.shards import TeacherInfo
-from distinit.pipeline.video import FrameGeometry
+from distinit.pipeline.video import INTERPOLATIONS, FrameGeometry
 from distinit.pipeline.views import View, ViewSet, canvas_geometry, canvas_scale
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ CPU_CALIBRATION_ORDER = (4, 8, 2, 16, 1)  # the likeliest winners first
 CUDA_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 CALIBRATION_SECONDS = 2.0
 CUDA_SATURATION_GAIN = 1.05  # a doubling adding under 5% throughput has saturated the GPU
-_INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -64,12 +63,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def decode_geometry(teachers: Sequence[Teacher]) -> FrameGeometry:
     """One decode serves every teacher: a centre square covering the widest field of view any
     teacher crops (``crop / resize`` of the shorter side), at a resolution no teacher lacks.
-    A single teacher is decoded exactly at its own recipe."""
+    A single teacher is decoded exactly at its own recipe, with its own interpolation (teachers
+    that disagree share a bilinear decode and each resizes its box with its own)."""
     widest = max(_field(t) for t in teachers)
     if widest > 1.0:
         raise ConfigError("a teacher's crop is larger than its resized frame")
     side = max(round(t.resize_size * widest) for t in teachers)
-    return FrameGeometry(side, side, resize_shorter=max(side, round(side / widest)))
+    for t in teachers:
+        _check_interpolation(t)
+    modes = {t.interpolation for t in teachers}
+    shared = modes.pop() if len(modes) == 1 else "bilinear"
+    return FrameGeometry(side, side, max(side, round(side / widest)), shared)
 
 
 def _field(teacher: Teacher) -> float:
@@ -124,11 +128,7 @@ def teacher_input(
     """The boxes of the shared decode the teacher runs on: one per view of ``views`` (the
     decode is then the views' canvas), else one centre box covering exactly the teacher's own
     field of view."""
-    if teacher.interpolation not in _INTERPOLATIONS:
-        raise ConfigError(
-            f"teacher {teacher.name}: interpolation {teacher.interpolation!r} is not one of "
-            f"{', '.join(_INTERPOLATIONS)}"
-        )
+    _check_interpolation(teacher)
     if views is not None:
         scale = geometry.width // views.size[0]
         boxes = tuple(view_box(v, views.crop, scale) for v in views.views)
@@ -137,6 +137,14 @@ def teacher_input(
     crop = min(geometry.width, round(geometry.width * _field(teacher) / decoded_field))
     centre = Box((geometry.width - crop) // 2, (geometry.height - crop) // 2, crop)
     return TeacherInput((centre,), teacher.crop_size, teacher.interpolation)
+
+
+def _check_interpolation(teacher: Teacher) -> None:
+    if teacher.interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"teacher {teacher.name}: interpolation {teacher.interpolation!r} is not one of "
+            f"{', '.join(INTERPOLATIONS)}"
+        )
 
 
 def view_box(view: View, crop: int, scale: int) -> Box:
@@ -152,32 +160,37 @@ def views_geometry(teachers: Sequence[Teacher], views: ViewSet) -> FrameGeometry
 def split_classifier(teacher: Teacher) -> tuple[nn.Module, nn.Linear | None]:
     """``(trunk, classifier)``: the trunk maps an input to the pooled embedding (the input of
     the final linear classifier), so one forward pass gives both target kinds. A teacher without
-    class names has no classifier: its output is its embedding."""
+    class names has no classifier: its output is its embedding.
+
+    The teacher's own model is left whole (it still gives logits: the benchmark's naive baseline
+    and any later runner use it): the trunk is a copy of its module tree that shares every
+    parameter and buffer, with the classifier replaced by the identity. So no weight is
+    duplicated, and ``.to(device)`` on either moves both.
+    """
     if not teacher.has_classifier:
         return teacher.model, None
-    if teacher.model in _CLASSIFIERS:  # split before, by another runner of the same teacher
-        return teacher.model, _CLASSIFIERS[teacher.model]
     n = len(teacher.class_names)
-    last: tuple[nn.Module, str, nn.Linear] | None = None
-    for parent in teacher.model.modules():
-        for attr, child in parent.named_children():
-            if isinstance(child, nn.Linear) and child.out_features == n:
-                last = (parent, attr, child)
+    last: tuple[str, nn.Linear] | None = None
+    for name, module in teacher.model.named_modules():
+        if isinstance(module, nn.Linear) and module.out_features == n:
+            last = (name, module)
     if last is None:
-        raise ConfigError(f"teacher {teacher.name}: no final linear layer with {n} outputs found")
-    parent, attr, classifier = last
-    setattr(parent, attr, nn.Identity())
-    _CLASSIFIERS[teacher.model] = classifier
-    return teacher.model, classifier
-
-
-_CLASSIFIERS: weakref.WeakKeyDictionary[nn.Module, nn.Linear] = weakref.WeakKeyDictionary()
+        raise ConfigError(
+            f"teacher {teacher.name}: its classifier is not a final linear layer with {n} "
+            "outputs, so it has no pooled embedding to cache; use its logits alone"
+        )
+    path, classifier = last
+    shared = {id(t): t for t in (*teacher.model.parameters(), *teacher.model.buffers())}
+    trunk = copy.deepcopy(teacher.model, shared)
+    parent_path, _, attr = path.rpartition(".")
+    trunk.get_submodule(parent_path).register_module(attr, nn.Identity())
+    return trunk, classifier
 
 
 class _TeacherOnFrames(nn.Module):
     """One teacher with its input transform: (B, 3, H, W) uint8 decode -> its targets on each
     of its boxes ``(logits or None, embedding or None)``, both from one pass through the
-    trunk."""
+    trunk. Asked for logits alone, ``trunk`` is the whole network and ``classifier`` None."""
 
     def __init__(
         self,
@@ -220,11 +233,13 @@ class _TeacherOnFrames(nn.Module):
         """Targets of every box (the plan's unless given), box-major: ``(K * B, C)``; all boxes
         go through the trunk as one batch."""
         x = torch.cat([self.prepare(frames, b) for b in (boxes or self.plan.boxes)])
-        features = self.trunk(x)
+        out = self.trunk(x)
+        if not self.want_embedding:  # logits alone: the trunk is the whole network
+            return out, None
         logits = None
         if self.want_logits and self.classifier is not None:
-            logits = self.classifier(features)
-        return logits, (features if self.want_embedding else None)
+            logits = self.classifier(out)
+        return logits, out
 
 
 class TeacherRunner:
@@ -271,7 +286,10 @@ class TeacherRunner:
             t.model.eval()
             if "logits" in self.kinds[t.name]:
                 t.info("logits")  # refuses a teacher without a classifier, in one line
-            trunk, classifier = split_classifier(t)
+            # Logits alone come from the whole network; an embedding needs it split.
+            trunk, classifier = (
+                split_classifier(t) if "embedding" in self.kinds[t.name] else (t.model, None)
+            )
             module = _TeacherOnFrames(trunk, classifier, t, self.inputs[t.name], self.kinds[t.name])
             self._eager[t.name] = module.to(device).to(memory_format=torch.channels_last)
             if "embedding" in self.kinds[t.name]:

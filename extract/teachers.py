@@ -309,6 +309,9 @@ def _torchvision_teacher(name: str, weights_path: str | None) -> Teacher:
         std=tuple(s * 255 for s in transform.std),  # type: ignore[arg-type]
         weights_sha256=file_sha256(weights_path),
         weights_source=f"torchvision {weights} ({weights_path})",
+        # The weights' own transform says how they were trained to see (bicubic for the
+        # EfficientNets and Swins, bilinear for the ResNets).
+        interpolation=str(transform.interpolation.value),
     )
 
 

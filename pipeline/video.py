@@ -94,6 +94,10 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+# The resampling filters a frame may be resized with, by their ffmpeg and torch name.
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
 @dataclass(frozen=True)
 class FrameGeometry:
     """Output size of decoded frames, and how the source is fitted into it.
@@ -101,15 +105,22 @@ class FrameGeometry:
     ``resize_shorter=None`` stretches the source to ``width`` x ``height`` (the video-ResNet
     convention of 171x128); otherwise the shorter side is scaled to ``resize_shorter`` keeping the
     aspect ratio and the centre ``width`` x ``height`` is cropped (the ImageNet eval transform).
+    ``interpolation`` is ffmpeg's scaler: a teacher's decode uses the teacher's own.
     """
 
     width: int
     height: int
     resize_shorter: int | None = None
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.height < 1:
             raise ValueError(f"frame size must be positive, got {self.width}x{self.height}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                f"got {self.interpolation!r}"
+            )
         if self.resize_shorter is not None and self.resize_shorter < max(self.width, self.height):
             raise ValueError("resize_shorter must be at least the crop size")
 
@@ -119,9 +130,9 @@ class FrameGeometry:
 
     def describe(self) -> str:
         if self.resize_shorter is None:
-            return f"resize to {self.width}x{self.height} (bilinear)"
+            return f"resize to {self.width}x{self.height} ({self.interpolation})"
         return (
-            f"resize shorter side to {self.resize_shorter} (bilinear), "
+            f"resize shorter side to {self.resize_shorter} ({self.interpolation}), "
             f"centre crop {self.width}x{self.height}"
         )
 
@@ -187,12 +198,11 @@ class FpsSelector:
 
 def _fit(stream: Any, geometry: FrameGeometry) -> Any:
     """The filters that fit a decoded frame into ``geometry``."""
+    flags = geometry.interpolation  # ffmpeg's swscale names them as we do
     if geometry.resize_shorter is None:
-        return stream.filter("scale", geometry.width, geometry.height, flags="bilinear")
+        return stream.filter("scale", geometry.width, geometry.height, flags=flags)
     side = geometry.resize_shorter
-    stream = stream.filter(
-        "scale", side, side, force_original_aspect_ratio="increase", flags="bilinear"
-    )
+    stream = stream.filter("scale", side, side, force_original_aspect_ratio="increase", flags=flags)
     return stream.filter("crop", geometry.width, geometry.height)
 
 

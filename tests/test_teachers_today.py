@@ -168,7 +168,7 @@ def test_timm_teacher_loads_by_name_and_file_with_its_config_preprocessing(
     assert all(torch.equal(v, saved[k]) for k, v in teacher.model.state_dict().items())
     assert "timm resnet18.a1_in1k" in teacher.weights_source
     info = TeacherRunner([teacher], torch.device("cpu"), "fp32").infos()[0]
-    assert "resize shorter side to 235 (bilinear), centre crop 224x224" in info.preprocessing
+    assert "resize shorter side to 235 (bicubic), centre crop 224x224" in info.preprocessing
     assert "own recipe: resize shorter side to 235 (bicubic), centre crop 224" in info.preprocessing
 
 
