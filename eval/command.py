@@ -7,10 +7,19 @@ from typing import Any
 
 import click
 
-from distinit.eval.config import DEFAULTS, INITS, MODALITIES, MODES, SPLITS, EvalConfig
+from distinit.eval.config import (
+    BASELINE_INPUT,
+    DEFAULTS,
+    INITS,
+    MODALITIES,
+    MODES,
+    SPLITS,
+    EvalConfig,
+)
 from distinit.pipeline.cli import FRAME_SIZE
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
+from distinit.pipeline.video import format_size
 
 
 @click.command("eval")
@@ -122,7 +131,22 @@ from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
 @click.option(
     "--batch-size", type=int, default=32, show_default=True, help="Clips per step (global)."
 )
-@click.option("--clip-len", type=int, default=16, show_default=True, help="Frames per clip.")
+@click.option(
+    "--clip-len",
+    type=int,
+    default=None,
+    help=f"Frames per clip [default: the checkpoint's; {BASELINE_INPUT['clip_len']} for "
+    "--init scratch/inflated]. Every input flag that changes a checkpoint's recipe is said on "
+    "stderr and recorded in results.json.",
+)
+@click.option(
+    "--frame-step",
+    type=int,
+    default=None,
+    help="Native frames between consecutive clip frames [default: the checkpoint's (its "
+    f"--frame-stride, when its shards held every native frame); {BASELINE_INPUT['frame_step']} "
+    "for --init scratch/inflated].",
+)
 @click.option(
     "--clips-per-video",
     type=int,
@@ -133,11 +157,17 @@ from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
 @click.option(
     "--resize",
     type=FRAME_SIZE,
-    default="171x128",
-    show_default=True,
-    help="Frames are resized to WxH pixels.",
+    default=None,
+    help="Frames are resized to WxH pixels [default: the checkpoint's; "
+    f"{format_size(BASELINE_INPUT['resize'])} for --init scratch/inflated].",
 )
-@click.option("--crop", type=int, default=112, show_default=True, help="Square crop side, pixels.")
+@click.option(
+    "--crop",
+    type=int,
+    default=None,
+    help=f"Square crop side, pixels [default: the checkpoint's; {BASELINE_INPUT['crop']} for "
+    "--init scratch/inflated].",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option(
     "--workers",

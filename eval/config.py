@@ -23,6 +23,16 @@ DEFAULTS = {
     "linear": {"epochs": 300, "lr": 0.01, "weight_decay": 1e-4},
 }
 
+# The student's input for scratch / inflated (and the flags a checkpoint's recipe may be changed
+# by): clips of 16 consecutive native frames, stretched to 171x128, a 112 crop. A distilled
+# checkpoint brings its own (see distinit.eval.recipe).
+BASELINE_INPUT: dict[str, Any] = {
+    "clip_len": 16,
+    "frame_step": 1,
+    "resize": (171, 128),
+    "crop": 112,
+}
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -44,10 +54,13 @@ class EvalConfig:
     lr: float | None = None
     weight_decay: float | None = None
     batch_size: int = 32
-    clip_len: int = 16
+    # The student's input (BASELINE_INPUT's fields). None: not given, so the checkpoint's
+    # recipe, or BASELINE_INPUT for scratch / inflated (resolved in distinit.eval.recipe).
+    clip_len: int | None = None
+    frame_step: int | None = None  # native frames between consecutive clip frames
+    resize: tuple[int, int] | None = None
+    crop: int | None = None
     clips_per_video: int = 10
-    resize: tuple[int, int] = (171, 128)
-    crop: int = 112
     device: str = "auto"
     workers: int = DEFAULT_LOADER_WORKERS
     seed: int = 0
@@ -73,11 +86,9 @@ class EvalConfig:
             raise ConfigError(
                 f"--modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}"
             )
-        if self.modality == "flow" and self.clip_len < 2:
-            raise ConfigError("--modality flow needs --clip-len >= 2: one frame has no motion")
         if self.inflate_weights is not None and self.init != "inflated":
             raise ConfigError("--inflate-weights only applies to --init inflated")
-        for name in ("batch_size", "clip_len", "clips_per_video", "crop", "epochs"):
+        for name in ("batch_size", "clip_len", "frame_step", "clips_per_video", "crop", "epochs"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -87,12 +98,17 @@ class EvalConfig:
             raise ConfigError("--weight-decay must be non-negative")
         if self.workers < 0:
             raise ConfigError("--workers must be non-negative")
-        if self.crop > min(self.resize):
-            raise ConfigError(f"--crop {self.crop} does not fit in --resize {self.resize}")
+        if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 1):
+            raise ConfigError(f"--resize must be two positive sizes, got {self.resize}")
         if self.init != "checkpoint":
-            from distinit.train.students import student_spec
+            # A baseline's input is known now (a checkpoint's once the checkpoint is read).
+            from distinit.eval.recipe import resolve_input
 
-            student_spec(self.student).check_input(self.clip_len, self.crop)
+            resolve_input(self, None)
+
+    def given_input(self) -> dict[str, Any]:
+        """The input flags given (not None), by BASELINE_INPUT's field names."""
+        return {k: getattr(self, k) for k in BASELINE_INPUT if getattr(self, k) is not None}
 
     @property
     def splits(self) -> list[int]:

@@ -5,7 +5,8 @@ Protocol (stated in every results.json through :meth:`ClipProtocol.describe`):
 * Frames: every native frame, stretched to ``resize`` (video-ResNet convention 171x128), decoded
   from the source video by the shared decoder — or, with ``store`` (``eval --store DIR``, made by
   ``distinit extract --teacher none``), read by row from that frame store, so no epoch touches
-  the source videos. Clips are ``clip_len`` consecutive native frames.
+  the source videos. Clips are ``clip_len`` native frames ``frame_step`` apart (consecutive by
+  default; a distilled checkpoint's own step, see ``eval/recipe.py``).
 * Window, looping, crop, flip and modality: the clip rules of ``train/clip_rules.py``, the ones
   training uses. Training: one clip per video per epoch at a random start, random crop, random
   horizontal flip. Testing: ``clips_per_video`` (K) uniformly spaced clips, centre crop, one crop
@@ -43,10 +44,11 @@ class ClipProtocol:
     crop: int = 112
     modality: str = "rgb"  # "rgb" or "flow": what clip_input makes of the decoded frames
     store: str | None = None  # a frame store directory (extract --teacher none) to read from
+    frame_step: int = 1  # native frames between consecutive clip frames
 
     def __post_init__(self) -> None:
-        if self.clip_len < 1 or self.clips_per_video < 1:
-            raise ValueError("clip_len and clips_per_video must be positive")
+        if min(self.clip_len, self.clips_per_video, self.frame_step) < 1:
+            raise ValueError("clip_len, clips_per_video and frame_step must be positive")
         if self.crop > min(self.resize):
             raise ValueError(f"crop {self.crop} does not fit in resize {self.resize}")
         input_channels(self.modality)  # raises on an unknown modality
@@ -56,11 +58,10 @@ class ClipProtocol:
     def describe(self) -> dict[str, object]:
         return {
             **asdict(self),
-            "frame_step": 1,
             "train_sampling": "1 random clip per video per epoch, random crop, random h-flip",
             "test_sampling": "K uniformly spaced clips per video, centre crop, 1 crop per clip",
             "crops_per_clip": 1,
-            "short_video_rule": "loop: clip frame i is frame (start + i) mod N",
+            "short_video_rule": "loop: clip frame i is frame (start + i * frame_step) mod N",
             "video_score": "softmax averaged over the K clips",
             "frames": (
                 f"frame store {self.store} (H.264 of every native frame at the resize)"
@@ -157,9 +158,9 @@ class TrainClips(Dataset[tuple[torch.Tensor, int]]):
         item, p = self.items[index], self.protocol
         rng = np.random.default_rng((self.seed, self.epoch, index))
         count, take = video_frames(item, p)
-        start = clip_rules.random_start(rng, count, p.clip_len, 1)
+        start = clip_rules.random_start(rng, count, p.clip_len, p.frame_step)
         x, y, flip = clip_rules.draw_crop(rng, p.resize, p.crop)
-        frames = take(clip_rules.window_rows(count, p.clip_len, 1, start))  # (T, H, W, 3)
+        frames = take(clip_rules.window_rows(count, p.clip_len, p.frame_step, start))  # (T,H,W,3)
         # (T, c, c, 3) uint8 for rgb, (T, c, c, 2) float32 in [-1, 1] for flow
         return torch.from_numpy(clip_input(frames, p.modality, x, y, p.crop, flip)), item.label
 
@@ -177,14 +178,15 @@ class EvalClips(Dataset[tuple[torch.Tensor, int, int]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         item, p = self.items[index], self.protocol
         count, take = video_frames(item, p)
-        if clip_rules.is_short(count, p.clip_len, 1):
-            log.debug("%s: %d frames < clip_len %d, looped", item.rel, count, p.clip_len)
+        step = p.frame_step
+        if clip_rules.is_short(count, p.clip_len, step):
+            log.debug("%s: %d frames < one clip's span, looped", item.rel, count)
         x, y, flip = clip_rules.centre_crop(p.resize, p.crop)
         clips = [
             clip_input(
-                take(clip_rules.window_rows(count, p.clip_len, 1, int(s))), p.modality, x, y,
+                take(clip_rules.window_rows(count, p.clip_len, step, int(s))), p.modality, x, y,
                 p.crop, flip,
             )
-            for s in clip_rules.uniform_starts(count, p.clip_len, 1, p.clips_per_video)
+            for s in clip_rules.uniform_starts(count, p.clip_len, step, p.clips_per_video)
         ]  # fmt: skip
         return torch.from_numpy(np.stack(clips)), item.label, index

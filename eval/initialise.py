@@ -16,73 +16,28 @@ import torch
 
 from distinit.eval.config import EvalConfig
 from distinit.eval.inflate import inflate_into, load_resnet18_weights
-from distinit.pipeline.errors import CheckpointError, ConfigError
+from distinit.eval.recipe import EvalInput, resolve_input
+from distinit.pipeline.errors import CheckpointError
 from distinit.pipeline.weights import file_sha256
-from distinit.train.checkpoint import FinalCheckpoint, load_final
+from distinit.train.checkpoint import load_final
 from distinit.train.clip_rules import input_channels
 from distinit.train.flow import flow_init_from_rgb
-from distinit.train.students import Student, first_conv, student_spec
+from distinit.train.students import Student, first_conv
 
 log = logging.getLogger(__name__)
 
 HEAD = "action"
 
 
-def check_init_inputs(cfg: EvalConfig) -> str:
+def check_init_inputs(cfg: EvalConfig) -> EvalInput:
     """Fail before any dataset work when the checkpoint or weights file cannot be used.
 
-    Returns the modality the run uses (see :func:`resolve_modality`).
+    Returns the input the run gives the student (see :func:`distinit.eval.recipe.resolve_input`).
     """
     ckpt = load_final(cfg.checkpoint) if cfg.checkpoint is not None else None
     if cfg.init == "inflated":
         load_resnet18_weights(cfg.inflate_weights)
-    return resolve_modality(cfg, ckpt)
-
-
-def resolve_modality(cfg: EvalConfig, ckpt: FinalCheckpoint | None) -> str:
-    """The student's input modality: the checkpoint's, else ``--modality`` (default rgb).
-
-    For a flow checkpoint the test input must be the flow it was distilled on:
-
-    * Resize: flow is in pixels per frame *at the resized resolution* (clipped at 20 px), so a
-      different ``--resize`` changes the scale of every value; it is refused, not rescaled.
-    * Frame spacing: eval clips are consecutive native frames. Training flow spans
-      ``frame_stride`` shard rows; a stride other than 1 is refused, because eval cannot tell
-      how many native frames that is (it depends on ``extract --fps``, which the checkpoint
-      does not record). A stride-1 checkpoint matches eval exactly when its shards held every
-      native frame (extract without ``--fps``); results.json says so.
-    """
-    if ckpt is None:
-        return cfg.modality or "rgb"
-    assert cfg.checkpoint is not None
-    if ckpt.in_channels != input_channels(ckpt.modality):
-        raise CheckpointError(
-            f"{cfg.checkpoint}: a {ckpt.modality} student with {ckpt.in_channels} input "
-            f"channels (expected {input_channels(ckpt.modality)})"
-        )
-    if cfg.modality is not None and cfg.modality != ckpt.modality:
-        raise ConfigError(
-            f"--modality {cfg.modality} contradicts {cfg.checkpoint}, a {ckpt.modality} "
-            "student (a checkpoint's modality is its own; drop --modality)"
-        )
-    if ckpt.modality == "flow":
-        if cfg.clip_len < 2:
-            raise ConfigError("a flow student needs --clip-len >= 2: one frame has no motion")
-        trained = tuple(ckpt.config.get("resize", ()))
-        if trained and trained != tuple(cfg.resize):
-            w, h = trained
-            raise ConfigError(
-                f"{cfg.checkpoint} was distilled on flow of {w}x{h} frames (pixels per frame at "
-                f"that size); pass --resize {w}x{h}, not {cfg.resize[0]}x{cfg.resize[1]}"
-            )
-        stride = int(ckpt.config.get("frame_stride", 1))
-        if stride != 1:
-            raise ConfigError(
-                f"{cfg.checkpoint} was distilled on flow between shard rows {stride} apart; "
-                "eval computes flow between consecutive frames and cannot match that spacing "
-                "(it depends on extract --fps, which the checkpoint does not record)"
-            )
-    return ckpt.modality
+    return resolve_input(cfg, ckpt)
 
 
 def build_student(cfg: EvalConfig, num_classes: int) -> tuple[Student, dict[str, Any]]:
@@ -96,8 +51,7 @@ def build_student(cfg: EvalConfig, num_classes: int) -> tuple[Student, dict[str,
     if cfg.init == "checkpoint":
         assert cfg.checkpoint is not None
         ckpt = load_final(cfg.checkpoint)
-        student_spec(ckpt.student).check_input(cfg.clip_len, cfg.crop)  # before any decoding
-        modality = resolve_modality(cfg, ckpt)
+        modality = resolve_input(cfg, ckpt).modality
         distilled = ckpt.build_student()
         student = Student(ckpt.student, {HEAD: num_classes}, in_channels=ckpt.in_channels)
         student.backbone.load_state_dict(distilled.backbone.state_dict())
@@ -109,15 +63,11 @@ def build_student(cfg: EvalConfig, num_classes: int) -> tuple[Student, dict[str,
             "checkpoint_sha256": file_sha256(cfg.checkpoint),
             "checkpoint_step": ckpt.step,
             "teachers": [t.get("name", "?") for t in ckpt.teachers],
+            "shard_set": ckpt.shard_set,  # the targets it was distilled on (None: not recorded)
             "modality": modality,
         }
-        if modality == "flow":
-            info["flow_spacing"] = (
-                "consecutive native frames; the checkpoint's flow spans 1 shard row, the same "
-                "spacing when its shards held every native frame (extract without --fps)"
-            )
     elif cfg.init == "inflated":
-        modality = resolve_modality(cfg, None)
+        modality = cfg.modality or "rgb"
         state_2d, identity = load_resnet18_weights(cfg.inflate_weights)
         if modality == "rgb":
             student = Student(cfg.student, {HEAD: num_classes})
@@ -134,7 +84,7 @@ def build_student(cfg: EvalConfig, num_classes: int) -> tuple[Student, dict[str,
             "first_conv": first,
         }
     else:
-        modality = resolve_modality(cfg, None)
+        modality = cfg.modality or "rgb"
         student = Student(cfg.student, {HEAD: num_classes}, in_channels=input_channels(modality))
         info = {"init": "scratch", "student": cfg.student, "seed": cfg.seed, "modality": modality}
     log.info("initialised %s", info)

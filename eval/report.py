@@ -222,7 +222,8 @@ def _protocol_differences(runs: list[dict[str, Any]]) -> list[str]:
         values = {str(r.get(key)) for r in runs}
         if len(values) > 1:
             notes.append(f"{key} differs between runs: {sorted(values)}")
-    for key in ("clip_len", "clips_per_video", "crop", "epochs", "lr", "batch_size"):
+    for key in ("clip_len", "frame_step", "resize", "clips_per_video", "crop", "epochs", "lr",
+                "batch_size"):  # fmt: skip
         values = {str(r.get("protocol", {}).get(key)) for r in runs}
         if len(values) > 1:
             notes.append(f"protocol {key} differs between runs: {sorted(values)}")

@@ -21,6 +21,7 @@ from distinit.eval.manifests import Manifest, load_manifest
 from distinit.eval.metrics import save_video_probs, score_clips, video_probabilities
 from distinit.eval.predict import clip_outputs
 from distinit.eval.probe import FeatureCache, compute_features, train_linear
+from distinit.eval.recipe import EvalInput
 from distinit.eval.report import mean_over_splits, plot_confusion, write_results
 from distinit.eval.splits import SplitData, VideoItem, load_split
 from distinit.pipeline import runtime
@@ -36,11 +37,12 @@ Echo = Callable[[str], None]
 _NOT_FINGERPRINTED = ("out", "device", "workers", "checkpoint", "inflate_weights")
 
 
-def fingerprint(cfg: EvalConfig, split: int) -> str:
+def fingerprint(cfg: EvalConfig, split: int, protocol: ClipProtocol) -> str:
     """The recipe a fine-tuning state must match to be resumed (not where files lie, where it
-    runs or how fast)."""
+    runs or how fast): the config and the clip protocol it resolved to."""
     keep = {k: v for k, v in cfg.to_json().items() if k not in _NOT_FINGERPRINTED}
     keep["split"] = split
+    keep["protocol"] = protocol.describe()
     return _digest(keep)
 
 
@@ -55,10 +57,10 @@ def _digest(value: dict[str, Any]) -> str:
 
 def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
     manifest = load_manifest(cfg.dataset)
-    modality = check_init_inputs(cfg)
+    inputs = check_init_inputs(cfg)
     proc, device = runtime.start(cfg.device)
     try:
-        return _run(cfg, echo, manifest, modality, proc, device)
+        return _run(cfg, echo, manifest, inputs, proc, device)
     finally:
         runtime.stop(proc)
 
@@ -67,13 +69,16 @@ def _run(
     cfg: EvalConfig,
     echo: Echo,
     manifest: Manifest,
-    modality: str,
+    inputs: EvalInput,
     proc: runtime.Process,
     device: torch.device,
 ) -> dict[str, Any]:
     rank = proc.rank
     if rank != 0:
         echo = _silent  # one report per run, from rank 0
+    else:
+        for note in inputs.notes:  # what was taken or changed of the checkpoint's recipe
+            log.warning("%s", note)
     if proc.distributed and cfg.mode == "linear":
         raise ConfigError("--mode linear runs in one process; start it without torchrun or srun")
     # Every split is checked before anything is written, so a bad layout leaves no OUT behind.
@@ -91,11 +96,11 @@ def _run(
         for split in cfg.splits
     ]
     if cfg.store is not None:
-        check_store(cfg.store, cfg.resize, [i for _, d in splits for i in d.train + d.test])
+        check_store(cfg.store, inputs.resize, [i for _, d in splits for i in d.train + d.test])
     cfg.out.mkdir(parents=True, exist_ok=True)
     lock = runtime.lock_run_directory(cfg.out, "eval", proc)
     try:
-        return _evaluate(cfg, echo, manifest, modality, proc, device, splits)
+        return _evaluate(cfg, echo, manifest, inputs, proc, device, splits)
     finally:
         if lock is not None:
             lock.release()
@@ -105,16 +110,13 @@ def _evaluate(
     cfg: EvalConfig,
     echo: Echo,
     manifest: Manifest,
-    modality: str,
+    inputs: EvalInput,
     proc: runtime.Process,
     device: torch.device,
     splits: list[tuple[int, SplitData]],
 ) -> dict[str, Any]:
     rank = proc.rank
-    store = str(cfg.store) if cfg.store is not None else None
-    protocol = ClipProtocol(
-        cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop, modality, store
-    )
+    protocol = clip_protocol(cfg, inputs)
     videos_per_batch = max(1, cfg.batch_size // cfg.clips_per_video)
     per_split: list[dict[str, Any]] = []
     init_info: dict[str, Any] = {}
@@ -169,7 +171,7 @@ def _evaluate(
     if rank != 0:
         return {}
     results = _results(
-        cfg, manifest.name, manifest.source, modality, init_info, per_split, notes, classes
+        cfg, manifest.name, manifest.source, protocol, inputs, init_info, per_split, notes, classes
     )
     write_results(cfg.out, results)
     return results
@@ -177,6 +179,19 @@ def _evaluate(
 
 def _silent(_: str) -> None:
     pass
+
+
+def clip_protocol(cfg: EvalConfig, inputs: EvalInput) -> ClipProtocol:
+    """The clips of this run: the resolved input, K test clips, from the store if given."""
+    return ClipProtocol(
+        clip_len=inputs.clip_len,
+        clips_per_video=cfg.clips_per_video,
+        resize=inputs.resize,
+        crop=inputs.crop,
+        modality=inputs.modality,
+        store=str(cfg.store) if cfg.store is not None else None,
+        frame_step=inputs.frame_step,
+    )
 
 
 def _linear(
@@ -267,7 +282,7 @@ def _finetune(
         settings,
         device=device,
         state_dir=state_dir,
-        fingerprint=fingerprint(cfg, data.split),
+        fingerprint=fingerprint(cfg, data.split, protocol),
         init_weights=init_weights_id(info),
         progress=echo,
     )
@@ -317,19 +332,19 @@ def _results(
     cfg: EvalConfig,
     dataset: str,
     manifest_source: str,
-    modality: str,
+    clips: ClipProtocol,
+    inputs: EvalInput,
     init_info: dict[str, Any],
     per_split: list[dict[str, Any]],
     notes: list[str],
     classes: list[str],
 ) -> dict[str, Any]:
     headline = per_split[0] if len(per_split) == 1 else mean_over_splits(per_split)
-    store = str(cfg.store) if cfg.store is not None else None
-    protocol = ClipProtocol(
-        cfg.clip_len, cfg.clips_per_video, cfg.resize, cfg.crop, modality, store
-    ).describe()
+    modality = inputs.modality
+    protocol = clips.describe()
     protocol.update(
         {
+            "input_recipe": inputs.record,  # where clip_len, frame_step, resize, crop came from
             "mode": cfg.mode,
             "epochs": cfg.effective_epochs,
             "lr": cfg.effective_lr,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torchvision.models import resnet18
 
-from distinit.train.checkpoint import FinalCheckpoint, save_final
+from distinit.train.checkpoint import FinalCheckpoint, InputRecipe, save_final
 from distinit.train.students import Student
 from tests.test_eval_splits import make_hmdb_layout, write_test_manifest
 
@@ -20,10 +20,16 @@ TINY = [
 
 
 def make_eval_data(
-    base: Path, *, seed: int, modality: str = "rgb", config: dict[str, Any] | None = None
+    base: Path,
+    *,
+    seed: int,
+    modality: str = "rgb",
+    config: dict[str, Any] | None = None,
+    recipe: InputRecipe | None = None,
 ) -> dict[str, Path]:
     """Dataset, manifest, a resnet18 state dict standing in for ImageNet weights, and a
-    distilled-student checkpoint of the given modality."""
+    distilled-student checkpoint of the given modality (with ``recipe``, if given: without, it
+    is a checkpoint of before recipes were recorded)."""
     root = make_hmdb_layout(base / "hmdb")
     torch.manual_seed(seed)
     weights = base / "resnet18.pth"
@@ -41,6 +47,7 @@ def make_eval_data(
             teachers=[{"name": "efficientnet_lite0"}],
             modality=modality,
             in_channels=in_channels,
+            recipe=recipe,
         ),
     )
     return {

@@ -172,6 +172,8 @@ def test_cli_flow_run_writes_a_flow_checkpoint_and_refuses_an_rgb_resume(
     ckpt = load_final(out / "final.pt")
     assert ckpt.modality == "flow" and ckpt.in_channels == FLOW_CHANNELS
     assert ckpt.config["modality"] == "flow"
+    assert ckpt.recipe is not None and ckpt.recipe.modality == "flow"
+    assert ckpt.recipe.mean is None and ckpt.recipe.std is None  # no RGB statistics apply
     net = ckpt.build_student().eval()
     assert first_conv(net.backbone)[2].in_channels == FLOW_CHANNELS
     with torch.no_grad():

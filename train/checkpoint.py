@@ -1,13 +1,15 @@
 """The student checkpoint (``RUN/final.pt``): what eval and users load.
 
 Plain dicts, tensors and JSON-able values only, so ``torch.load(..., weights_only=True)`` reads
-it and a downloaded checkpoint can never run code.
+it and a downloaded checkpoint can never run code. Besides the weights it carries the student's
+input recipe (:class:`InputRecipe`: what eval must feed it again) and where its targets came from
+(the teachers and the shard set's fingerprint).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,75 @@ import torch
 from distinit.pipeline.errors import CheckpointError
 from distinit.pipeline.runtime import atomic_torch_save
 from distinit.pipeline.weights import load_weights_only
-from distinit.train.students import STUDENTS, Student
+from distinit.train.config import TrainConfig
+from distinit.train.students import STUDENTS, Student, student_spec
 
 FINAL_FORMAT = "distinit-student"
-FINAL_SCHEMA_VERSION = 1
+FINAL_SCHEMA_VERSION = 1  # the recipe and shard set are optional keys: older files still load
+
+
+@dataclass(frozen=True)
+class InputRecipe:
+    """What the student was distilled on, the input eval must give it again.
+
+    Clips of ``clip_len`` shard rows ``frame_stride`` apart, frames stretched to ``resize`` (W, H),
+    a ``crop`` square; RGB scaled to [0, 1] and normalised by ``mean``/``std`` (None for flow,
+    which no statistics apply to). ``shard_fps`` is the shards' ``extract --fps``: None when they
+    held every native frame, the one case where a row step is a native frame step.
+    """
+
+    modality: str
+    clip_len: int
+    frame_stride: int
+    resize: tuple[int, int]
+    crop: int
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    shard_fps: float | None
+
+    @classmethod
+    def of_run(cls, cfg: TrainConfig, shard_fps: float | None) -> InputRecipe:
+        spec = student_spec(cfg.student)
+        rgb = cfg.modality == "rgb"
+        return cls(
+            modality=cfg.modality,
+            clip_len=cfg.clip_len,
+            frame_stride=cfg.frame_stride,
+            resize=cfg.resize,
+            crop=cfg.crop,
+            mean=spec.mean if rgb else None,
+            std=spec.std if rgb else None,
+            shard_fps=shard_fps,
+        )
+
+    @property
+    def native_frame_step(self) -> int | None:
+        """Native frames between consecutive clip frames; None when the shards sampled the
+        videos at ``--fps`` (a row is then a varying number of native frames)."""
+        return self.frame_stride if self.shard_fps is None else None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["resize"] = list(self.resize)
+        for key in ("mean", "std"):
+            d[key] = list(d[key]) if d[key] is not None else None
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any, path: Path) -> InputRecipe:
+        try:
+            return cls(
+                modality=str(d["modality"]),
+                clip_len=int(d["clip_len"]),
+                frame_stride=int(d["frame_stride"]),
+                resize=(int(d["resize"][0]), int(d["resize"][1])),
+                crop=int(d["crop"]),
+                mean=tuple(float(v) for v in d["mean"]) if d["mean"] is not None else None,
+                std=tuple(float(v) for v in d["std"]) if d["std"] is not None else None,
+                shard_fps=float(d["shard_fps"]) if d["shard_fps"] is not None else None,
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CheckpointError(f"{path}: malformed input recipe ({exc!r})") from exc
 
 
 @dataclass
@@ -32,6 +99,8 @@ class FinalCheckpoint:
     modality: str = "rgb"
     in_channels: int = 3
     step: int = 0
+    recipe: InputRecipe | None = None  # None: written before checkpoints recorded it
+    shard_set: dict[str, Any] | None = None  # train.resume.shard_set_fingerprint of the targets
 
     def build_student(self) -> Student:
         """The distilled student with its teacher heads, weights loaded."""
@@ -58,6 +127,10 @@ def save_final(path: str | os.PathLike[str], ckpt: FinalCheckpoint) -> None:
         "in_channels": ckpt.in_channels,
         "step": ckpt.step,
     }
+    if ckpt.recipe is not None:
+        payload["recipe"] = ckpt.recipe.to_json()
+    if ckpt.shard_set is not None:
+        payload["shard_set"] = ckpt.shard_set
     atomic_torch_save(path, payload)
 
 
@@ -91,6 +164,8 @@ def load_final(path: str | os.PathLike[str]) -> FinalCheckpoint:
         modality=payload.get("modality", "rgb"),
         in_channels=int(payload.get("in_channels", 3)),
         step=int(payload.get("step", 0)),
+        recipe=InputRecipe.from_json(payload["recipe"], path) if "recipe" in payload else None,
+        shard_set=payload.get("shard_set"),
     )
 
 

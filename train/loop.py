@@ -36,7 +36,12 @@ from distinit.pipeline.stopping import ShieldedWorkerInit, StopSignals, agree_to
 from distinit.pipeline.views import ViewSet
 from distinit.train import distributed
 from distinit.train.bad_clips import BadClipCount, TolerantClips, failures
-from distinit.train.checkpoint import FinalCheckpoint, load_init_weights, save_final
+from distinit.train.checkpoint import (
+    FinalCheckpoint,
+    InputRecipe,
+    load_init_weights,
+    save_final,
+)
 from distinit.train.clip_rules import input_channels
 from distinit.train.clips import (
     ClipDataset,
@@ -363,6 +368,8 @@ def _train(
                     modality=cfg.modality,
                     in_channels=in_channels,
                     step=total,
+                    recipe=InputRecipe.of_run(cfg, shards.provenance.get("fps")),
+                    shard_set=shard_set,
                 ),
             )
     return RunResult(
