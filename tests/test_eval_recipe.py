@@ -16,7 +16,9 @@ import torch
 from click.testing import CliRunner
 
 from distinit.eval.config import BASELINE_INPUT, EvalConfig
+from distinit.eval.datasets import ClipProtocol, EvalClips, TrainClips
 from distinit.eval.recipe import resolve_input
+from distinit.eval.splits import VideoItem
 from distinit.pipeline.errors import CheckpointError, ConfigError
 from distinit.pipeline.shards import ShardSet
 from distinit.train.checkpoint import InputRecipe, load_final
@@ -24,6 +26,7 @@ from distinit.train.command import train
 from distinit.train.resume import shard_set_fingerprint
 from distinit.train.students import KINETICS_MEAN, KINETICS_STD
 from tests.eval_support import STUDENT, make_eval_data
+from tests.videogen import read_index
 
 RECIPE = InputRecipe(
     modality="rgb", clip_len=4, frame_stride=2, resize=(40, 32), crop=32,
@@ -130,3 +133,14 @@ def test_an_older_checkpoint_says_what_is_assumed_and_baselines_keep_evals_defau
     scratch = EvalConfig(dataset="x", root=data["root"], out=data["root"], init="scratch")
     baseline = resolve_input(scratch, None)
     assert baseline.values() == BASELINE_INPUT and not baseline.notes
+
+
+def test_eval_clips_take_frames_frame_step_apart(index_video: Path) -> None:
+    item = VideoItem(rel="index.mp4", path=index_video, label=0)  # 60 frames, frame i shows i
+    protocol = ClipProtocol(4, 2, (64, 64), 64, "rgb", frame_step=3)
+    clips, _, _ = EvalClips([item], protocol)[0]  # (K, T, H, W, 3)
+    shown = [[read_index(f) for f in clip.numpy()] for clip in clips]
+    assert shown == [[0, 3, 6, 9], [50, 53, 56, 59]]  # the last start whose 10-frame span fits
+    train_clip = TrainClips([item], protocol, seed=0)[0][0].numpy()  # perhaps mirrored
+    readings = [[read_index(f[:, ::m]) for f in train_clip] for m in (1, -1)]
+    assert any(r[1:] == [r[0] + 3, r[0] + 6, r[0] + 9] for r in readings), readings
