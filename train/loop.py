@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +364,8 @@ def _train(
                     modality=cfg.modality,
                     in_channels=in_channels,
                     step=total,
+                    shard_set=shard_set,
+                    code_version=version("distinit"),
                 ),
             )
     return RunResult(
