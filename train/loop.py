@@ -238,7 +238,11 @@ def _train(
         worker_init_fn=ShieldedWorkerInit(worker_init),
         pin_memory=ctx.device.type == "cuda",
     )
-    runlog = RunLog(out / LOG_NAME) if ctx.is_main else None
+    runlog = (
+        RunLog(out / LOG_NAME, tensorboard=cfg.tensorboard, keep_until_step=start)
+        if ctx.is_main
+        else None
+    )
     bad = BadClipCount(cfg.max_bad_clips)
     first_loss: float | None = None
     last_loss: float | None = None
