@@ -191,6 +191,12 @@ from distinit.pipeline.video import format_size
     show_default=True,
     help="Finetune: re-estimate BatchNorm statistics on training clips before testing.",
 )
+@click.option(
+    "--tensorboard",
+    is_flag=True,
+    help="Also write each split's accuracies as TensorBoard event files into --out; needs "
+    "pip install 'distinit[tensorboard]'.",
+)
 def eval_command(runs: tuple[Path, ...], compare: bool, **options: Any) -> None:
     """Fine-tune or linearly probe a student on HMDB51 / UCF101 / a class-folder dataset.
 
@@ -213,6 +219,10 @@ def eval_command(runs: tuple[Path, ...], compare: bool, **options: Any) -> None:
         if options[name] is None:
             raise click.UsageError(f"--{name} is required")
     cfg = _config(options)
+    if cfg.tensorboard:
+        from distinit.train.events import require_tensorboard
+
+        require_tensorboard()  # before any work, not after hours of fine-tuning
     from distinit.eval.runner import run
 
     results = run(cfg, click.echo)

@@ -67,6 +67,7 @@ class EvalConfig:
     allow_partial: bool = False
     amp: bool = True  # only has an effect on CUDA
     precise_bn: bool = True  # finetune: re-estimate BatchNorm statistics before testing
+    tensorboard: bool = False  # also write each split's accuracies as TensorBoard events
 
     def __post_init__(self) -> None:
         if self.init not in INITS:

@@ -15,6 +15,7 @@ from distinit.eval.metrics import VideoProbs, load_video_probs
 from distinit.pipeline.errors import DatasetError
 from distinit.pipeline.paths import inside
 from distinit.pipeline.runtime import atomic_write
+from distinit.train.events import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,19 @@ def mean_over_splits(per_split: list[dict[str, Any]]) -> dict[str, Any]:
     return mean
 
 
-def write_results(out: Path, results: dict[str, Any]) -> Path:
+def write_results(out: Path, results: dict[str, Any], *, tensorboard: bool = False) -> Path:
+    """``results.json`` and its markdown table; with ``tensorboard``, each split's accuracies as
+    TensorBoard scalars (step = split number) in ``out`` too."""
     path = atomic_write(out / RESULTS_NAME, results)
     atomic_write(out / TABLE_NAME, markdown_table(results))
+    if tensorboard:
+        # A re-run evaluates every split again: all earlier events of ``out`` are hidden.
+        events = EventLog(out, purge_step=0)
+        try:
+            for row in results["per_split"]:
+                events.write(int(row["split"]), {"accuracy": {m: row[m] for m in METRICS}})
+        finally:
+            events.close()
     return path
 
 

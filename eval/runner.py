@@ -34,7 +34,7 @@ Echo = Callable[[str], None]
 
 
 # Where files lie and how fast they are read: not part of what a fine-tuning state belongs to.
-_NOT_FINGERPRINTED = ("out", "device", "workers", "checkpoint", "inflate_weights")
+_NOT_FINGERPRINTED = ("out", "device", "workers", "checkpoint", "inflate_weights", "tensorboard")
 
 
 def fingerprint(cfg: EvalConfig, split: int, protocol: ClipProtocol) -> str:
@@ -173,7 +173,7 @@ def _evaluate(
     results = _results(
         cfg, manifest.name, manifest.source, protocol, inputs, init_info, per_split, notes, classes
     )
-    write_results(cfg.out, results)
+    write_results(cfg.out, results, tensorboard=cfg.tensorboard)
     return results
 
 

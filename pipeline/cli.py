@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "distinit.eval.command:eval_command",
         "Fine-tune or linear-probe on HMDB51/UCF101/folders.",
     ),
+    "export": (
+        "distinit.export.command:export",
+        "Write a final.pt as torchvision weights, config and model card.",
+    ),
     "teachers": ("distinit.extract.commands:teachers", "List the teachers extract can use."),
     "demo": ("distinit.pipeline.demo:demo", "Run the whole method on real sample clips, on CPU."),
     "bench": ("distinit.pipeline.bench:bench", "Benchmarks: extraction and training throughput."),

@@ -32,7 +32,10 @@ def load_weights_only(
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unsafe pickles, truncated zips and garbage raise many types
-        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+        # torch names the blocked object (``GLOBAL module.name``) when a pickle would build one;
+        # other weights-only failures ("Unsupported operand 110") are bytes that are no pickle
+        # torch wrote, such as a text file: not a weights file, rather than an unsafe one.
+        if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in str(exc):
             raise error(
                 f"{path}: not a safe weights-only file: it holds objects other than tensors and "
                 "plain containers, which could run code when loaded"

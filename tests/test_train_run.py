@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,9 @@ def test_cli_run_writes_final_log_and_curve(shards: Path, tmp_path: Path) -> Non
     assert ckpt.heads == {"objects": OBJECTS_CLASSES, "scenes": SCENES_CLASSES}
     assert ckpt.step == 4 and ckpt.modality == "rgb"
     assert [t["name"] for t in ckpt.teachers] == ["objects", "scenes"]
+    # Provenance for an export: the shard set the clips came from, the code that trained.
+    assert ckpt.shard_set is not None and ckpt.shard_set["videos"] == 2
+    assert ckpt.code_version == version("distinit")
     cfg = TrainConfig.from_json(ckpt.config)
     assert cfg.student == "mc3_18" and cfg.weight_of("scenes") == 0.5
     net = ckpt.build_student().eval()

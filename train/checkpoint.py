@@ -22,7 +22,10 @@ from distinit.train.config import TrainConfig
 from distinit.train.students import STUDENTS, Student, student_spec
 
 FINAL_FORMAT = "distinit-student"
-FINAL_SCHEMA_VERSION = 1  # the recipe and shard set are optional keys: older files still load
+FINAL_SCHEMA_VERSION = 1  # the recipe and provenance are optional keys: older files still load
+# The tag of ``RUN/last.pt`` (written by distinit.train.resume), named here so that a resume
+# state handed in where a final.pt belongs is told apart from a foreign file.
+LAST_FORMAT = "distinit-train-state"
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,10 @@ class FinalCheckpoint:
     in_channels: int = 3
     step: int = 0
     recipe: InputRecipe | None = None  # None: written before checkpoints recorded it
-    shard_set: dict[str, Any] | None = None  # train.resume.shard_set_fingerprint of the targets
+    # Provenance, absent from checkpoints written before it was recorded: the shard set the run
+    # drew its clips from (distinit.train.resume.shard_set_fingerprint) and the code version.
+    shard_set: dict[str, Any] | None = None
+    code_version: str | None = None
 
     def build_student(self) -> Student:
         """The distilled student with its teacher heads, weights loaded."""
@@ -126,18 +132,24 @@ def save_final(path: str | os.PathLike[str], ckpt: FinalCheckpoint) -> None:
         "modality": ckpt.modality,
         "in_channels": ckpt.in_channels,
         "step": ckpt.step,
+        "shard_set": ckpt.shard_set,
+        "code_version": ckpt.code_version,
     }
     if ckpt.recipe is not None:
         payload["recipe"] = ckpt.recipe.to_json()
-    if ckpt.shard_set is not None:
-        payload["shard_set"] = ckpt.shard_set
     atomic_torch_save(path, payload)
 
 
 def load_tagged(path: Path, fmt: str, version: int, what: str, hint: str = "") -> dict[str, Any]:
     """A weights-only file whose ``format`` tag and ``schema_version`` must match (the shape
     shared by ``final.pt`` and ``last.pt``)."""
-    payload = load_weights_only(path, CheckpointError)
+    return check_tag(path, load_weights_only(path, CheckpointError), fmt, version, what, hint)
+
+
+def check_tag(
+    path: Path, payload: Any, fmt: str, version: int, what: str, hint: str = ""
+) -> dict[str, Any]:
+    """``payload`` (read from ``path``) if its ``format`` tag and ``schema_version`` match."""
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise CheckpointError(f"{path}: not a distinit {what}")
     if payload.get("schema_version") != version:
@@ -152,7 +164,13 @@ def load_final(path: str | os.PathLike[str]) -> FinalCheckpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
-    payload = load_tagged(path, FINAL_FORMAT, FINAL_SCHEMA_VERSION, "student checkpoint")
+    payload = load_weights_only(path, CheckpointError)
+    if isinstance(payload, dict) and payload.get("format") == LAST_FORMAT:
+        raise CheckpointError(
+            f"{path} is a run's resume state (last.pt), not its result: pass RUN/final.pt, "
+            "which train writes when the run completes"
+        )
+    payload = check_tag(path, payload, FINAL_FORMAT, FINAL_SCHEMA_VERSION, "student checkpoint")
     if payload["student"] not in STUDENTS:
         raise CheckpointError(f"{path}: unknown student {payload['student']!r}")
     return FinalCheckpoint(
@@ -166,6 +184,7 @@ def load_final(path: str | os.PathLike[str]) -> FinalCheckpoint:
         step=int(payload.get("step", 0)),
         recipe=InputRecipe.from_json(payload["recipe"], path) if "recipe" in payload else None,
         shard_set=payload.get("shard_set"),
+        code_version=payload.get("code_version"),
     )
 
 

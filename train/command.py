@@ -240,6 +240,12 @@ def _default(name: str) -> object:
     help="Write a log.jsonl line every this many steps.",
 )
 @click.option(
+    "--tensorboard",
+    is_flag=True,
+    help="Also write TensorBoard event files into RUN (losses, lr, clips/s, data and compute "
+    "time, as log.jsonl has them); needs pip install 'distinit[tensorboard]'.",
+)
+@click.option(
     "--save-every",
     type=int,
     default=_default("save_every"),
@@ -288,6 +294,10 @@ def train(
     from distinit.train.runlog import LOG_NAME, run_losses
 
     _check_targets(cfg)
+    if cfg.tensorboard:
+        from distinit.train.events import require_tensorboard
+
+        require_tensorboard()
     # Every input error is reported before the run is announced.
     shards, frames = open_targets(cfg)
     resume_state = None  # last.pt, read once: here, and handed to the run

@@ -36,6 +36,7 @@ RESUMABLE_CHANGES = frozenset(
         "frames",
         "workers",
         "log_every",
+        "tensorboard",
         "save_every",
         "stop_after",
         "device",
@@ -85,6 +86,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     log_every: int = 1
+    tensorboard: bool = False  # also write log.jsonl's entries as TensorBoard event files
     save_every: int = 10
     stop_after: int | None = None  # exit (resumable) after this many steps of one invocation
     init_from: str | None = None  # a final.pt whose weights start the run (new optimizer, schedule)

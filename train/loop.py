@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -242,7 +243,11 @@ def _train(
         worker_init_fn=ShieldedWorkerInit(worker_init),
         pin_memory=ctx.device.type == "cuda",
     )
-    runlog = RunLog(out / LOG_NAME) if ctx.is_main else None
+    runlog = (
+        RunLog(out / LOG_NAME, tensorboard=cfg.tensorboard, keep_until_step=start)
+        if ctx.is_main
+        else None
+    )
     bad = BadClipCount(cfg.max_bad_clips)
     first_loss: float | None = None
     last_loss: float | None = None
@@ -370,6 +375,7 @@ def _train(
                     step=total,
                     recipe=InputRecipe.of_run(cfg, shards.provenance.get("fps")),
                     shard_set=shard_set,
+                    code_version=version("distinit"),
                 ),
             )
     return RunResult(

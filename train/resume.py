@@ -18,9 +18,8 @@ import torch
 from distinit.pipeline.errors import CheckpointError
 from distinit.pipeline.runtime import atomic_torch_save
 from distinit.pipeline.shards import ShardSet, list_shard_files
-from distinit.train.checkpoint import load_tagged
+from distinit.train.checkpoint import LAST_FORMAT, load_tagged
 
-LAST_FORMAT = "distinit-train-state"
 LAST_SCHEMA_VERSION = 1
 LAST_NAME = "last.pt"
 

@@ -1,4 +1,5 @@
-"""``RUN/log.jsonl`` (one JSON object per logged step) and the loss-curve PNG drawn from it."""
+"""``RUN/log.jsonl`` (one JSON object per logged step), its optional TensorBoard mirror, and the
+loss-curve PNG drawn from it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from distinit.pipeline.runtime import atomic_write
+from distinit.train.events import EventLog
 
 LOG_NAME = "log.jsonl"
 CURVE_NAME = "loss.png"
@@ -42,16 +44,28 @@ def truncate_log(path: Path, keep_until_step: int) -> None:
 
 
 class RunLog:
-    def __init__(self, path: Path) -> None:
+    """Where a training step's metrics are logged: a line of ``log.jsonl`` and, with
+    ``tensorboard``, the same numbers as TensorBoard scalars in the run directory (see
+    :mod:`distinit.train.events`). ``keep_until_step``: the step a resumed run restarts after;
+    what an earlier invocation logged past it is hidden, as :func:`truncate_log` drops it."""
+
+    def __init__(self, path: Path, *, tensorboard: bool = False, keep_until_step: int = 0) -> None:
         self.path = path
+        self._events = (
+            EventLog(path.parent, purge_step=keep_until_step + 1) if tensorboard else None
+        )
         self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held for the whole run
 
     def write(self, entry: dict[str, Any]) -> None:
         self._fh.write(json.dumps(entry) + "\n")
         self._fh.flush()
+        if self._events is not None:
+            self._events.write(int(entry["step"]), {k: v for k, v in entry.items() if k != "step"})
 
     def close(self) -> None:
         self._fh.close()
+        if self._events is not None:
+            self._events.close()
 
 
 def plot_loss(log_path: Path, png_path: Path) -> None:

@@ -39,6 +39,12 @@ class StudentSpec:
     min_clip_len: int = 1
     fixed_input: tuple[int, int] | None = None  # (clip_len, crop) the network only takes
     min_crop: int = 1
+    # How the backbone differs from torchvision's network of the same name (what `distinit
+    # export` tells a user who loads the weights into plain torchvision): the attribute of
+    # torchvision's classifier, which the backbone lacks, and the attribute of a fixed-size
+    # pooling the backbone replaces by global average pooling (None: it keeps torchvision's).
+    torchvision_head: str = "fc"
+    torchvision_pool: str | None = None
 
     def check_input(self, clip_len: int, crop: int) -> None:
         """Refuse, in one line, a clip size this network cannot take."""
@@ -96,13 +102,31 @@ STUDENTS: dict[str, StudentSpec] = {
     "r3d_18": StudentSpec("r3d_18", _resnet3d(tv_video.r3d_18), 512),
     "mc3_18": StudentSpec("mc3_18", _resnet3d(tv_video.mc3_18), 512),
     "r2plus1d_18": StudentSpec("r2plus1d_18", _resnet3d(tv_video.r2plus1d_18), 512),
-    "s3d": StudentSpec("s3d", _s3d, 1024, S3D_MEAN, S3D_STD, min_clip_len=8),
+    "s3d": StudentSpec(
+        "s3d",
+        _s3d,
+        1024,
+        S3D_MEAN,
+        S3D_STD,
+        min_clip_len=8,
+        torchvision_head="classifier",
+        torchvision_pool="avgpool",
+    ),
     "mvit_v2_s": StudentSpec(
-        "mvit_v2_s", _video_transformer(tv_video.mvit_v2_s), 768, fixed_input=(16, 224)
+        "mvit_v2_s",
+        _video_transformer(tv_video.mvit_v2_s),
+        768,
+        fixed_input=(16, 224),
+        torchvision_head="head",
     ),
     # Three 2x patch merges after the 4x patch embedding: below 32 px the last stage is empty.
     "swin3d_t": StudentSpec(
-        "swin3d_t", _video_transformer(tv_video.swin3d_t), 768, min_clip_len=2, min_crop=32
+        "swin3d_t",
+        _video_transformer(tv_video.swin3d_t),
+        768,
+        min_clip_len=2,
+        min_crop=32,
+        torchvision_head="head",
     ),
 }
 
