@@ -248,7 +248,7 @@ def test_two_teachers_share_one_decode(tmp_path: Path) -> None:
     out = tmp_path / "shards"
     r = distinit(
         "extract", "--videos", str(videos), "--out", str(out), "--teacher", "efficientnet_lite0",
-        "--teacher", "resnet18", "--teacher-weights", f"resnet18={weights}",
+        "--teacher", "resnet18", "--teacher-weights", f"resnet18={weights}", "--views", "recipe",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     shards = ShardSet(out)

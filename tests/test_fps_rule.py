@@ -68,6 +68,10 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
                 str(fps),
                 "--workers",
                 "1",
+                # one view: the frame rule is the same for any number of them
+                "--views",
+                "1",
+                "--no-mirror-views",
             ],
             env=ENV,
             stderr=subprocess.PIPE,
