@@ -57,6 +57,7 @@ from distinit.pipeline.shards import (
     list_shard_files,
     quantize,
     read_shard_header,
+    video_records,
     write_manifest,
 )
 from distinit.pipeline.stopping import StopSignals
@@ -157,7 +158,7 @@ def _run_extract(
         headers = [read_shard_header(p) for p in list_shard_files(out)]
         if headers:
             _check_same_recipe(cfg, headers[0])
-        previous = {r.id: r.status for h in headers for r in h.records}
+        previous = {v: r.status for v, r in video_records(headers).items()}
         todo = [
             v
             for v in all_ids

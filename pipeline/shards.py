@@ -439,6 +439,19 @@ def _check_shapes(
             raise ShardError(f"{path}: the frame store's GOP table has the wrong shape")
 
 
+def video_records(headers: Iterable[ShardHeader]) -> dict[str, VideoRecord]:
+    """Each video's one record, by id, over shards in file order: a video seen twice (retried
+    after a failure, or extracted under another rank split) is its first ``ok`` record, else its
+    last failure (within a rank the latest run's reason). The reader, resume, ``--retry-failed``,
+    ``--strict`` and the manifest all follow this rule."""
+    chosen: dict[str, VideoRecord] = {}
+    for header in headers:
+        for r in header.records:
+            if r.id not in chosen or chosen[r.id].status != "ok":
+                chosen[r.id] = r
+    return chosen
+
+
 def list_shard_files(directory: str | os.PathLike[str]) -> list[Path]:
     directory = Path(directory)
     return sorted(p for p in directory.glob(f"*{SHARD_SUFFIX}") if p.is_file())
@@ -492,13 +505,10 @@ class ShardSet:
                     f"{shards[0].path.name}'s {[t.name for t in self.teachers]}; "
                     "shards of one directory must come from the same teachers"
                 )
-        self.records: dict[str, VideoRecord] = {}
         for s in shards:
             for r in s.records:
                 check_relative(r.id, f"{s.path}: video id", ShardError)  # joined onto roots
-                # A video retried after a failure appears twice: the successful entry wins.
-                if r.id not in self.records or self.records[r.id].status != "ok":
-                    self.records[r.id] = r
+        self.records: dict[str, VideoRecord] = video_records(shards)
         self._open = _OpenShards(self.directory, max_open)
 
     @property
@@ -806,27 +816,20 @@ def _write_manifest_locked(directory: Path, config: dict[str, Any]) -> Path:
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
     shards = []
-    videos = []
-    for path in list_shard_files(directory):
-        header = read_shard_header(path)
+    headers = [read_shard_header(path) for path in list_shard_files(directory)]
+    for header in headers:
         shards.append(
             {
-                "file": path.name,
+                "file": header.path.name,
                 "videos": len(header.records),
                 "rows": sum(r.row_count for r in header.records),
-                "bytes": path.stat().st_size,
+                "bytes": header.path.stat().st_size,
             }
         )
-        for r in header.records:
-            videos.append(
-                {
-                    "id": r.id,
-                    "shard": path.name,
-                    "rows": r.row_count,
-                    "status": r.status,
-                    "error": r.error,
-                }
-            )
+    videos = [  # one entry per video, as the reader sees it
+        {"id": r.id, "shard": r.shard, "rows": r.row_count, "status": r.status, "error": r.error}
+        for r in video_records(headers).values()
+    ]
     manifest = {
         "format": FORMAT_NAME,
         "schema_version": SCHEMA_VERSION,
