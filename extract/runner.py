@@ -47,6 +47,7 @@ from distinit.pipeline.faults import machine_fault
 from distinit.pipeline.ffmpeg_binary import ffmpeg_version
 from distinit.pipeline.framestore import StoreFormat, encode_gop
 from distinit.pipeline.progress import FrameCount, eta_seconds, expected_frames
+from distinit.pipeline.runtime import probe_writable
 from distinit.pipeline.shards import (
     SHARD_SUFFIX,
     TMP_SUFFIX,
@@ -143,9 +144,7 @@ def _run_extract(
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(out)
     except OSError as exc:
         raise ShardError(f"--out {out}: not writable ({exc.strerror})") from exc
 
