@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -154,4 +155,19 @@ def test_a_full_disk_while_coding_frames_is_not_the_videos_fault(
     assert "long.mp4" not in ShardSet(out).records
     monkeypatch.setattr(runner, "encode_gop", real_encode)
     assert run_extract(_config(videos, out)).done == 1
+    _assert_complete(out)
+
+
+def test_a_timestamp_that_never_comes_is_not_the_videos_fault(
+    videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ffmpeg's showinfo lines stop reaching the reader (as on a machine too loaded to run it).
+    monkeypatch.setattr(video, "TIMESTAMP_TIMEOUT", 0.2)
+    monkeypatch.setattr(video, "_SHOWINFO", re.compile(r"a line ffmpeg never prints"))
+    out = tmp_path / "out"
+    with pytest.raises(MachineFaultError, match=r"a\.mp4: ffmpeg sent a frame but no timestamp"):
+        run_extract(_config(videos, out))
+    assert not list(out.glob("*.h5"))  # nothing recorded
+    monkeypatch.undo()
+    run_extract(_config(videos, out))
     _assert_complete(out)
