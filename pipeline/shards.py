@@ -674,6 +674,9 @@ class ShardSet:
                         ):
                             problems.append(f"{path.name}: non-finite values in {name}")
             except OSError as exc:
+                fault = machine_fault(exc, f"{path}: cannot read the shard")
+                if fault is not None:  # the machine's limit says nothing about these bytes
+                    raise fault from exc
                 problems.append(f"{path.name}: checksum or read error ({exc})")
         return problems
 
