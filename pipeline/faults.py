@@ -72,8 +72,7 @@ def resource_fault(code: int, subject: str) -> MachineFaultError:
     """The one-line error for resource errno ``code`` met while working on ``subject``."""
     return MachineFaultError(
         f"{subject}: {os.strerror(code)} ({errno.errorcode[code]}), a limit of this machine, "
-        f"not a fault of the data; {_REMEDIES[code]} and run the same command "
-        "again"
+        f"not a fault of the data; {_REMEDIES[code]} and run the same command again"
     )
 
 
@@ -93,6 +92,6 @@ def killed_decoder(subject: str, returncode: int, frames: int) -> MachineFaultEr
         name = f"signal {-returncode}"
     hint = " (the out-of-memory killer?)" if -returncode == signal.SIGKILL else ""
     return MachineFaultError(
-        f"{subject}: ffmpeg was killed by {name}{hint} after {frames} frames; the video is not "
-        "recorded, run the same command again to redo it"
+        f"{subject}: ffmpeg was killed by {name}{hint} after {frames} frames, a fault of the "
+        "machine, not of the video; run the same command again (extract redoes the video)"
     )

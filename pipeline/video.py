@@ -374,8 +374,8 @@ class VideoReader:
         except queue.Empty:  # the frame came, its stderr line did not: the machine stalls
             raise MachineFaultError(
                 f"{self.path}: ffmpeg sent a frame but no timestamp for it within "
-                f"{TIMESTAMP_TIMEOUT:.0f} s (an overloaded machine); the video is not recorded, "
-                "run the same command again to redo it"
+                f"{TIMESTAMP_TIMEOUT:.0f} s, a fault of the machine (overloaded), not of the "
+                "video; run the same command again (extract redoes the video)"
             ) from None
         if item is None:
             raise VideoDecodeError(self.path, "ffmpeg produced a frame without timestamp info")
