@@ -8,6 +8,11 @@ runs the teachers, quantises the logits and appends each finished video to the c
 
 Resuming needs no bookkeeping of its own: complete shard files list the videos they hold, and a
 video is written only when all of its frames are in, so a re-run skips exactly what is done.
+
+Only a fault of the video itself (:class:`VideoDecodeError`: it does not decode, has no stream)
+is recorded as the video's failure. Anything else met while a video is decoded (a fault of the
+machine, :mod:`distinit.pipeline.faults`, or a bug) stops the run: the finished videos are kept,
+the unfinished ones stay unrecorded and the next run redoes them.
 """
 
 from __future__ import annotations
@@ -37,10 +42,12 @@ from distinit.extract.inference import (
 from distinit.extract.lock import RankLock
 from distinit.extract.teachers import group_specs, load_teacher, target_keys
 from distinit.pipeline.device import resolve_device
-from distinit.pipeline.errors import ConfigError, ShardError, VideoDecodeError
+from distinit.pipeline.errors import ConfigError, MachineFaultError, ShardError, VideoDecodeError
+from distinit.pipeline.faults import machine_fault
 from distinit.pipeline.ffmpeg_binary import ffmpeg_version
 from distinit.pipeline.framestore import StoreFormat, encode_gop
 from distinit.pipeline.progress import FrameCount, eta_seconds, expected_frames
+from distinit.pipeline.runtime import probe_writable
 from distinit.pipeline.shards import (
     SHARD_SUFFIX,
     TMP_SUFFIX,
@@ -51,6 +58,7 @@ from distinit.pipeline.shards import (
     list_shard_files,
     quantize,
     read_shard_header,
+    video_records,
     write_manifest,
 )
 from distinit.pipeline.stopping import StopSignals
@@ -136,9 +144,7 @@ def _run_extract(
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(out)
     except OSError as exc:
         raise ShardError(f"--out {out}: not writable ({exc.strerror})") from exc
 
@@ -151,7 +157,7 @@ def _run_extract(
         headers = [read_shard_header(p) for p in list_shard_files(out)]
         if headers:
             _check_same_recipe(cfg, headers[0])
-        previous = {r.id: r.status for h in headers for r in h.records}
+        previous = {v: r.status for v, r in video_records(headers).items()}
         todo = [
             v
             for v in all_ids
@@ -446,11 +452,14 @@ def _decode_worker(
                     results.put(
                         ("done", video_id, reader.info, reader.frames_decoded, reader.warning)
                     )
-        except VideoDecodeError as exc:
+        except VideoDecodeError as exc:  # the video's fault: recorded, the run goes on
             results.put(("failed", video_id, exc.reason))
-        except Exception as exc:  # one broken video must never stop a run over thousands
-            log.exception("unexpected error decoding %s", video_id)
-            results.put(("failed", video_id, f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:
+            # Not the video's fault (the machine's limits, or a bug): the main thread stops the
+            # run with it and the video stays unrecorded, so the next run redoes it.
+            fault = exc if isinstance(exc, MachineFaultError) else machine_fault(exc, path)
+            results.put(("fault", video_id, fault or exc))
+            break
     results.put(("exit",))
 
 
@@ -585,6 +594,9 @@ def _extract(
                     counts.finished(video_id, sum(len(t) for t in video.times))
                     video.failed = reason
                     settle(video)
+                elif kind == "fault":
+                    _, video_id, exc = item
+                    raise exc
                 elif kind == "exit":
                     live -= 1
                     if live == 0:
@@ -604,17 +616,32 @@ def _extract(
                 )
         if stop.is_set():
             summary.interrupted = True
-            # Drain so decoder threads blocked on a full queue can see the stop flag and exit.
-            while any(t.is_alive() for t in threads):
-                with suppress(queue.Empty):
-                    results.get(timeout=0.1)
+            _stop_decoders(threads, results)
         shards.close()
+    except MachineFaultError:
+        # Keep what is finished: the videos already in the current shard are complete and
+        # healthy; the unfinished ones (the faulty one among them) are redone by the next run.
+        stop.set()
+        _stop_decoders(threads, results)
+        try:
+            shards.close()
+        except ShardError as exc:  # the disk that failed may fail this write too
+            log.warning("%s", exc)
+        raise
     except BaseException:
         stop.set()
         shards.abort()
         raise
     finally:
         summary.seconds = time.monotonic() - started
+
+
+def _stop_decoders(threads: list[threading.Thread], results: queue.Queue[tuple[Any, ...]]) -> None:
+    """Wait for the decoder threads once ``stop`` is set, draining their queue so none stays
+    blocked on a full one."""
+    while any(t.is_alive() for t in threads):
+        with suppress(queue.Empty):
+            results.get(timeout=0.1)
 
 
 def _quantize_views(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -89,6 +89,13 @@ class ShardError(DistinitError):
     """A shard file or directory does not honour the shard contract."""
 
 
+class MachineFaultError(DistinitError):
+    """The machine failed, not the data: memory, open files, disk space, a decoder killed by a
+    signal, a pipe that timed out (see :mod:`distinit.pipeline.faults`). Nothing is recorded
+    against the video or shard involved; the same command, run again once the cause is gone,
+    redoes it."""
+
+
 class WeightsError(DistinitError):
     """Model weights are missing, unreadable, unsafe or do not fit the model."""
 

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -283,6 +284,19 @@ def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> Path:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return _write_bytes(path, buffer.getbuffer())
+
+
+def probe_writable(directory: Path) -> None:
+    """Create and remove a file in ``directory`` (raises OSError when this process may not).
+
+    The probe's name carries this host, this process and a random tag, and is created
+    exclusively: ranks on several hosts writing one directory (containers on them often share
+    pids) never write over or remove one another's probe."""
+    tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    probe = directory / f".write-test-{tag}"
+    with open(probe, "xb"):
+        pass
+    probe.unlink()
 
 
 # --- one writer per directory ------------------------------------------------------------------

@@ -47,8 +47,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,7 +59,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from distinit.pipeline.errors import ShardError
+from distinit.pipeline.errors import DistinitError, ShardError
+from distinit.pipeline.faults import machine_fault
 from distinit.pipeline.framestore import StoreFormat, decode_gop
 from distinit.pipeline.paths import check_relative
 from distinit.pipeline.runtime import DirectoryLock, atomic_write
@@ -349,6 +352,12 @@ def damaged_shard(path: Path, exc: BaseException) -> ShardError:
     )
 
 
+def read_failure(path: Path, exc: BaseException) -> DistinitError:
+    """The error for a failed read of a shard: the machine's limit when it is one (too many
+    open files, no memory), else :func:`damaged_shard`."""
+    return machine_fault(exc, f"{path}: cannot read the shard") or damaged_shard(path, exc)
+
+
 def read_shard_header(path: str | os.PathLike[str]) -> ShardHeader:
     """Read and validate one shard's attributes and video table."""
     path = Path(path)
@@ -374,7 +383,7 @@ def read_shard_header(path: str | os.PathLike[str]) -> ShardHeader:
             views = _read_views(f) if "views" in f else None
             _check_shapes(f, path, teachers, records, len(views) if views else 1)
     except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise damaged_shard(path, exc) from exc
+        raise read_failure(path, exc) from exc
     return ShardHeader(path, records, teachers, provenance, version, store, views)
 
 
@@ -430,6 +439,19 @@ def _check_shapes(
             raise ShardError(f"{path}: the frame store's GOP table has the wrong shape")
 
 
+def video_records(headers: Iterable[ShardHeader]) -> dict[str, VideoRecord]:
+    """Each video's one record, by id, over shards in file order: a video seen twice (retried
+    after a failure, or extracted under another rank split) is its first ``ok`` record, else its
+    last failure (within a rank the latest run's reason). The reader, resume, ``--retry-failed``,
+    ``--strict`` and the manifest all follow this rule."""
+    chosen: dict[str, VideoRecord] = {}
+    for header in headers:
+        for r in header.records:
+            if r.id not in chosen or chosen[r.id].status != "ok":
+                chosen[r.id] = r
+    return chosen
+
+
 def list_shard_files(directory: str | os.PathLike[str]) -> list[Path]:
     directory = Path(directory)
     return sorted(p for p in directory.glob(f"*{SHARD_SUFFIX}") if p.is_file())
@@ -438,11 +460,15 @@ def list_shard_files(directory: str | os.PathLike[str]) -> list[Path]:
 class ShardSet:
     """Read access to every complete shard in a directory.
 
-    Headers are read eagerly (small); HDF5 handles are opened lazily and once per process, so a
-    ShardSet can be handed to DataLoader workers (each opens its own handles after the fork).
+    Headers are read eagerly (small); HDF5 handles are opened lazily, per process, and at most
+    ``max_open`` at a time (the least recently used is closed first), so a ShardSet can be
+    handed to DataLoader workers (each opens its own handles after the fork) over any number
+    of shards.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], max_open: int | None = None) -> None:
+        """``max_open``: shard files one process keeps open at most (default
+        :func:`default_max_open`)."""
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise ShardError(
@@ -479,19 +505,11 @@ class ShardSet:
                     f"{shards[0].path.name}'s {[t.name for t in self.teachers]}; "
                     "shards of one directory must come from the same teachers"
                 )
-        self.records: dict[str, VideoRecord] = {}
         for s in shards:
             for r in s.records:
                 check_relative(r.id, f"{s.path}: video id", ShardError)  # joined onto roots
-                # A video retried after a failure appears twice: the successful entry wins.
-                if r.id not in self.records or self.records[r.id].status != "ok":
-                    self.records[r.id] = r
-        self._handles: dict[str, h5py.File] = {}
-        # Dataset handles by (shard, path): an h5py path lookup costs about as much as reading a
-        # clip's targets, and a training clip reads several datasets.
-        self._datasets: dict[tuple[str, str], h5py.Dataset] = {}
-        self._gop_tables: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._pid = os.getpid()
+        self.records: dict[str, VideoRecord] = video_records(shards)
+        self._open = _OpenShards(self.directory, max_open)
 
     @property
     def teacher_names(self) -> list[str]:
@@ -504,28 +522,20 @@ class ShardSet:
         return sorted((r for r in self.records.values() if r.status == "ok"), key=lambda r: r.id)
 
     def _file(self, shard: str) -> h5py.File:
-        if os.getpid() != self._pid:  # forked: never reuse the parent's handles
-            self._handles, self._datasets, self._gop_tables = {}, {}, {}
-            self._pid = os.getpid()
-        if shard not in self._handles:
-            self._handles[shard] = h5py.File(self.directory / shard, "r")
-        return self._handles[shard]
+        return self._open.get(shard).file
 
     @contextlib.contextmanager
     def _reading(self, shard: str) -> Iterator[None]:
         """Turn a failed read (a fletcher32 mismatch, a truncated file, a GOP that does not
-        decode) into one line naming the shard and the remedy, also inside a loader worker."""
+        decode) into one line naming the shard and the remedy, also inside a loader worker;
+        a limit of the machine (open files, memory) is said as such, never as damage."""
         try:
             yield
         except (OSError, ShardError) as exc:
-            raise damaged_shard(self.directory / shard, exc) from exc
+            raise read_failure(self.directory / shard, exc) from exc
 
     def _dataset(self, shard: str, path: str) -> h5py.Dataset:
-        f = self._file(shard)  # first: it drops a forked parent's handles
-        key = (shard, path)
-        if key not in self._datasets:
-            self._datasets[key] = f[path]
-        return self._datasets[key]
+        return self._open.get(shard).dataset(path)
 
     def times(self, video_id: str) -> np.ndarray:
         r = self._ok(video_id)
@@ -641,10 +651,7 @@ class ShardSet:
         return total
 
     def _gop_table(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
-        if shard not in self._gop_tables:
-            st = self._file(shard)["store"]
-            self._gop_tables[shard] = (st["gop_row"][()], st["gop_offset"][()])
-        return self._gop_tables[shard]
+        return self._open.get(shard).gop_table()
 
     def _ok(self, video_id: str) -> VideoRecord:
         r = self.records.get(video_id)
@@ -667,6 +674,9 @@ class ShardSet:
                         ):
                             problems.append(f"{path.name}: non-finite values in {name}")
             except OSError as exc:
+                fault = machine_fault(exc, f"{path}: cannot read the shard")
+                if fault is not None:  # the machine's limit says nothing about these bytes
+                    raise fault from exc
                 problems.append(f"{path.name}: checksum or read error ({exc})")
         return problems
 
@@ -693,16 +703,92 @@ class ShardSet:
         return problems
 
     def close(self) -> None:
-        for h in self._handles.values():
-            h.close()
-        self._handles, self._datasets = {}, {}
+        self._open.close()
+
+    @property
+    def open_files(self) -> int:
+        """Shard files this process holds open now (at most ``max_open``)."""
+        return self._open.count()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_handles"] = {}
-        state["_datasets"] = {}
-        state["_gop_tables"] = {}
+        state["_open"] = self._open.empty_copy()  # handles never cross processes
         return state
+
+
+MAX_OPEN_SHARDS = 32
+# HDF5 keeps a chunk cache per open dataset, 1 MiB by default: with several datasets per shard
+# and tens of shards per loader worker that is hundreds of MiB of cache for reads that rarely
+# come back to a chunk. 256 KiB still holds the few chunks one clip's rows span (a 1000-class
+# teacher's logits chunk is 64 KiB, a store chunk 32 KiB).
+CHUNK_CACHE_BYTES = 256 * 1024
+
+
+def default_max_open() -> int:
+    """Shard files a process keeps open at most: :data:`MAX_OPEN_SHARDS`, and never more than a
+    quarter of its open-file limit (``ulimit -n``), which torch, pipes and libraries share."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_OPEN_SHARDS
+    return max(1, min(MAX_OPEN_SHARDS, soft // 4))
+
+
+class _OpenShard:
+    """One open shard file with what is looked up in it once: dataset handles (an h5py path
+    lookup costs about as much as reading a clip's targets) and the frame store's GOP table."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = h5py.File(path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES)
+        self._datasets: dict[str, h5py.Dataset] = {}
+        self._gops: tuple[np.ndarray, np.ndarray] | None = None
+
+    def dataset(self, path: str) -> h5py.Dataset:
+        if path not in self._datasets:
+            self._datasets[path] = self.file[path]
+        return self._datasets[path]
+
+    def gop_table(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._gops is None:
+            self._gops = (self.dataset("store/gop_row")[()], self.dataset("store/gop_offset")[()])
+        return self._gops
+
+
+class _OpenShards:
+    """The shard files this process has open: the ``max_open`` used most recently (LRU), so a
+    set of a thousand shards read by several loader workers stays within the open-file limit.
+    Handles belong to the process that opened them: after a fork the child opens its own."""
+
+    def __init__(self, directory: Path, max_open: int | None) -> None:
+        self.directory = directory
+        self.max_open = default_max_open() if max_open is None else max_open
+        if self.max_open < 1:
+            raise ValueError(f"max_open must be at least 1, got {self.max_open}")
+        self._shards: OrderedDict[str, _OpenShard] = OrderedDict()
+        self._pid = os.getpid()
+
+    def get(self, shard: str) -> _OpenShard:
+        if os.getpid() != self._pid:  # forked: never touch the parent's handles
+            self._shards, self._pid = OrderedDict(), os.getpid()
+        if shard in self._shards:
+            self._shards.move_to_end(shard)
+            return self._shards[shard]
+        while len(self._shards) >= self.max_open:
+            _, oldest = self._shards.popitem(last=False)
+            oldest.file.close()
+        self._shards[shard] = _OpenShard(self.directory / shard)
+        return self._shards[shard]
+
+    def count(self) -> int:
+        return len(self._shards) if os.getpid() == self._pid else 0
+
+    def close(self) -> None:
+        if os.getpid() == self._pid:
+            for open_shard in self._shards.values():
+                open_shard.file.close()
+        self._shards = OrderedDict()
+
+    def empty_copy(self) -> _OpenShards:
+        return _OpenShards(self.directory, self.max_open)
 
 
 def _iter_datasets(f: h5py.File) -> Iterator[str]:
@@ -733,27 +819,20 @@ def _write_manifest_locked(directory: Path, config: dict[str, Any]) -> Path:
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
     shards = []
-    videos = []
-    for path in list_shard_files(directory):
-        header = read_shard_header(path)
+    headers = [read_shard_header(path) for path in list_shard_files(directory)]
+    for header in headers:
         shards.append(
             {
-                "file": path.name,
+                "file": header.path.name,
                 "videos": len(header.records),
                 "rows": sum(r.row_count for r in header.records),
-                "bytes": path.stat().st_size,
+                "bytes": header.path.stat().st_size,
             }
         )
-        for r in header.records:
-            videos.append(
-                {
-                    "id": r.id,
-                    "shard": path.name,
-                    "rows": r.row_count,
-                    "status": r.status,
-                    "error": r.error,
-                }
-            )
+    videos = [  # one entry per video, as the reader sees it
+        {"id": r.id, "shard": r.shard, "rows": r.row_count, "status": r.status, "error": r.error}
+        for r in video_records(headers).values()
+    ]
     manifest = {
         "format": FORMAT_NAME,
         "schema_version": SCHEMA_VERSION,

@@ -42,7 +42,8 @@ from typing import Any
 import ffmpeg
 import numpy as np
 
-from distinit.pipeline.errors import ConfigError, VideoDecodeError
+from distinit.pipeline.errors import ConfigError, MachineFaultError, VideoDecodeError
+from distinit.pipeline.faults import killed_decoder, open_file_limit_in_text, resource_fault
 from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ _STREAM = re.compile(r"Stream #0:\d+.*?: Video: .*?, (\d{1,5})x(\d{1,5})(?=[\s,\
 _FPS = re.compile(r"([\d.]+)\s+fps")
 # "displaymatrix: rotation of -90.00 degrees" (ffmpeg 5/6), "Display Matrix: ..." (7 and later)
 _ROTATION = re.compile(r"display\s*matrix: rotation of (-?[\d.]+) degrees", re.IGNORECASE)
+TIMESTAMP_TIMEOUT = 60.0  # seconds a frame's showinfo line may lag behind its pixels
 # Stderr lines that explain a failure better than the generic last line does.
 _NOISE = ("Parsed_showinfo", "color_range", "Press [q]", "frame=", "video:", "Metadata", "encoder")
 
@@ -301,6 +303,11 @@ class VideoReader:
     ``geometry`` may be a sequence of geometries: each chunk then carries one view per geometry
     (``chunk.views``), all from the same decoded frames. Use as a context manager (or call
     :meth:`close`) so the process is reaped even when the consumer stops early.
+
+    A video's own fault (nothing decodes, no stream) raises :class:`VideoDecodeError`; ffmpeg
+    ending early by itself keeps the frames with a :attr:`warning`; ffmpeg killed by a signal,
+    out of file descriptors, or stalling raises :class:`MachineFaultError`: its frames are not
+    the video's.
     """
 
     def __init__(
@@ -372,7 +379,14 @@ class VideoReader:
         return True
 
     def _frame_time(self) -> tuple[int, float]:
-        item = self._state.pts.get(timeout=60)
+        try:
+            item = self._state.pts.get(timeout=TIMESTAMP_TIMEOUT)
+        except queue.Empty:  # the frame came, its stderr line did not: the machine stalls
+            raise MachineFaultError(
+                f"{self.path}: ffmpeg sent a frame but no timestamp for it within "
+                f"{TIMESTAMP_TIMEOUT:.0f} s, a fault of the machine (overloaded), not of the "
+                "video; run the same command again (extract redoes the video)"
+            ) from None
         if item is None:
             raise VideoDecodeError(self.path, "ffmpeg produced a frame without timestamp info")
         index, pts = item
@@ -404,6 +418,11 @@ class VideoReader:
             yield self._chunk(buf, times, indices, filled)
         returncode = self._proc.wait()
         self._stderr_thread.join(timeout=5)
+        if returncode < 0:  # a signal (the OOM killer's SIGKILL) cut the output short
+            raise killed_decoder(self.path, returncode, self.frames_decoded)
+        code = open_file_limit_in_text(" | ".join(self._state.tail))
+        if returncode != 0 and code is not None:
+            raise resource_fault(code, f"{self.path}: ffmpeg")
         if self.frames_decoded == 0:
             raise VideoDecodeError(
                 self.path, _failure_reason(self.path, self._state.tail, returncode)

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from distinit.extract.config import ExtractConfig
+from distinit.extract.runner import run_extract
 from distinit.pipeline.shards import ShardSet
 from tests.videogen import make_index_video
 
@@ -86,3 +88,20 @@ def test_out_of_space_mid_shard_keeps_earlier_shards(tmp_path: Path) -> None:
     again = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert [r.id for r in ShardSet(out).ok_videos()] == ["a.mp4", "b.mp4"]
+
+
+def test_write_probe_leaves_another_hosts_probe_alone(tmp_path: Path) -> None:
+    # Ranks on two hosts write one --out; their containers may give both the same pid. The
+    # other host's probe, in flight under this process's pid, must neither be written over nor
+    # removed (its own removal would then fail, and that rank report --out as not writable).
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_index_video(videos / "v.mp4", 3)
+    out = tmp_path / "shards"
+    out.mkdir()
+    theirs = out / f".write-test-{os.getpid()}"
+    theirs.write_bytes(b"another host")
+    cfg = ExtractConfig(videos=str(videos), out=str(out), teachers=("none",), store_size=(40, 32))
+    assert run_extract(cfg).done == 1
+    assert theirs.read_bytes() == b"another host"
+    assert sorted(p.name for p in out.glob(".write-test-*")) == [theirs.name]  # ours is gone
