@@ -23,7 +23,14 @@ from distinit.eval.predict import clip_outputs
 from distinit.eval.probe import FeatureCache, compute_features, train_linear
 from distinit.eval.recipe import EvalInput
 from distinit.eval.report import mean_over_splits, plot_confusion, write_results
-from distinit.eval.splits import SplitData, VideoItem, load_split
+from distinit.eval.sources import undecodable
+from distinit.eval.splits import (
+    SplitData,
+    VideoItem,
+    describe_undecodable,
+    load_split,
+    partial_refusal,
+)
 from distinit.pipeline import runtime
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.progress import ProgressLine, eta_seconds, format_duration
@@ -81,22 +88,35 @@ def _run(
             log.warning("%s", note)
     if proc.distributed and cfg.mode == "linear":
         raise ConfigError("--mode linear runs in one process; start it without torchrun or srun")
+
     # Every split is checked before anything is written, so a bad layout leaves no OUT behind.
-    splits = [
-        (
-            split,
-            load_split(
-                manifest,
-                cfg.root,
+    def load_splits(undecodable: dict[str, str] | None = None) -> list[tuple[int, SplitData]]:
+        return [
+            (
                 split,
-                splits_dir=cfg.splits_dir,
-                allow_partial=cfg.allow_partial,
-            ),
-        )
-        for split in cfg.splits
-    ]
+                load_split(
+                    manifest,
+                    cfg.root,
+                    split,
+                    splits_dir=cfg.splits_dir,
+                    allow_partial=cfg.allow_partial,
+                    undecodable=undecodable,
+                ),
+            )
+            for split in cfg.splits
+        ]
+
+    splits = load_splits()
+    videos = [i for _, d in splits for i in d.train + d.test]
     if cfg.store is not None:
-        check_store(cfg.store, inputs.resize, [i for _, d in splits for i in d.train + d.test])
+        check_store(cfg.store, inputs.resize, videos)
+    else:
+        # Every video is decoded once now: all that fail are named together, before any work.
+        failed = _index_sources(videos, cfg.workers, echo)
+        if failed and not cfg.allow_partial:
+            raise partial_refusal(manifest.name, [describe_undecodable(failed)])
+        if failed:  # left out of every split, and named in results.json's partial_notes
+            splits = load_splits(failed)
     cfg.out.mkdir(parents=True, exist_ok=True)
     lock = runtime.lock_run_directory(cfg.out, "eval", proc)
     try:
@@ -104,6 +124,26 @@ def _run(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _index_sources(videos: list[VideoItem], workers: int, echo: Echo) -> dict[str, str]:
+    """Decode every source video once (its frame index, ``eval/sources.py``) with a progress
+    line; returns the ones that do not decode."""
+    line = ProgressLine()
+
+    def progress(done: int, total: int, elapsed: float) -> None:
+        if echo is not _silent:  # ranks other than 0 stay quiet
+            eta = eta_seconds(done, total, elapsed)
+            line.update(
+                f"checking videos: {done}/{total}  elapsed {format_duration(elapsed)}  "
+                f"ETA {format_duration(eta)}",
+                final=done == total,
+            )
+
+    try:
+        return undecodable(videos, workers=workers, progress=progress)
+    finally:
+        line.close()
 
 
 def _evaluate(
