@@ -29,6 +29,9 @@ def load_weights_only(
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: no such weights file")
+    other = _other_format(path)
+    if other is not None:  # torch's own text about the failure would be about weights_only
+        raise error(f"{path}: not a PyTorch weights file ({other})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unsafe pickles, truncated zips and garbage raise many types
@@ -43,6 +46,27 @@ def load_weights_only(
         text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
         detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         raise error(f"{path}: not a PyTorch weights file ({detail})") from exc
+
+
+# Formats users hand in by mistake, by their first bytes (a torch file is a zip archive or a
+# pickle, which begin otherwise).
+_OTHER_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x89HDF", "an HDF5 file"),
+    (b"\x1f\x8b", "a gzip archive: unpack it first"),
+)
+
+
+def _other_format(path: Path) -> str | None:
+    """What ``path`` is when its first bytes say it is a known other format; None otherwise
+    (torch.load then decides, and names what it found)."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if not head:
+        return "an empty file"
+    return next((what for magic, what in _OTHER_MAGIC if head.startswith(magic)), None)
 
 
 def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
