@@ -89,20 +89,17 @@ def torchvision_cache_path(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def torchvision_weights_file(url: str, hint: str) -> Path:
-    """torchvision's cached copy of ``url``, downloaded into the cache when the network allows.
+def torchvision_weights_file(url: str, instead: str) -> Path:
+    """torchvision's cached copy of ``url``; distinit never downloads it.
 
-    ``hint`` tells the user what to pass instead when the machine is offline.
+    Weights come from files the user put there (what a run used is then what is on disk, the
+    same on an offline cluster node as on a laptop). Missing, the error names the file, the URL
+    it comes from and the cache, and ``instead``: the option that passes a local file.
     """
     cached = torchvision_cache_path(url)
-    if cached.is_file():
-        return cached
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(cached), progress=False)
-    except Exception as exc:  # offline: URLError, socket errors, timeouts
+    if not cached.is_file():
         raise WeightsError(
-            f"{os.path.basename(url)} is not in torchvision's cache ({cached.parent}) and could "
-            f"not be downloaded ({type(exc).__name__}); {hint}"
-        ) from exc
+            f"{os.path.basename(url)} is not in torchvision's cache ({cached.parent}): download "
+            f"{url} there, or pass {instead}"
+        )
     return cached
