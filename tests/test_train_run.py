@@ -104,8 +104,12 @@ def test_stop_and_resume_equals_an_uninterrupted_run(
     first = _run(_argv(shards, out, "--stop-after", "3"))
     assert "run again to continue" in first.stdout
     assert not (out / "final.pt").exists()
+    spent = float(torch.load(out / "last.pt", weights_only=True)["elapsed_s"])
+    assert spent > 0
     # The resumed half loads clips with a worker process: clip draws do not depend on it.
-    _run(_argv(shards, out, "--workers", "1"))
+    second = _run(_argv(shards, out, "--workers", "1"))
+    assert f"resuming from step 3 of {STEPS} ({out / 'last.pt'})" in second.stderr
+    assert float(torch.load(out / "last.pt", weights_only=True)["elapsed_s"]) > spent
     _assert_same(_weights(out), _weights(reference))
     steps = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, STEPS + 1))

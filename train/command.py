@@ -325,22 +325,27 @@ def train(
         nonlocal first_step
         if first_step is None:
             first_step = r.step - 1
-        elapsed = time.monotonic() - started
-        eta = eta_seconds(r.step - first_step, r.total - first_step, elapsed)
+        # The rate of this invocation; the elapsed time of the whole run.
+        eta = eta_seconds(r.step - first_step, r.total - first_step, time.monotonic() - started)
         line.update(
             f"step {r.step}/{r.total}  loss {r.loss:.4f}  lr {r.lr:.3g}  "
-            f"{r.clips_per_s:.1f} clips/s  elapsed {format_duration(elapsed)}  "
+            f"{r.clips_per_s:.1f} clips/s  elapsed {format_duration(r.elapsed_s)}  "
             f"ETA {format_duration(eta)}",
             final=r.step in (first_step + 1, r.total),
         )
 
-    main = process_from_environment().is_main  # rank 0 alone announces and reports
     warm = f", starting from the weights of {cfg.init_from}" if cfg.init_from else ""
-    if main:
+
+    def announce(start: int, total: int) -> None:  # rank 0, once the run directory is ours
         click.echo(f"training {cfg.student} ({cfg.modality}) into {cfg.out}{warm}", err=True)
         click.echo(f"frames: {frames.describe()}", err=True)
+        if 0 < start < total:
+            resumed = f"resuming from step {start} of {total} ({Path(cfg.out) / LAST_NAME})"
+            click.echo(resumed, err=True)
+
+    main = process_from_environment().is_main  # rank 0 alone reports
     try:
-        result = run(cfg, progress=show, resume_state=resume_state)
+        result = run(cfg, progress=show, resume_state=resume_state, announce=announce)
     finally:
         line.close()
     if not main:
