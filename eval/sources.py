@@ -16,7 +16,6 @@ loader workers it forks; a worker that finds a video not indexed indexes it once
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,12 +52,11 @@ def undecodable(
     items: list[VideoItem],
     *,
     workers: int,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, str]:
     """Index every video of ``items`` (several ffmpeg processes at once); returns the ones that do
-    not decode, ``{rel: reason}``, in the order given. ``progress(done, total, elapsed)``."""
+    not decode, ``{rel: reason}``, in the order given. ``progress(done, total)``."""
     unique = list({item.rel: item for item in items}.values())
-    began = time.monotonic()
 
     def index(item: VideoItem) -> str | None:
         try:
@@ -73,7 +71,7 @@ def undecodable(
             if reason is not None:
                 failed[item.rel] = reason
             if progress is not None:
-                progress(done, len(unique), time.monotonic() - began)
+                progress(done, len(unique))
     return failed
 
 

@@ -181,3 +181,19 @@ def test_unreadable_last_checkpoint_is_refused(shards: Path, tmp_path: Path) -> 
     )  # fmt: skip
     with pytest.raises(CheckpointError, match="cannot resume"):
         loop.run(cfg)
+
+
+def test_drop_resume_state_deletes_last_pt_once_final_pt_exists(
+    shards: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = ["--targets", str(shards), "--out", str(out), *COMMON, "--batch-size", "2"]
+    args += ["--max-steps", "2", "--save-every", "1", "--workers", "0"]
+    result = CliRunner().invoke(train, [*args, "--drop-resume-state"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (out / "final.pt").is_file() and not (out / "last.pt").exists()
+    assert "resume state deleted (--drop-resume-state)" in result.output
+    # Training it again would start from step 0 over the finished final.pt: refused.
+    again = CliRunner().invoke(train, [*args, "--max-steps", "4"])
+    assert "cannot be continued or extended; use a new --out" in str(again.exception)
+    assert load_final(out / "final.pt").step == 2

@@ -246,6 +246,12 @@ def _default(name: str) -> object:
     "time, as log.jsonl has them); needs pip install 'distinit[tensorboard]'.",
 )
 @click.option(
+    "--drop-resume-state",
+    is_flag=True,
+    help="Delete RUN/last.pt once final.pt is written (frees ~270 MB for r3d_18; the run then "
+    "cannot be extended with a larger --max-steps/--epochs).",
+)
+@click.option(
     "--save-every",
     type=int,
     default=_default("save_every"),
@@ -289,7 +295,7 @@ def train(
         **options,  # type: ignore[arg-type]
     )
     from distinit.pipeline.runtime import process_from_environment
-    from distinit.train.loop import StepReport, check_resume, open_targets, run
+    from distinit.train.loop import FINAL_NAME, StepReport, check_resume, open_targets, run
     from distinit.train.resume import LAST_NAME, shard_set_fingerprint
     from distinit.train.runlog import LOG_NAME, run_losses
 
@@ -301,6 +307,12 @@ def train(
     # Every input error is reported before the run is announced.
     shards, frames = open_targets(cfg)
     resume_state = None  # last.pt, read once: here, and handed to the run
+    if (Path(cfg.out) / FINAL_NAME).is_file() and not (Path(cfg.out) / LAST_NAME).is_file():
+        # Training again from step 0 would overwrite a finished run's final.pt.
+        raise ConfigError(
+            f"{Path(cfg.out) / FINAL_NAME} is a finished run whose resume state ({LAST_NAME}) was "
+            "dropped: it cannot be continued or extended; use a new --out"
+        )
     if (Path(cfg.out) / LAST_NAME).is_file():
         resume_state = check_resume(
             Path(cfg.out) / LAST_NAME,
@@ -366,9 +378,13 @@ def train(
         click.echo(f"already complete: {result.final_path} (nothing to train)")
     elif result.final_path is not None:
         out = Path(cfg.out)
+        state = (
+            "resume state deleted (--drop-resume-state)"
+            if cfg.drop_resume_state
+            else f"resumable state {out / 'last.pt'}"
+        )
         click.echo(
-            f"wrote {result.final_path}; log {out / 'log.jsonl'}, curve {out / 'loss.png'}, "
-            f"resumable state {out / 'last.pt'}"
+            f"wrote {result.final_path}; log {out / 'log.jsonl'}, curve {out / 'loss.png'}, {state}"
         )
     else:
         click.echo(f"stopped after step {result.steps_done}; run again to continue")

@@ -400,6 +400,8 @@ def _train(
                     code_version=version("distinit"),
                 ),
             )
+            if cfg.drop_resume_state:  # only once final.pt is safely on disk
+                last_path.unlink(missing_ok=True)
     return RunResult(
         steps_done=max(end, start),
         total_steps=total,
