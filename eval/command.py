@@ -192,6 +192,12 @@ from distinit.pipeline.video import format_size
     help="Finetune: re-estimate BatchNorm statistics on training clips before testing.",
 )
 @click.option(
+    "--drop-resume-state",
+    is_flag=True,
+    help="Finetune: delete each split's finetune.pt once its results are written (~254 MB for "
+    "r3d_18); running the same command again then fine-tunes again.",
+)
+@click.option(
     "--tensorboard",
     is_flag=True,
     help="Also write each split's accuracies as TensorBoard event files into --out; needs "

@@ -68,6 +68,9 @@ class EvalConfig:
     amp: bool = True  # only has an effect on CUDA
     precise_bn: bool = True  # finetune: re-estimate BatchNorm statistics before testing
     tensorboard: bool = False  # also write each split's accuracies as TensorBoard events
+    # Delete each split's finetune.pt once its results are written (254 MB for r3d_18); a re-run
+    # of the same command then fine-tunes again instead of reusing it.
+    drop_resume_state: bool = False
 
     def __post_init__(self) -> None:
         if self.init not in INITS:

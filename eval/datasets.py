@@ -2,11 +2,12 @@
 
 Protocol (stated in every results.json through :meth:`ClipProtocol.describe`):
 
-* Frames: every native frame, stretched to ``resize`` (video-ResNet convention 171x128), decoded
-  from the source video by the shared decoder — or, with ``store`` (``eval --store DIR``, made by
-  ``distinit extract --teacher none``), read by row from that frame store, so no epoch touches
-  the source videos. Clips are ``clip_len`` native frames ``frame_step`` apart (consecutive by
-  default; a distilled checkpoint's own step, see ``eval/recipe.py``).
+* Frames: every native frame, stretched to ``resize`` (video-ResNet convention 171x128), read
+  from the source video by seeking to the clip's frames (``eval/sources.py``) — or, with
+  ``store`` (``eval --store DIR``, made by ``distinit extract --teacher none``), read by row
+  from that frame store, so no epoch touches the source videos. Clips are ``clip_len`` native
+  frames ``frame_step`` apart (consecutive by default; a distilled checkpoint's own step, see
+  ``eval/recipe.py``).
 * Window, looping, crop, flip and modality: the clip rules of ``train/clip_rules.py``, the ones
   training uses. Training: one clip per video per epoch at a random start, random crop, random
   horizontal flip. Testing: ``clips_per_video`` (K) uniformly spaced clips, centre crop, one crop
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from distinit.eval.sources import FramesOf, source_frames
 from distinit.eval.splits import VideoItem
-from distinit.pipeline.errors import DatasetError, ShardError, VideoDecodeError
+from distinit.pipeline.errors import DatasetError, ShardError
 from distinit.pipeline.shards import ShardSet
-from distinit.pipeline.video import FrameGeometry, iter_video
 from distinit.train import clip_rules
 from distinit.train.clip_rules import clip_input, input_channels
 
@@ -77,16 +77,6 @@ class ClipProtocol:
         }
 
 
-def decode_frames(path: Path, resize: tuple[int, int]) -> np.ndarray:
-    """All frames of a video, ``(N, H, W, 3)`` uint8; a failure names the video."""
-    geometry = FrameGeometry(resize[0], resize[1])
-    try:
-        chunks = [chunk.frames for chunk in iter_video(path, geometry, chunk_size=64)]
-    except VideoDecodeError as exc:
-        raise DatasetError(f"cannot decode {exc}") from exc
-    return np.concatenate(chunks)
-
-
 _STORES: dict[tuple[str, int], ShardSet] = {}  # opened once per process (handles never fork)
 
 
@@ -117,7 +107,8 @@ def check_store(directory: Path, resize: tuple[int, int], items: list[VideoItem]
             f"--store {directory}: made with --fps {shards.provenance['fps']}; evaluation clips "
             "are consecutive native frames, so the store must hold every frame"
         )
-    missing = [item.rel for item in items if item.rel not in {r.id for r in shards.ok_videos()}]
+    stored = {r.id for r in shards.ok_videos()}  # once: a set per item made this quadratic
+    missing = [item.rel for item in items if item.rel not in stored]
     if missing:
         raise DatasetError(
             f"--store {directory}: {len(missing)} videos of the split are not in it "
@@ -125,20 +116,17 @@ def check_store(directory: Path, resize: tuple[int, int], items: list[VideoItem]
         )
 
 
-FramesOf = Callable[[np.ndarray], np.ndarray]  # rows -> (k, H, W, 3) uint8
-
-
 def video_frames(item: VideoItem, protocol: ClipProtocol) -> tuple[int, FramesOf]:
     """A video's frame count and a function from rows to ``(k, H, W, 3)`` frames at the resize:
-    by row from the frame store when the protocol has one, else from one decode of the source."""
+    by row from the frame store when the protocol has one, else by seeking in the source video
+    to those rows (``eval/sources.py``: only the frames asked for are decoded)."""
     if protocol.store is not None:
         shards = _store(protocol.store)
         record = shards.records.get(item.rel)
         if record is None or record.status != "ok":
             raise DatasetError(f"{item.rel}: not in the frame store {protocol.store}")
         return record.row_count, lambda rows: shards.frames(item.rel, rows)
-    frames = decode_frames(item.path, protocol.resize)
-    return len(frames), lambda rows: frames[rows]
+    return source_frames(item, protocol.resize)
 
 
 class TrainClips(Dataset[tuple[torch.Tensor, int]]):

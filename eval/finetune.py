@@ -246,8 +246,10 @@ def recompute_bn_stats(
     batch_size: int,
     workers: int,
     seed: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Re-estimate BatchNorm running statistics with the final weights ("precise BN").
+    ``progress(clips done, clips)`` after each batch.
 
     Running averages collected during training mix statistics of earlier weights; after a short
     fine-tuning they can be far off and test-time predictions collapse. One forward pass over a
@@ -264,9 +266,13 @@ def recompute_bn_stats(
     prepare_workers(workers)  # before the workers fork (see distinit.train.clips)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     student.train().to(device)
+    done = 0
     with torch.no_grad():
         for clips, _ in loader:
             student.features(student.normalize(clips.to(device)))
+            done += len(clips)
+            if progress is not None:
+                progress(done, len(dataset))
     for m, momentum in zip(norms, saved, strict=True):
         m.momentum = momentum
     student.eval()

@@ -62,8 +62,8 @@ def load_resnet18_weights(path: Path | None) -> tuple[dict[str, torch.Tensor], s
     """ResNet-18 ImageNet weights and their identity (file hash or torchvision weights name).
 
     With ``path``: a local file (``torch.load(weights_only=True)``; ``state_dict``/``module.``
-    wrappers accepted). Without: torchvision's ``IMAGENET1K_V1`` weights from the torch hub cache,
-    downloaded there if the machine is online. There is no fallback to random weights.
+    wrappers accepted). Without: torchvision's ``IMAGENET1K_V1`` weights from the torch hub cache
+    (never downloaded). There is no fallback to random weights.
     """
     if path is not None:
         state = _resnet18_state(load_weights_only(path), str(path))
@@ -71,9 +71,7 @@ def load_resnet18_weights(path: Path | None) -> tuple[dict[str, torch.Tensor], s
     from torchvision.models import ResNet18_Weights
 
     weights = ResNet18_Weights.IMAGENET1K_V1
-    cached = torchvision_weights_file(
-        weights.url, "pass --inflate-weights PATH to a local resnet18 state dict"
-    )
+    cached = torchvision_weights_file(weights.url, "--inflate-weights PATH (that file)")
     state = _resnet18_state(load_weights_only(cached), str(cached))
     return state, f"torchvision:ResNet18_Weights.IMAGENET1K_V1 {weights.url}"
 

@@ -52,6 +52,28 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def top5_text(value: float, num_classes: int, unit: str = "") -> str:
+    """Top-5 accuracy as a percentage (followed by ``unit``), or why it says nothing: with five
+    classes or fewer every label is among the top five, so it is 100% whatever the model does."""
+    if num_classes <= 5:
+        return f"trivial ({num_classes} classes)"
+    return _pct(value) + unit
+
+
+def num_classes_of(results: dict[str, Any]) -> int | None:
+    """The classes a run was scored on (None for a result that does not say)."""
+    classes = results.get("classes")
+    if isinstance(classes, list) and classes:
+        return len(classes)
+    rows = results.get("per_split") or [{}]
+    count = rows[0].get("num_classes")
+    return int(count) if count is not None else None
+
+
+def _top5(value: float, num_classes: int | None) -> str:
+    return _pct(value) if num_classes is None else top5_text(value, num_classes)
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     head = (
         f"# {results['dataset']} — init {results['init']} ({results['student']}), "
@@ -59,15 +81,16 @@ def markdown_table(results: dict[str, Any]) -> str:
         "| split | clip top-1 | clip top-5 | video top-1 | video top-5 | test videos |\n"
         "|---|---|---|---|---|---|\n"
     )
+    n = num_classes_of(results)
     rows = [
-        f"| {s['split']} | {_pct(s['clip_top1'])} | {_pct(s['clip_top5'])} | "
-        f"{_pct(s['video_top1'])} | {_pct(s['video_top5'])} | {s['num_test_videos']} |"
+        f"| {s['split']} | {_pct(s['clip_top1'])} | {_top5(s['clip_top5'], n)} | "
+        f"{_pct(s['video_top1'])} | {_top5(s['video_top5'], n)} | {s['num_test_videos']} |"
         for s in results["per_split"]
     ]
     if len(results["per_split"]) > 1:
         rows.append(
-            f"| mean | {_pct(results['clip_top1'])} | {_pct(results['clip_top5'])} | "
-            f"{_pct(results['video_top1'])} | {_pct(results['video_top5'])} | "
+            f"| mean | {_pct(results['clip_top1'])} | {_top5(results['clip_top5'], n)} | "
+            f"{_pct(results['video_top1'])} | {_top5(results['video_top5'], n)} | "
             f"{results['num_test_videos']:.0f} |"
         )
     p = results["protocol"]
@@ -123,17 +146,19 @@ def compare_table(outs: list[Path]) -> str:
     """One markdown table of several runs (the paper's scratch / inflated / DistInit view)."""
     runs = [(out, load_results(out)) for out in outs]
     lines = [
-        "| run | dataset | student | init | modality | mode | splits | clip top-1 | "
-        "video top-1 | video top-5 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | dataset | root | classes | test videos | student | init | modality | mode | "
+        "splits | clip top-1 | video top-1 | video top-5 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for out, r in runs:
         splits = ",".join(str(s["split"]) for s in r.get("per_split", []))
+        n = num_classes_of(r)
         lines.append(
-            f"| {out} | {r['dataset']} | {r.get('student', '?')} | {r['init']} | "
+            f"| {out} | {r['dataset']} | {_root(r)} | {n if n is not None else '?'} | "
+            f"{_test_videos(r)} | {r.get('student', '?')} | {r['init']} | "
             f"{modality_of(r)} | {r['mode']} | "
             f"{splits} | {_pct(r['clip_top1'])} | {_pct(r['video_top1'])} | "
-            f"{_pct(r['video_top5'])} |"
+            f"{_top5(r['video_top5'], n)} |"
         )
     notes = _protocol_differences([r for _, r in runs])
     fusion, fusion_notes = fusion_tables(runs)
@@ -226,13 +251,28 @@ def fusion_tables(runs: list[tuple[Path, dict[str, Any]]]) -> tuple[str, list[st
     return text, notes
 
 
+def _root(results: dict[str, Any]) -> str:
+    return str(results.get("config", {}).get("root", "?"))
+
+
+def _test_videos(results: dict[str, Any]) -> str:
+    count = results.get("num_test_videos")
+    return "?" if count is None else f"{count:g}"  # a mean over splits may be fractional
+
+
 def _protocol_differences(runs: list[dict[str, Any]]) -> list[str]:
-    """Protocol fields that differ between runs: such rows are not directly comparable."""
+    """What differs between runs (the data they were scored on, the protocol): such rows are
+    not directly comparable."""
     notes = []
-    for key in ("dataset",):
-        values = {str(r.get(key)) for r in runs}
+    seen = {
+        "dataset": {str(r.get("dataset")) for r in runs},
+        "dataset root": {_root(r) for r in runs},
+        "number of classes": {str(num_classes_of(r)) for r in runs},
+        "number of test videos": {_test_videos(r) for r in runs},
+    }
+    for what, values in seen.items():
         if len(values) > 1:
-            notes.append(f"{key} differs between runs: {sorted(values)}")
+            notes.append(f"{what} differs between runs: {sorted(values)}")
     for key in ("clip_len", "frame_step", "resize", "clips_per_video", "crop", "epochs", "lr",
                 "batch_size"):  # fmt: skip
         values = {str(r.get("protocol", {}).get(key)) for r in runs}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -15,15 +16,22 @@ import torch.distributed as dist
 
 from distinit.eval.config import EvalConfig
 from distinit.eval.datasets import ClipProtocol, check_store
-from distinit.eval.finetune import FinetuneSettings, finetune, recompute_bn_stats
+from distinit.eval.finetune import STATE_NAME, FinetuneSettings, finetune, recompute_bn_stats
 from distinit.eval.initialise import HEAD, build_student, check_init_inputs
 from distinit.eval.manifests import Manifest, load_manifest
 from distinit.eval.metrics import save_video_probs, score_clips, video_probabilities
 from distinit.eval.predict import clip_outputs
 from distinit.eval.probe import FeatureCache, compute_features, train_linear
 from distinit.eval.recipe import EvalInput
-from distinit.eval.report import mean_over_splits, plot_confusion, write_results
-from distinit.eval.splits import SplitData, VideoItem, load_split
+from distinit.eval.report import mean_over_splits, plot_confusion, top5_text, write_results
+from distinit.eval.sources import undecodable
+from distinit.eval.splits import (
+    SplitData,
+    VideoItem,
+    describe_undecodable,
+    load_split,
+    partial_refusal,
+)
 from distinit.pipeline import runtime
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.progress import ProgressLine, eta_seconds, format_duration
@@ -34,7 +42,15 @@ Echo = Callable[[str], None]
 
 
 # Where files lie and how fast they are read: not part of what a fine-tuning state belongs to.
-_NOT_FINGERPRINTED = ("out", "device", "workers", "checkpoint", "inflate_weights", "tensorboard")
+_NOT_FINGERPRINTED = (
+    "out",
+    "device",
+    "workers",
+    "checkpoint",
+    "inflate_weights",
+    "tensorboard",
+    "drop_resume_state",
+)
 
 
 def fingerprint(cfg: EvalConfig, split: int, protocol: ClipProtocol) -> str:
@@ -81,22 +97,35 @@ def _run(
             log.warning("%s", note)
     if proc.distributed and cfg.mode == "linear":
         raise ConfigError("--mode linear runs in one process; start it without torchrun or srun")
+
     # Every split is checked before anything is written, so a bad layout leaves no OUT behind.
-    splits = [
-        (
-            split,
-            load_split(
-                manifest,
-                cfg.root,
+    def load_splits(undecodable: dict[str, str] | None = None) -> list[tuple[int, SplitData]]:
+        return [
+            (
                 split,
-                splits_dir=cfg.splits_dir,
-                allow_partial=cfg.allow_partial,
-            ),
-        )
-        for split in cfg.splits
-    ]
+                load_split(
+                    manifest,
+                    cfg.root,
+                    split,
+                    splits_dir=cfg.splits_dir,
+                    allow_partial=cfg.allow_partial,
+                    undecodable=undecodable,
+                ),
+            )
+            for split in cfg.splits
+        ]
+
+    splits = load_splits()
+    videos = [i for _, d in splits for i in d.train + d.test]
     if cfg.store is not None:
-        check_store(cfg.store, inputs.resize, [i for _, d in splits for i in d.train + d.test])
+        check_store(cfg.store, inputs.resize, videos)
+    else:
+        # Every video is decoded once now: all that fail are named together, before any work.
+        failed = _index_sources(videos, cfg.workers, echo)
+        if failed and not cfg.allow_partial:
+            raise partial_refusal(manifest.name, [describe_undecodable(failed)])
+        if failed:  # left out of every split, and named in results.json's partial_notes
+            splits = load_splits(failed)
     cfg.out.mkdir(parents=True, exist_ok=True)
     lock = runtime.lock_run_directory(cfg.out, "eval", proc)
     try:
@@ -104,6 +133,36 @@ def _run(
     finally:
         if lock is not None:
             lock.release()
+
+
+@contextlib.contextmanager
+def _counting_line(what: str, echo: Echo) -> Iterator[Callable[[int, int], None]]:
+    """A progress line for a pass counted in items: ``what: done/total  elapsed  ETA``, from
+    the first item on (rank 0 only), so no stage of a run is silent for long."""
+    line = ProgressLine()
+    began = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        if echo is _silent:  # ranks other than 0 stay quiet
+            return
+        elapsed = time.monotonic() - began
+        line.update(
+            f"{what} {done}/{total}  elapsed {format_duration(elapsed)}  "
+            f"ETA {format_duration(eta_seconds(done, total, elapsed))}",
+            final=done == total,
+        )
+
+    try:
+        yield progress
+    finally:
+        line.close()
+
+
+def _index_sources(videos: list[VideoItem], workers: int, echo: Echo) -> dict[str, str]:
+    """Decode every source video once (its frame index, ``eval/sources.py``) with a progress
+    line; returns the ones that do not decode."""
+    with _counting_line("checking videos:", echo) as progress:
+        return undecodable(videos, workers=workers, progress=progress)
 
 
 def _evaluate(
@@ -163,10 +222,12 @@ def _evaluate(
             "video_probs": str(probs_file.relative_to(cfg.out)),
         }
         per_split.append(row)
+        if cfg.drop_resume_state:  # the split's predictions are on disk: its state has served
+            (cfg.out / f"split{split}" / STATE_NAME).unlink(missing_ok=True)
         echo(
             f"split {split}: clip top-1 {100 * row['clip_top1']:.1f}%  "
             f"video top-1 {100 * row['video_top1']:.1f}%  video top-5 "
-            f"{100 * row['video_top5']:.1f}%"
+            f"{top5_text(row['video_top5'], len(data.classes), '%')}"
         )
     if rank != 0:
         return {}
@@ -289,15 +350,17 @@ def _finetune(
     if cfg.precise_bn:
         # Every rank makes the same pass with the same (DDP-synchronised) weights, so every rank
         # ends with the statistics one process would compute.
-        recompute_bn_stats(
-            student,
-            data.train,
-            protocol,
-            device=device,
-            batch_size=cfg.batch_size,
-            workers=cfg.workers,
-            seed=cfg.seed,
-        )
+        with _counting_line("precise BN: training clips", echo) as bn_progress:
+            recompute_bn_stats(
+                student,
+                data.train,
+                protocol,
+                device=device,
+                batch_size=cfg.batch_size,
+                workers=cfg.workers,
+                seed=cfg.seed,
+                progress=bn_progress,
+            )
     student.eval()
     use_amp = cfg.amp and device.type == "cuda"
 
@@ -307,9 +370,15 @@ def _finetune(
             return student(x)[HEAD]
 
     mine = _shares(data.test, proc)[proc.rank]
-    logits = clip_outputs(
-        logits_of, mine, protocol, videos_per_batch=videos_per_batch, workers=cfg.workers
-    )
+    with _counting_line("testing: videos", echo) as test_progress:
+        logits = clip_outputs(
+            logits_of,
+            mine,
+            protocol,
+            videos_per_batch=videos_per_batch,
+            workers=cfg.workers,
+            progress=test_progress,
+        )
     if not proc.distributed:
         return logits, info
     gathered: list[torch.Tensor | None] = [None] * proc.world_size

@@ -57,13 +57,25 @@ class _Problems:
 
     def settle(self) -> list[str]:
         if self.items and not self.allow_partial:
-            raise DatasetError(
-                f"{self.where}: " + "; ".join(self.items) + " (pass --allow-partial to evaluate "
-                "on the subset that is present, recorded in results.json)"
-            )
+            raise partial_refusal(self.where, self.items)
         for item in self.items:
             log.warning("%s: accepted (--allow-partial): %s", self.where, item)
         return [f"{self.where}: {item}" for item in self.items]
+
+
+def partial_refusal(where: str, problems: list[str]) -> DatasetError:
+    """The one-line refusal of a dataset with ``problems``, and what ``--allow-partial`` does."""
+    return DatasetError(
+        f"{where}: " + "; ".join(problems) + " (pass --allow-partial to evaluate on the subset "
+        "that is present, recorded in results.json)"
+    )
+
+
+def describe_undecodable(failed: dict[str, str]) -> str:
+    """``N videos do not decode: a (reason); b (reason)``: every one of them, in one line."""
+    listed = "; ".join(f"{rel} ({reason})" for rel, reason in failed.items())
+    verb = "video does" if len(failed) == 1 else "videos do"
+    return f"{len(failed)} {verb} not decode: {listed}"
 
 
 def _examples(names: list[str], n: int = 3) -> str:
@@ -78,8 +90,13 @@ def load_split(
     *,
     splits_dir: Path | None = None,
     allow_partial: bool = False,
+    undecodable: dict[str, str] | None = None,
 ) -> SplitData:
-    """The train and test videos of one split, labelled, checked against the manifest."""
+    """The train and test videos of one split, labelled, checked against the manifest.
+
+    ``undecodable`` (``{rel: reason}``, from ``eval/sources.py``) are videos present that do not
+    decode: they are left out as missing ones are, and named with their reasons.
+    """
     if split not in manifest.splits:
         raise DatasetError(f"{manifest.name} has splits {list(manifest.splits)}, not {split}")
     if not root.is_dir():
@@ -95,6 +112,8 @@ def load_split(
     else:
         classes, train, test = _folder(manifest, root, splits_dir, split, problems)
     train, test = _drop_missing(train, root, problems), _drop_missing(test, root, problems)
+    if undecodable:
+        train, test = _drop_undecodable(train, test, undecodable, problems)
     _check_counts(manifest, split, classes, train, test, problems)
     notes = problems.settle()
     data = _labelled(manifest.name, root, split, classes, train, test, notes)
@@ -311,6 +330,18 @@ def _drop_missing(pairs: _Pairs, root: Path, problems: _Problems) -> _Pairs:
         names = [rel for _, rel in missing]
         problems.add(f"{len(missing)} listed videos missing under {root} ({_examples(names)})")
     return kept
+
+
+def _drop_undecodable(
+    train: _Pairs, test: _Pairs, undecodable: dict[str, str], problems: _Problems
+) -> tuple[_Pairs, _Pairs]:
+    listed = {rel: undecodable[rel] for _, rel in train + test if rel in undecodable}
+    if listed:
+        problems.add(describe_undecodable(listed))
+    return (
+        [(c, rel) for c, rel in train if rel not in listed],
+        [(c, rel) for c, rel in test if rel not in listed],
+    )
 
 
 def _check_counts(

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distinit.pipeline.errors import ConfigError, ShardError
-from distinit.pipeline.shards import ShardSet, TeacherInfo, dequantize, quantize
+from distinit.pipeline.progress import expected_frames
+from distinit.pipeline.shards import ShardSet, TeacherInfo, VideoRecord, dequantize, quantize
 from distinit.pipeline.views import ViewSet
 
 if TYPE_CHECKING:
@@ -62,10 +63,30 @@ def embedding_storage(fp32: np.ndarray) -> dict[str, float]:
     }
 
 
+# A video whose decode gave fewer than this fraction of the frames its header announces (duration
+# x frame rate) is reported: a truncated or damaged file decodes "ok" as far as it goes.
+SHORT_DECODE = 0.5
+
+
+def short_decode_note(record: VideoRecord) -> str | None:
+    """Why an ``ok`` video's frame count is suspicious, or None: decoded frames well below the
+    header's duration x frame rate."""
+    announced = expected_frames(record.duration, record.fps, None)
+    if record.status != "ok" or announced is None or not record.native_frames:
+        return None
+    if record.native_frames >= SHORT_DECODE * announced:
+        return None
+    return (
+        f"decoded {record.native_frames} of the about {announced} frames its header announces "
+        f"({record.duration:.1f} s at {record.fps:g} fps): truncated or damaged?"
+    )
+
+
 def summary(shards: ShardSet) -> dict[str, Any]:
     videos = [
         {"id": r.id, "frames": r.row_count, "status": r.status, "error": r.error or None,
-         "duration": None if np.isnan(r.duration) else r.duration, "shard": r.shard}
+         "duration": None if np.isnan(r.duration) else r.duration, "shard": r.shard,
+         "note": short_decode_note(r)}
         for r in sorted(shards.records.values(), key=lambda r: r.id)
     ]  # fmt: skip
     return {
@@ -127,7 +148,8 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     for v in s["videos"]:
         if v["status"] == "ok":
-            lines.append(f"  ok      {v['frames']:6d} frames  {v['id']}")
+            note = f"  (note: {v['note']})" if v.get("note") else ""
+            lines.append(f"  ok      {v['frames']:6d} frames  {v['id']}{note}")
         else:
             lines.append(f"  failed               {v['id']}: {v['error']}")
     return "\n".join(lines)
@@ -484,20 +506,23 @@ def save_rows(
     videos: str | None = None,
 ) -> tuple[list[str], str]:
     """Write the frames stage two decodes for the given rows as ``out_dir/<row>.png`` (the
-    store's size, uncropped). Returns the files written and where the frames came from;
-    ``videos`` is where the source videos are if they moved since extract."""
+    store's size, uncropped; the row zero-padded to the digits of the video's last row, so the
+    names sort). Returns the files written and where the frames came from; ``videos`` is where
+    the source videos are if they moved since extract."""
     import cv2
 
     from distinit.pipeline.frame_source import open_frame_source
 
-    rows = parse_rows(rows_text, len(shards.times(video_id)))  # an unknown id: a clear error
+    row_count = len(shards.times(video_id))  # an unknown id: a clear error
+    rows = parse_rows(rows_text, row_count)
+    digits = len(str(row_count - 1))
     config = shards.provenance.get("config", {})
     size = shards.store.size if shards.store else tuple(config.get("store_size", (171, 128)))
     frames = open_frame_source(shards, (int(size[0]), int(size[1])), videos=videos, prefer=source)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for row, frame in zip(rows, frames(video_id, rows), strict=True):
-        path = os.path.join(out_dir, f"{int(row)}.png")
+        path = os.path.join(out_dir, f"{int(row):0{digits}d}.png")
         if not cv2.imwrite(path, np.ascontiguousarray(frame[:, :, ::-1])):  # RGB -> BGR
             raise ShardError(f"{path}: could not write the PNG")
         written.append(path)

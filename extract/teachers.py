@@ -191,7 +191,7 @@ def weights_status(name: str) -> str:
     url = tvm.get_model_weights(name).DEFAULT.url
     if torchvision_cache_path(url).is_file():
         return "ready (torchvision's cache)"
-    return f"downloads {os.path.basename(url)} on first use, or --teacher-weights {name}=PATH"
+    return f"missing: {url} into torchvision's cache, or --teacher-weights {name}=PATH"
 
 
 def unknown_teacher(name: str, kind: str = "teacher") -> UnknownNameError:
@@ -295,8 +295,8 @@ def _torchvision_teacher(name: str, weights_path: str | None) -> Teacher:
         raise unknown_teacher(name, "teacher (ImageNet classifier)")
     model = tvm.get_model(name, weights=None)
     if weights_path is None:
-        hint = f"download {weights.url} there, or pass --teacher-weights {name}=PATH"
-        weights_path = str(torchvision_weights_file(weights.url, hint))
+        instead = f"--teacher-weights {name}=PATH"
+        weights_path = str(torchvision_weights_file(weights.url, instead))
     _load_into(model, weights_path)
     transform = weights.transforms()
     return Teacher(

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import click
 
-from distinit.pipeline import stopping
+from distinit.pipeline import stopping, torch_pair
 from distinit.pipeline.errors import DistinitError, Interrupted, one_line
 
 # name -> (module:attribute, one-line help shown by `distinit --help`)
@@ -190,6 +190,12 @@ def main() -> None:
         _silence()
         signum = _stop_signal(exc)
         _exit(exc, None, stopping.exit_code(signum if signum is not None else signal.SIGPIPE))
+    except (ImportError, RuntimeError, AttributeError, OSError) as exc:  # after BrokenPipe
+        # What a torchvision built for another torch raises on import, wherever that happens.
+        mismatch = torch_pair.mismatch_message(exc)
+        if mismatch is None:
+            raise
+        _exit(exc, f"Error: {mismatch}", 2)
 
 
 def _stop_signal(exc: BaseException) -> int | None:

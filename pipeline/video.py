@@ -454,6 +454,25 @@ def iter_video(
         yield from reader
 
 
+def native_frame_times(path: str | os.PathLike[str], *, threads: int = 1) -> np.ndarray:
+    """The timestamp of every native frame of a video, ``(N,)`` float64 seconds: its frame index,
+    from one decode that keeps no frame (they are scaled to 2x2 pixels on their way out).
+
+    These are the times :func:`decode_at_times` matches, so frame ``i`` of this list is what
+    ``decode_at_times(path, geometry, [times[i]])`` returns: a caller that knows them reads any
+    frames by seeking instead of decoding the video from its start. Raises
+    :class:`VideoDecodeError` when no frame decodes; a decode that stops early keeps what it got.
+    """
+    with VideoReader(path, FrameGeometry(2, 2), chunk_size=256, threads=threads) as reader:
+        return np.concatenate([chunk.times for chunk in reader])
+
+
+# Wanted times further apart than this are read by separate seeks: decoding through a shorter
+# gap costs less than a new ffmpeg process and its seek, which decodes from the keyframe before
+# the target (several seconds back in long-GOP files) on top of the one-second margin.
+SEEK_GAP_S = 10.0
+
+
 def decode_at_times(
     path: str | os.PathLike[str],
     geometry: FrameGeometry,
@@ -462,25 +481,42 @@ def decode_at_times(
     threads: int = 1,
     seek_margin: float = 1.0,
 ) -> np.ndarray:
-    """Decode the frames whose stage-one timestamps are ``times`` (ascending, may repeat).
+    """Decode the frames whose stage-one timestamps are ``times`` (any order, may repeat).
 
     Returns ``(len(times), H, W, 3)`` uint8. Each wanted time takes the *nearest* decoded native
     frame, which must lie closer than half the native frame period around it (the gaps to its
     decoded neighbours): the rule holds at any frame rate, variable ones included, and whatever
-    subset of rows is asked for. Seeks to just before the first time; if the seek landed badly
-    (some containers, e.g. MPEG-TS, seek only to keyframes after the target), it decodes again
-    from the start, which is always exact. Raises if a time has no such frame.
+    subset of rows is asked for. Times within :data:`SEEK_GAP_S` of each other form one span;
+    each span is one decode that seeks to just before its first time and stops two frames after
+    its last, so what is decoded grows with the spans asked for, not with the video. If a seek
+    landed badly (some containers, e.g. MPEG-TS, seek only to keyframes after the target), that
+    span is decoded again from the start, which is always exact. Raises if a time has no such
+    frame.
     """
     wanted = np.asarray(times, dtype=np.float64)
     if wanted.ndim != 1 or len(wanted) == 0:
         raise ValueError("times must be a non-empty 1-D sequence")
     unique = np.unique(wanted)
+    spans = np.split(unique, np.flatnonzero(np.diff(unique) > SEEK_GAP_S) + 1)
+    found = np.concatenate(
+        [_decode_span(path, geometry, span, threads, seek_margin) for span in spans]
+    )
+    return found[np.searchsorted(unique, wanted)]
+
+
+def _decode_span(
+    path: str | os.PathLike[str],
+    geometry: FrameGeometry,
+    unique: np.ndarray,
+    threads: int,
+    seek_margin: float,
+) -> np.ndarray:
+    """The frames of ``unique`` (ascending, distinct times of one span), seeking to the span."""
     start = float(unique[0]) - seek_margin
     for seek in ((start,) if start > 0 else ()) + (None,):
         found = _collect(path, geometry, unique, seek=seek, threads=threads)
         if found is not None:
-            order = np.searchsorted(unique, wanted)
-            return found[order]
+            return found
         log.debug("%s: seek to %.3fs missed frames; decoding from the start", path, start)
     missing = ", ".join(f"{t:.3f}" for t in unique[:5])
     raise VideoDecodeError(os.fspath(path), f"frames at t={missing}s not found when decoding")

@@ -29,6 +29,9 @@ def load_weights_only(
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: no such weights file")
+    other = _other_format(path)
+    if other is not None:  # torch's own text about the failure would be about weights_only
+        raise error(f"{path}: not a PyTorch weights file ({other})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unsafe pickles, truncated zips and garbage raise many types
@@ -43,6 +46,27 @@ def load_weights_only(
         text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
         detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         raise error(f"{path}: not a PyTorch weights file ({detail})") from exc
+
+
+# Formats users hand in by mistake, by their first bytes (a torch file is a zip archive or a
+# pickle, which begin otherwise).
+_OTHER_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x89HDF", "an HDF5 file"),
+    (b"\x1f\x8b", "a gzip archive: unpack it first"),
+)
+
+
+def _other_format(path: Path) -> str | None:
+    """What ``path`` is when its first bytes say it is a known other format; None otherwise
+    (torch.load then decides, and names what it found)."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if not head:
+        return "an empty file"
+    return next((what for magic, what in _OTHER_MAGIC if head.startswith(magic)), None)
 
 
 def unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
@@ -65,20 +89,17 @@ def torchvision_cache_path(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def torchvision_weights_file(url: str, hint: str) -> Path:
-    """torchvision's cached copy of ``url``, downloaded into the cache when the network allows.
+def torchvision_weights_file(url: str, instead: str) -> Path:
+    """torchvision's cached copy of ``url``; distinit never downloads it.
 
-    ``hint`` tells the user what to pass instead when the machine is offline.
+    Weights come from files the user put there (what a run used is then what is on disk, the
+    same on an offline cluster node as on a laptop). Missing, the error names the file, the URL
+    it comes from and the cache, and ``instead``: the option that passes a local file.
     """
     cached = torchvision_cache_path(url)
-    if cached.is_file():
-        return cached
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(cached), progress=False)
-    except Exception as exc:  # offline: URLError, socket errors, timeouts
+    if not cached.is_file():
         raise WeightsError(
-            f"{os.path.basename(url)} is not in torchvision's cache ({cached.parent}) and could "
-            f"not be downloaded ({type(exc).__name__}); {hint}"
-        ) from exc
+            f"{os.path.basename(url)} is not in torchvision's cache ({cached.parent}): download "
+            f"{url} there, or pass {instead}"
+        )
     return cached

@@ -90,3 +90,15 @@ def test_resume_on_targets_from_other_teacher_weights_is_refused(
     write_shards(targets, videos, ["a/clip.mp4", "b/clip.mp4"], retrained)
     with pytest.raises(CheckpointError, match="objects:logits changed"):
         loop.run(cfg)
+
+
+@pytest.mark.parametrize("name", sorted(LOADERS))
+def test_an_image_passed_as_a_checkpoint_is_named_for_what_it_is(name: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    load, _ = LOADERS[name]
+    path = tmp_path / "loss.png"
+    Image.new("RGB", (8, 8)).save(path)
+    with pytest.raises(CheckpointError) as info:
+        load(path)
+    assert str(info.value).endswith(f"{path}: not a PyTorch weights file (a PNG image)")

@@ -73,8 +73,12 @@ def test_short_finetune_each_init(init: str, data: dict[str, Path], tmp_path: Pa
     args = ["--dataset", str(data["manifest"]), "--root", str(data["root"])]
     args += ["--splits", str(data["root"] / "splits"), "--mode", "finetune", "--out", str(out)]
     args += ["--epochs", "3", "--lr", "0.005"] + _init_args(init, data) + TINY
-    output = _run(args)
+    drop = init == "inflated"  # one init drops its fine-tuning state once its results exist
+    output = _run(args + (["--drop-resume-state"] if drop else []))
+    assert (out / "split1" / "finetune.pt").exists() != drop
     assert "epoch 3/3" in output and "ETA" in output
+    # The passes after the last epoch say where they are too.
+    assert "precise BN: training clips 12/12" in output and "testing: videos 6/6" in output
     results = _check_results(out, init, "finetune")
     assert results["video_top1"] > CHANCE + 0.3, output
     assert results["protocol"]["epochs"] == 3 and results["protocol"]["lr"] == 0.005

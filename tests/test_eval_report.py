@@ -63,7 +63,10 @@ def test_config_validation(tmp_path: Path) -> None:
     assert cfg.splits == [1, 2, 3] and cfg.effective_epochs == 300
 
 
-def _fake(out: Path, init: str, top1: float, clip_len: int = 16) -> Path:
+def _fake(
+    out: Path, init: str, top1: float, clip_len: int = 16, classes: int = 51, root: str = "HMDB51",
+    test_videos: int = 1530,
+) -> Path:  # fmt: skip
     out.mkdir()
     (out / "results.json").write_text(
         json.dumps(
@@ -72,7 +75,8 @@ def _fake(out: Path, init: str, top1: float, clip_len: int = 16) -> Path:
                 "modality": "rgb", "clip_top1": top1, "clip_top5": 0.9, "video_top1": top1 + 0.05,
                 "video_top5": 0.95, "per_split": [{"split": 1}],
                 "protocol": {"clip_len": clip_len, "clips_per_video": 10},
-                "allow_partial": False,
+                "allow_partial": False, "classes": [f"c{i}" for i in range(classes)],
+                "num_test_videos": test_videos, "config": {"root": root},
             }
         )
     )  # fmt: skip
@@ -87,7 +91,8 @@ def test_compare_table(tmp_path: Path) -> None:
     ]
     table = compare_table(runs)
     rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
-    assert [r.split("|")[4].strip() for r in rows] == ["scratch", "inflated", "checkpoint"]
+    assert [r.split("|")[7].strip() for r in rows] == ["scratch", "inflated", "checkpoint"]
+    assert [r.split("|")[3:6] for r in rows] == [[" HMDB51 ", " 51 ", " 1530 "]] * 3
     assert "25.4" in rows[0] and "40.0" in rows[2] and "Note" not in table
     odd = _fake(tmp_path / "odd", "scratch", 0.3, clip_len=8)
     assert "protocol clip_len differs" in compare_table([*runs, odd])
@@ -137,3 +142,17 @@ def test_late_fusion_pairs_videos_by_id_not_by_position(tmp_path: Path) -> None:
     fused = next(line for line in table.splitlines() if line.startswith("| 1 |"))
     rgb_acc, flow_acc, fused_acc = (float(c) for c in fused.split("|")[2:5])
     assert (rgb_acc, flow_acc, fused_acc) == (50.0, 100.0, 100.0), fused
+
+
+def test_compare_notes_runs_on_other_data_and_top5_of_few_classes_is_trivial(
+    tmp_path: Path,
+) -> None:
+    two = _fake(tmp_path / "two", "scratch", 0.5, classes=2, root="mini", test_videos=4)
+    six = _fake(tmp_path / "six", "scratch", 0.3, classes=6, root="mini", test_videos=12)
+    table = compare_table([two, six])
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert rows[0].rstrip(" |").endswith("trivial (2 classes)")
+    assert rows[1].rstrip(" |").endswith("95.0")
+    assert "Note: number of classes differs between runs: ['2', '6']" in table
+    assert "Note: number of test videos differs between runs: ['12', '4']" in table
+    assert "dataset root differs" not in table

@@ -55,7 +55,7 @@ def test_eval_reads_the_store_and_never_the_source_videos(
     protocol = json.loads((out / "results.json").read_text())["protocol"]
     assert protocol["store"] == str(stored["store"]) and "frame store" in protocol["frames"]
     without = CliRunner().invoke(eval_command, _args(data, tmp_path / "without"))
-    assert without.exit_code != 0 and "cannot decode" in str(without.exception)
+    assert without.exit_code != 0 and "do not decode" in str(without.exception)
 
 
 def test_a_store_that_cannot_serve_the_protocol_is_refused(

@@ -107,24 +107,31 @@ def test_the_teacher_list_says_whose_weights_are_on_this_machine(
     status = dict(line.split(None, 1) for line in result.output.splitlines())
     assert status["efficientnet_lite0"].startswith("ready")
     assert status["resnet18"] == "ready (torchvision's cache)"
-    assert status["resnet50"].startswith("downloads resnet50-")
+    assert status["resnet50"].startswith("missing: https://download.pytorch.org/models/resnet50-")
     assert "--teacher-weights places365_resnet50=PATH" in status["places365_resnet50"]
 
 
-def test_uncached_torchvision_weights_name_their_url(
+def test_uncached_torchvision_weights_name_their_file_and_url_and_are_never_downloaded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from distinit.eval.inflate import load_resnet18_weights
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
-    def offline(url: str, dst: str, progress: bool = True) -> None:
-        raise OSError("network is unreachable")
+    def download(url: str, dst: str, progress: bool = True) -> None:
+        raise AssertionError(f"distinit tried to download {url}")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(WeightsError) as info:
-        load_teacher("resnet18")
-    message = str(info.value)
-    assert "https://download.pytorch.org/models/resnet18" in message
-    assert str(tmp_path) in message and "--teacher-weights resnet18=PATH" in message
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    for load, instead in (
+        (lambda: load_teacher("resnet18"), "--teacher-weights resnet18=PATH"),
+        (lambda: load_resnet18_weights(None), "--inflate-weights PATH"),  # --init inflated
+    ):
+        with pytest.raises(WeightsError) as info:
+            load()
+        message = str(info.value)
+        assert message.startswith("resnet18-f37072fd.pth is not in torchvision's cache")
+        assert "download https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
+        assert str(tmp_path) in message and instead in message
 
 
 def test_missing_split_files_point_at_splits_before_allow_partial(tmp_path: Path) -> None:

@@ -278,7 +278,10 @@ def test_inspect_saves_the_rows_a_strided_clip_reads(
              str(out), "--from", where],
         )  # fmt: skip
         assert result.exit_code == 0, result.output
-        assert sorted(int(p.stem) for p in out.glob("*.png")) == [3, 7, 11, 15, 19]
+        # Zero-padded to the video's last row (39), so the names sort as the rows do.
+        assert sorted(p.name for p in out.glob("*.png")) == [
+            "03.png", "07.png", "11.png", "15.png", "19.png"
+        ]  # fmt: skip
         import cv2
 
         for png in out.glob("*.png"):
@@ -432,3 +435,25 @@ def test_a_bad_rows_range_says_what_is_wrong_with_it(text: str, reason: str) -> 
     assert parse_rows("36:", 40).tolist() == [36, 37, 38, 39]
     with pytest.raises(ShardError, match=reason):
         parse_rows(text, 40)
+
+
+def test_inspect_notes_a_video_that_decoded_far_fewer_frames_than_its_header_says() -> None:
+    from distinit.extract.inspection import format_summary, short_decode_note
+    from distinit.pipeline.shards import VideoRecord
+
+    cut = VideoRecord("cut.mp4", "ok", row_count=68, native_frames=68, duration=14.8, fps=30.0)
+    whole = VideoRecord("whole.mp4", "ok", row_count=440, native_frames=440, duration=14.8, fps=30)
+    fps_kept = VideoRecord("five.mp4", "ok", row_count=74, native_frames=444, duration=14.8, fps=30)
+    note = short_decode_note(cut)
+    assert note is not None and "decoded 68 of the about 444 frames" in note
+    assert short_decode_note(whole) is None and short_decode_note(fps_kept) is None
+    videos = [
+        {"id": r.id, "frames": r.row_count, "status": "ok", "note": short_decode_note(r)}
+        for r in (cut, whole)
+    ]
+    text = format_summary(
+        {"directory": "d", "videos_ok": 2, "videos_failed": 0, "frames": 508, "bytes": 0,
+         "teachers": [], "provenance": {}, "store": None, "videos": videos}
+    )  # fmt: skip
+    assert "cut.mp4  (note: decoded 68 of the about 444" in text
+    assert text.splitlines()[-1].endswith("whole.mp4")

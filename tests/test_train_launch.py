@@ -99,6 +99,8 @@ def test_second_train_into_one_directory_is_refused(shards: Path, tmp_path: Path
         lines = second.stderr.strip().splitlines()
         assert lines[-1] == f"Error: {out}: another distinit train is already writing here " \
             "(one run per directory)"  # fmt: skip
+        # Refused before it announces a run of its own.
+        assert not [line for line in lines if line.startswith(("training ", "frames: "))], lines
         assert "Traceback" not in second.stderr
     finally:
         first.kill()

@@ -104,8 +104,12 @@ def test_stop_and_resume_equals_an_uninterrupted_run(
     first = _run(_argv(shards, out, "--stop-after", "3"))
     assert "run again to continue" in first.stdout
     assert not (out / "final.pt").exists()
+    spent = float(torch.load(out / "last.pt", weights_only=True)["elapsed_s"])
+    assert spent > 0
     # The resumed half loads clips with a worker process: clip draws do not depend on it.
-    _run(_argv(shards, out, "--workers", "1"))
+    second = _run(_argv(shards, out, "--workers", "1"))
+    assert f"resuming from step 3 of {STEPS} ({out / 'last.pt'})" in second.stderr
+    assert float(torch.load(out / "last.pt", weights_only=True)["elapsed_s"]) > spent
     _assert_same(_weights(out), _weights(reference))
     steps = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, STEPS + 1))
@@ -177,3 +181,19 @@ def test_unreadable_last_checkpoint_is_refused(shards: Path, tmp_path: Path) -> 
     )  # fmt: skip
     with pytest.raises(CheckpointError, match="cannot resume"):
         loop.run(cfg)
+
+
+def test_drop_resume_state_deletes_last_pt_once_final_pt_exists(
+    shards: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = ["--targets", str(shards), "--out", str(out), *COMMON, "--batch-size", "2"]
+    args += ["--max-steps", "2", "--save-every", "1", "--workers", "0"]
+    result = CliRunner().invoke(train, [*args, "--drop-resume-state"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (out / "final.pt").is_file() and not (out / "last.pt").exists()
+    assert "resume state deleted (--drop-resume-state)" in result.output
+    # Training it again would start from step 0 over the finished final.pt: refused.
+    again = CliRunner().invoke(train, [*args, "--max-steps", "4"])
+    assert "cannot be continued or extended; use a new --out" in str(again.exception)
+    assert load_final(out / "final.pt").step == 2

@@ -246,6 +246,12 @@ def _default(name: str) -> object:
     "time, as log.jsonl has them); needs pip install 'distinit[tensorboard]'.",
 )
 @click.option(
+    "--drop-resume-state",
+    is_flag=True,
+    help="Delete RUN/last.pt once final.pt is written (frees ~270 MB for r3d_18; the run then "
+    "cannot be extended with a larger --max-steps/--epochs).",
+)
+@click.option(
     "--save-every",
     type=int,
     default=_default("save_every"),
@@ -289,7 +295,7 @@ def train(
         **options,  # type: ignore[arg-type]
     )
     from distinit.pipeline.runtime import process_from_environment
-    from distinit.train.loop import StepReport, check_resume, open_targets, run
+    from distinit.train.loop import FINAL_NAME, StepReport, check_resume, open_targets, run
     from distinit.train.resume import LAST_NAME, shard_set_fingerprint
     from distinit.train.runlog import LOG_NAME, run_losses
 
@@ -301,6 +307,12 @@ def train(
     # Every input error is reported before the run is announced.
     shards, frames = open_targets(cfg)
     resume_state = None  # last.pt, read once: here, and handed to the run
+    if (Path(cfg.out) / FINAL_NAME).is_file() and not (Path(cfg.out) / LAST_NAME).is_file():
+        # Training again from step 0 would overwrite a finished run's final.pt.
+        raise ConfigError(
+            f"{Path(cfg.out) / FINAL_NAME} is a finished run whose resume state ({LAST_NAME}) was "
+            "dropped: it cannot be continued or extended; use a new --out"
+        )
     if (Path(cfg.out) / LAST_NAME).is_file():
         resume_state = check_resume(
             Path(cfg.out) / LAST_NAME,
@@ -325,22 +337,27 @@ def train(
         nonlocal first_step
         if first_step is None:
             first_step = r.step - 1
-        elapsed = time.monotonic() - started
-        eta = eta_seconds(r.step - first_step, r.total - first_step, elapsed)
+        # The rate of this invocation; the elapsed time of the whole run.
+        eta = eta_seconds(r.step - first_step, r.total - first_step, time.monotonic() - started)
         line.update(
             f"step {r.step}/{r.total}  loss {r.loss:.4f}  lr {r.lr:.3g}  "
-            f"{r.clips_per_s:.1f} clips/s  elapsed {format_duration(elapsed)}  "
+            f"{r.clips_per_s:.1f} clips/s  elapsed {format_duration(r.elapsed_s)}  "
             f"ETA {format_duration(eta)}",
             final=r.step in (first_step + 1, r.total),
         )
 
-    main = process_from_environment().is_main  # rank 0 alone announces and reports
     warm = f", starting from the weights of {cfg.init_from}" if cfg.init_from else ""
-    if main:
+
+    def announce(start: int, total: int) -> None:  # rank 0, once the run directory is ours
         click.echo(f"training {cfg.student} ({cfg.modality}) into {cfg.out}{warm}", err=True)
         click.echo(f"frames: {frames.describe()}", err=True)
+        if 0 < start < total:
+            resumed = f"resuming from step {start} of {total} ({Path(cfg.out) / LAST_NAME})"
+            click.echo(resumed, err=True)
+
+    main = process_from_environment().is_main  # rank 0 alone reports
     try:
-        result = run(cfg, progress=show, resume_state=resume_state)
+        result = run(cfg, progress=show, resume_state=resume_state, announce=announce)
     finally:
         line.close()
     if not main:
@@ -361,9 +378,13 @@ def train(
         click.echo(f"already complete: {result.final_path} (nothing to train)")
     elif result.final_path is not None:
         out = Path(cfg.out)
+        state = (
+            "resume state deleted (--drop-resume-state)"
+            if cfg.drop_resume_state
+            else f"resumable state {out / 'last.pt'}"
+        )
         click.echo(
-            f"wrote {result.final_path}; log {out / 'log.jsonl'}, curve {out / 'loss.png'}, "
-            f"resumable state {out / 'last.pt'}"
+            f"wrote {result.final_path}; log {out / 'log.jsonl'}, curve {out / 'loss.png'}, {state}"
         )
     else:
         click.echo(f"stopped after step {result.steps_done}; run again to continue")

@@ -41,6 +41,7 @@ RESUMABLE_CHANGES = frozenset(
         "stop_after",
         "device",
         "max_bad_clips",
+        "drop_resume_state",
     }
 )
 
@@ -88,6 +89,9 @@ class TrainConfig:
     log_every: int = 1
     tensorboard: bool = False  # also write log.jsonl's entries as TensorBoard event files
     save_every: int = 10
+    # Delete last.pt once final.pt is written: frees its disk (270 MB for r3d_18) but the run
+    # can then no longer be extended with a larger --max-steps / --epochs.
+    drop_resume_state: bool = False
     stop_after: int | None = None  # exit (resumable) after this many steps of one invocation
     init_from: str | None = None  # a final.pt whose weights start the run (new optimizer, schedule)
     max_bad_clips: int = 10  # clips whose video cannot be decoded, skipped before the run stops

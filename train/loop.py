@@ -147,25 +147,29 @@ class StepReport:
     loss: float
     lr: float
     clips_per_s: float
+    elapsed_s: float  # training time of the whole run, earlier invocations included
 
 
 ProgressFn = Callable[[StepReport], None]
+# Called once the run directory is this job's and the start step known: (start, total).
+AnnounceFn = Callable[[int, int], None]
 
 
 def run(
     cfg: TrainConfig,
     progress: ProgressFn | None = None,
     resume_state: dict[str, Any] | None = None,
+    announce: AnnounceFn | None = None,
 ) -> RunResult:
-    """Train into ``cfg.out``, which this job alone writes (a second job is refused).
-    ``resume_state``: ``RUN/last.pt`` as :func:`check_resume` returned it to a caller that has
-    read it already (else it is read here)."""
+    """Train into ``cfg.out``, which this job alone writes (a second job is refused, before
+    ``announce`` says anything). ``resume_state``: ``RUN/last.pt`` as :func:`check_resume`
+    returned it to a caller that has read it already (else it is read here)."""
     ctx = distributed.setup(cfg.device)
     try:
         lock = runtime.lock_run_directory(Path(cfg.out), "train", ctx.process)
         try:
             with StopSignals() as signals:
-                return _train(cfg, ctx, progress, signals, resume_state)
+                return _train(cfg, ctx, progress, signals, resume_state, announce)
         finally:
             if lock is not None:
                 lock.release()
@@ -179,6 +183,7 @@ def _train(
     progress: ProgressFn | None,
     signals: StopSignals,
     resume_state: dict[str, Any] | None,
+    announce: AnnounceFn | None,
 ) -> RunResult:
     out = Path(cfg.out)
     shards, frames = open_targets(cfg)
@@ -214,16 +219,24 @@ def _train(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start = 0
+    earlier_s = 0.0  # training time of earlier invocations (last.pt records it)
     last_path = out / LAST_NAME
     teachers = [t.to_json() for t in shards.teachers]  # what last.pt and final.pt record
     if last_path.exists():
         if resume_state is None:
             resume_state = check_resume(last_path, cfg, teachers, shard_set)
         start = _resume(last_path, resume_state, cfg, student, optimizer, scheduler, scaler, total)
+        earlier_s = float(resume_state.get("elapsed_s", 0.0))
         log.info("resuming %s from step %d of %d", out, start, total)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         truncate_log(out / LOG_NAME, start)
+        if announce is not None:
+            announce(start, total)
+    began = time.monotonic()
+
+    def run_elapsed() -> float:
+        return earlier_s + time.monotonic() - began
 
     model: nn.Module = student
     if ctx.distributed:
@@ -258,7 +271,13 @@ def _train(
     def save(step: int) -> None:
         if ctx.is_main:
             _save_last(
-                last_path, cfg, teachers, shard_set, student, optimizer, scheduler, scaler, step
+                last_path,
+                cfg,
+                teachers,
+                shard_set,
+                (student, optimizer, scheduler, scaler),
+                step,
+                run_elapsed(),
             )
 
     try:
@@ -340,7 +359,10 @@ def _train(
                     }
                 )
             if ctx.is_main and progress is not None:
-                progress(StepReport(done, total, values[0], lr, global_batch / (t2 - t0)))
+                report = StepReport(
+                    done, total, values[0], lr, global_batch / (t2 - t0), run_elapsed()
+                )
+                progress(report)
             if done % cfg.save_every == 0 or done == end:
                 save(done)
         if done < end:
@@ -378,6 +400,8 @@ def _train(
                     code_version=version("distinit"),
                 ),
             )
+            if cfg.drop_resume_state:  # only once final.pt is safely on disk
+                last_path.unlink(missing_ok=True)
     return RunResult(
         steps_done=max(end, start),
         total_steps=total,
@@ -396,16 +420,18 @@ def _save_last(
     cfg: TrainConfig,
     teachers: list[dict[str, Any]],
     shard_set: dict[str, Any],
-    student: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
+    state: tuple[
+        nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.amp.GradScaler
+    ],
     step: int,
+    elapsed_s: float,
 ) -> None:
+    student, optimizer, scheduler, scaler = state
     save_last(
         path,
         {
             "step": step,
+            "elapsed_s": elapsed_s,  # so a resumed run's progress counts the time already spent
             "config": cfg.to_json(),
             "teachers": json.dumps(teachers),  # the targets' identity: weights hash, recipe
             "shard_set": json.dumps(shard_set),  # which clip each step draws depends on it
