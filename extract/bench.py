@@ -6,7 +6,7 @@ All ratios are taken within one run (this kind of machine is noisy between runs)
   ``frames / (decode-only time + teacher-only time)``, each alone at its best setting; on a GPU,
   the smaller of the teacher's rate and the decode rate;
 * end to end: the ``distinit extract`` command a user runs (a fresh process, every option but
-  ``--videos/--out/--teacher/--device`` at its default, so the start-up batch calibration and
+  ``--videos/--out/--teacher/--device`` at its default, so the start-up batch choice and
   the default views too) on the same clips, against that limit; the same command with
   ``--frames none`` and with ``--views recipe`` (one view per frame), in alternating runs, for
   what writing the frame store and running the teacher on every view cost;
@@ -86,15 +86,20 @@ def decode_only(
 
 
 def teacher_only(runner: TeacherRunner, frames: np.ndarray, batch: int, repeats: int = 2) -> float:
-    """Seconds for the teacher alone on ``frames``: the best of ``repeats`` passes, since other
-    load on the machine only ever makes a pass slower."""
-    runner.run_views(frames[:batch])  # warm-up: first-call allocations are not throughput
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(0, len(frames), batch):
-            runner.run_views(frames[i : i + batch])
-        best = min(best, time.perf_counter() - start)
+    """Seconds for the teacher alone on ``frames`` in calls of ``batch`` frames (extract itself
+    runs one call size; this times others too): the best of ``repeats`` passes, since other load
+    on the machine only ever makes a pass slower."""
+    call_frames, runner.call_frames = runner.call_frames, batch
+    try:
+        runner.run_views(frames[:batch])  # warm-up: first-call allocations are not throughput
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for i in range(0, len(frames), batch):
+                runner.run_views(frames[i : i + batch])
+            best = min(best, time.perf_counter() - start)
+    finally:
+        runner.call_frames = call_frames
     return best
 
 
