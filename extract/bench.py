@@ -6,7 +6,7 @@ All ratios are taken within one run (this kind of machine is noisy between runs)
   ``frames / (decode-only time + teacher-only time)``, each alone at its best setting; on a GPU,
   the smaller of the teacher's rate and the decode rate;
 * end to end: the ``distinit extract`` command a user runs (a fresh process, every option but
-  ``--videos/--out/--teacher/--device`` at its default, so the start-up batch calibration and
+  ``--videos/--out/--teacher/--device`` at its default, so the start-up batch choice and
   the default views too) on the same clips, against that limit; the same command with
   ``--frames none`` and with ``--views recipe`` (one view per frame), in alternating runs, for
   what writing the frame store and running the teacher on every view cost;
@@ -38,7 +38,7 @@ from distinit.extract.discovery import find_videos
 from distinit.extract.inference import TeacherRunner
 from distinit.extract.inspection import embedding_storage, kl_divergence
 from distinit.extract.teachers import Teacher, load_teacher, spec_key
-from distinit.pipeline.bench import machine_description
+from distinit.pipeline.bench import EXTRACT_BENCH_DURATION, Repeats, machine_description
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
 from distinit.pipeline.shards import ShardSet, dequantize, quantize
@@ -85,17 +85,23 @@ def decode_only(
     return np.concatenate([f for i in sorted(out) for f in out[i]]), seconds
 
 
-def teacher_only(runner: TeacherRunner, frames: np.ndarray, batch: int, repeats: int = 2) -> float:
-    """Seconds for the teacher alone on ``frames``: the best of ``repeats`` passes, since other
-    load on the machine only ever makes a pass slower."""
-    runner.run_views(frames[:batch])  # warm-up: first-call allocations are not throughput
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for i in range(0, len(frames), batch):
-            runner.run_views(frames[i : i + batch])
-        best = min(best, time.perf_counter() - start)
-    return best
+def teacher_only(
+    runner: TeacherRunner, frames: np.ndarray, batch: int, timing: Repeats, figure: str
+) -> float:
+    """Seconds for the teacher alone on ``frames`` in calls of ``batch`` frames (extract itself
+    runs one call size; this times others too): the best of two passes (see :class:`Repeats`)."""
+    call_frames, runner.call_frames = runner.call_frames, batch
+    passes = []
+    try:
+        runner.run_views(frames[:batch])  # warm-up: first-call allocations are not throughput
+        for _ in range(2):
+            start = time.perf_counter()
+            for i in range(0, len(frames), batch):
+                runner.run_views(frames[i : i + batch])
+            passes.append(time.perf_counter() - start)
+    finally:
+        runner.call_frames = call_frames
+    return timing.best(figure, passes, lower_is_better=True)
 
 
 def naive_rate(teacher: Teacher, frames: np.ndarray, source: Path) -> float:
@@ -199,7 +205,10 @@ def _make_video(path: Path, seconds: int) -> None:
     )  # fmt: skip
 
 
-@click.command()
+@click.command(
+    help="Print stage one's figures: limit, end to end, naive, precision, storage, memory. "
+    f"Takes {EXTRACT_BENCH_DURATION}."
+)
 @click.option(
     "--videos",
     type=click.Path(exists=True, file_okay=False),
@@ -209,7 +218,9 @@ def _make_video(path: Path, seconds: int) -> None:
 @click.option("--teacher", default="efficientnet_lite0", show_default=True, help="Teacher to time.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option(
-    "--skip-memory", is_flag=True, help="Skip the 10-minute-video memory figure (~1 min)."
+    "--skip-memory",
+    is_flag=True,
+    help="Skip the memory figure (a 10-minute video extracted at --fps 2).",
 )
 @click.option(
     "--json-out",
@@ -220,10 +231,6 @@ def _make_video(path: Path, seconds: int) -> None:
 def bench_extract(
     videos: str | None, teacher: str, device: str, skip_memory: bool, json_out: str | None
 ) -> None:
-    """Print stage one's figures: limit, end to end, naive, precision, storage, memory.
-
-    Takes about 3 minutes on a 2-core CPU with the sample clips (--skip-memory saves ~1).
-    """
     root = Path(videos) if videos else _sample_clips()
     paths = [root / v for v in find_videos(root)]
     dev = resolve_device(device)
@@ -236,19 +243,26 @@ def bench_extract(
     click.echo(f"machine: {fig['machine']}")
     click.echo(f"clips: {len(paths)} from {root}")
 
+    timing = Repeats()
     runner = TeacherRunner([t], dev, "fp32")
-    decode_runs = {
-        w: min((decode_only(paths, runner.geometry, w) for _ in range(2)), key=lambda r: r[1])
-        for w in (1, 2, 4)
-    }
-    frames = decode_runs[1][0]
+    decode_times = {}
+    for w in (1, 2, 4):
+        decodes = [decode_only(paths, runner.geometry, w) for _ in range(2)]
+        frames = decodes[0][0]
+        decode_times[w] = timing.best(
+            f"decode only, {w} workers", [s for _, s in decodes], lower_is_better=True
+        )
     n = len(frames)
-    best_workers = min(decode_runs, key=lambda w: decode_runs[w][1])
-    decode_s = decode_runs[best_workers][1]
+    best_workers = min(decode_times, key=lambda w: decode_times[w])
+    decode_s = decode_times[best_workers]
     click.echo(f"decode only: {n / decode_s:.0f} frames/s (best of workers 1/2/4: {best_workers})")
 
     probe = frames[: min(n, 64)]
-    sweep = {b: len(probe) / teacher_only(runner, probe, b) for b in BATCH_SIZES if b <= len(probe)}
+    sweep = {
+        b: len(probe) / teacher_only(runner, probe, b, timing, f"teacher only, batch {b}")
+        for b in BATCH_SIZES
+        if b <= len(probe)
+    }
     best_batch = max(sweep, key=lambda b: sweep[b])
     click.echo("teacher only, fp32, channels-last, by batch: "
                + ", ".join(f"{b}: {r:.1f}" for b, r in sweep.items()) + " frames/s")  # fmt: skip
@@ -256,7 +270,8 @@ def bench_extract(
     for b in COMPILED_BATCH_SIZES:
         compiled = TeacherRunner([t], dev, "fp32", compile=True, batch_size=b)
         compiled(probe[:b])  # compiles (a one-off cost, cached on disk by torch)
-        compiled_sweep[b] = (len(probe) / teacher_only(compiled, probe, b), compiled)
+        secs = teacher_only(compiled, probe, b, timing, f"teacher only, compiled, batch {b}")
+        compiled_sweep[b] = (len(probe) / secs, compiled)
     click.echo("teacher only, fp32, torch.compile, by batch: "
                + ", ".join(f"{b}: {r:.1f}" for b, (r, _) in compiled_sweep.items())
                + " frames/s")  # fmt: skip
@@ -265,7 +280,7 @@ def bench_extract(
     best_runner = compiled_sweep[compiled_batch][1] if use_compile else runner
     batch = compiled_batch if use_compile else best_batch
     setting = f"batch {batch}{', compiled' if use_compile else ''}"
-    teacher_s = teacher_only(best_runner, frames, batch)
+    teacher_s = teacher_only(best_runner, frames, batch, timing, f"teacher only, {setting}")
     # On a GPU decoding and the teacher run on different hardware; on CPU they share the cores.
     gpu = dev.type == "cuda"
     limit = min(n / teacher_s, n / decode_s) if gpu else n / (decode_s + teacher_s)
@@ -276,8 +291,8 @@ def bench_extract(
     views_runner = TeacherRunner([t], dev, "fp32", views=views)
     views_probe = probe[: max(best_batch, min(len(probe), 32))]
     views_s = teacher_only(views_runner, decode_only(paths[:1], views_runner.geometry, 1)[0][
-        : len(views_probe)], best_batch)  # fmt: skip
-    one_view_s = teacher_only(runner, views_probe, best_batch)
+        : len(views_probe)], best_batch, timing, "teacher only, default views")  # fmt: skip
+    one_view_s = teacher_only(runner, views_probe, best_batch, timing, "teacher only, one view")
     views_teacher_s = views_s / len(views_probe) * n
     views_limit = (
         min(n / views_teacher_s, n / decode_s) if gpu else n / (decode_s + views_teacher_s)
@@ -295,7 +310,10 @@ def bench_extract(
     for _ in range(2):
         for name, options in variants.items():
             runs[name].append(cli_end_to_end(root, teacher, dev, *options))
-    best = {name: max(r, key=lambda e: e.fps) for name, r in runs.items()}
+    best: dict[str, EndToEnd] = {}
+    for name, r in runs.items():
+        fps = timing.best(f"end to end, {name}", [e.fps for e in r], lower_is_better=False)
+        best[name] = next(e for e in r if e.fps == fps)
     e2e, e2e_no_store, e2e_one = best["default"].fps, best["no store"].fps, best["one view"].fps
     naive = naive_rate(t, frames[: min(n, 96)], paths[0])
     click.echo(f"limit ({rule}): {views_limit:.1f} frames/s with the default views, "
@@ -319,7 +337,7 @@ def bench_extract(
     reduced = {}
     for precision in ("bf16",) + (("fp16",) if dev.type == "cuda" else ()):
         low = TeacherRunner([t], dev, precision)
-        secs = teacher_only(low, probe, best_batch)
+        secs = teacher_only(low, probe, best_batch, timing, f"teacher only, {precision}")
         logits = np.concatenate(
             [low(probe[i : i + best_batch])[teacher] for i in range(0, len(probe), best_batch)]
         )
@@ -379,5 +397,9 @@ def bench_extract(
                    f"{rss_short:.0f} MB for 10 seconds = {rss_long / rss_short:.2f}x "
                    "(target <= 1.2; --fps 2)")  # fmt: skip
         fig.update(rss_10s_mb=rss_short, rss_10min_mb=rss_long, rss_ratio=rss_long / rss_short)
+    fig["unsteady"] = timing.unsteady
+    closing = timing.summary()
+    if closing is not None:
+        click.echo(closing)
     if json_out:
         Path(json_out).write_text(json.dumps(fig, indent=1))

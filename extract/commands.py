@@ -98,8 +98,9 @@ EMBEDDING_MIN_COSINE = 0.999
     "--batch-size",
     type=int,
     default=None,
-    help="Frames per teacher batch [default: measured at start-up on the first frames: the "
-    "fastest of 1-16 on CPU (under 2 s), on CUDA the largest that fits and still speeds up].",
+    help="Frames per teacher batch [default: on CPU 8; on CUDA measured at start-up on the "
+    "first frames: the largest that fits and still speeds up]. On CPU the teacher runs 8 "
+    "frames a call whatever this is (padded), so the targets do not depend on it.",
 )
 @click.option(
     "--workers",

@@ -45,7 +45,7 @@ class ExtractConfig:
     teachers: tuple[str, ...] = ("efficientnet_lite0",)
     teacher_weights: dict[str, str] = field(default_factory=dict)
     fps: float | None = None
-    batch_size: int | None = None  # None: calibrated at start-up on the first frames
+    batch_size: int | None = None  # None: CPU_CALL_FRAMES on CPU, calibrated at start-up on CUDA
     workers: int = 2  # concurrent ffmpeg decoders
     decoder_threads: int = 1  # threads inside each ffmpeg
     device: str = "auto"

@@ -11,8 +11,11 @@ covering the widest field of view any teacher crops (:func:`decode_geometry`). F
 layout convolutions run fastest in. Teachers run under ``torch.inference_mode`` and, when asked,
 autocast to bf16/fp16; targets come back as float32.
 
-The teacher batch size is measured at start-up on the first real frames
-(:func:`calibrate_batch_size`) unless ``--batch-size`` is given.
+Every teacher call has one shape (:attr:`TeacherRunner.call_frames`): a frame's targets must not
+depend on how many frames shared its call, or the same command would write other shards on
+another run. On CPU that shape is fixed (:data:`CPU_CALL_FRAMES`); on CUDA it is the batch size,
+measured at start-up on the first real frames (:func:`calibrate_batch_size`) unless
+``--batch-size`` is given.
 """
 
 from __future__ import annotations
@@ -39,12 +42,17 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-# Calibration candidates: on CPU small batches stay in cache and the fastest is measured; on CUDA
-# the batch doubles until it no longer fits or stops paying.
-CPU_BATCH_SIZES = (1, 2, 4, 8, 16)
-CPU_CALIBRATION_ORDER = (4, 8, 2, 16, 1)  # the likeliest winners first
+# Frames per teacher call on CPU, whatever the batch size. oneDNN picks kernels and blockings by
+# the batch dimension, so a frame's logits moved with the size of its call (measured with
+# EfficientNet-Lite0 on a Xeon: calls of 2 and 4 frames differ by up to 3e-6, calls of 5-7 differ
+# from 4 in their last rows, enough to move an int8 step), and a start-up timing that picked
+# another size under load wrote other shards. At one shape a frame's logits depend on the frame
+# alone, not on its place in the call or its neighbours (tested). 8: eager CPU rates at 2-16 frames
+# are within a few percent of each other; 1 is 4x slower.
+CPU_CALL_FRAMES = 8
+# Calibration candidates on CUDA: the batch doubles until it no longer fits or stops paying.
 CUDA_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
-CALIBRATION_SECONDS = 2.0
+CUDA_CALIBRATION_REPEATS = 3
 CUDA_SATURATION_GAIN = 1.05  # a doubling adding under 5% throughput has saturated the GPU
 
 
@@ -251,8 +259,13 @@ class TeacherRunner:
     ``views`` every teacher runs on each view of every frame (:meth:`run_views`); without, on
     its own centre recipe (one view). With ``compile=True`` each teacher (with its input
     transform) goes through ``torch.compile``: a one-off cost of tens of seconds that can double
-    the CPU frame rate (see ``distinit bench extract``). Batches are then padded to
-    ``batch_size`` so one compiled shape serves the run.
+    the CPU frame rate (see ``distinit bench extract``).
+
+    Every call of a teacher runs exactly :attr:`call_frames` frames: a shorter batch is padded with
+    black frames and a longer one split (see :data:`CPU_CALL_FRAMES`), so one compiled shape
+    serves the run and a frame's targets do not depend on the batch it came in. It is
+    :data:`CPU_CALL_FRAMES` off CUDA and ``batch_size`` on CUDA (None: batches run as given, as
+    the calibration runs them).
     """
 
     def __init__(
@@ -273,7 +286,8 @@ class TeacherRunner:
         self.device = device
         self.precision = precision
         self.compiled = False
-        self.batch_size = batch_size
+        self.call_frames: int | None = None
+        self.set_batch_size(batch_size)
         self.eager_if_compile_fails = eager_if_compile_fails
         self.geometry = (
             views_geometry(teachers, views) if views is not None else decode_geometry(teachers)
@@ -300,9 +314,9 @@ class TeacherRunner:
                 )
         self._forward: dict[str, nn.Module] = dict(self._eager)
         if compile:
-            if batch_size is None:
-                raise ValueError("a compiled teacher needs the batch size it will be run at")
-            self.compile(batch_size)
+            if self.call_frames is None:
+                raise ValueError("a compiled teacher on CUDA needs the batch size it will run at")
+            self.compile(self.call_frames)
 
     def _measure_dim(self, module: nn.Module) -> int:
         g = self.geometry
@@ -315,13 +329,18 @@ class TeacherRunner:
             raise ConfigError(f"a teacher's output has shape {tuple(embedding.shape)}, not (B, D)")
         return int(embedding.shape[1])
 
+    def set_batch_size(self, batch_size: int | None) -> None:
+        """Fix :attr:`call_frames` for a run at ``batch_size`` frames a batch: that size on CUDA,
+        :data:`CPU_CALL_FRAMES` elsewhere whatever ``batch_size``."""
+        self.call_frames = batch_size if self.device.type == "cuda" else CPU_CALL_FRAMES
+
     def compile(self, batch_size: int) -> None:
         """``torch.compile`` every teacher, to be run at ``batch_size`` frames a batch."""
+        self.set_batch_size(batch_size)
         if self.device.type == "cpu":
             # Inductor warns on every CPU compile of a CUDA build that no CUDA runtime is found;
             # that is expected here and says nothing a user can act on.
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        self.batch_size = batch_size
         self.compiled = True
         self._forward = {name: torch.compile(m) for name, m in self._eager.items()}  # type: ignore[misc]
 
@@ -362,16 +381,27 @@ class TeacherRunner:
         self, frames: np.ndarray, views: tuple[View, ...] | None = None
     ) -> dict[str, np.ndarray]:
         """Targets ``(K, B, C)`` per target key: each teacher on each of the runner's views
-        (or of ``views``, run uncompiled: e.g. the crops a check recomputes) of each frame."""
+        (or of ``views``, run uncompiled: e.g. the crops a check recomputes) of each frame, in
+        calls of :attr:`call_frames` frames."""
         n = len(frames)
         boxes: tuple[Box, ...] | None = None
         if views is not None:
             assert self.views is not None, "views of a runner without a view canvas"
             scale = self.geometry.width // self.views.size[0]
             boxes = tuple(view_box(v, self.views.crop, scale) for v in views)
-        if self.compiled and self.batch_size is not None and n < self.batch_size and not boxes:
-            padding = np.zeros((self.batch_size - n, *frames.shape[1:]), dtype=frames.dtype)
+        size = self.call_frames or n
+        calls = -(-n // size)
+        if calls * size > n:  # black frames: a row's targets do not depend on its neighbours
+            padding = np.zeros((calls * size - n, *frames.shape[1:]), dtype=frames.dtype)
             frames = np.concatenate([frames, padding])
+        parts: dict[str, list[np.ndarray]] = {}
+        for i in range(calls):
+            for key, x in self._run_call(frames[i * size : (i + 1) * size], boxes).items():
+                parts.setdefault(key, []).append(x)
+        return {key: np.concatenate(x, axis=1)[:, :n] for key, x in parts.items()}
+
+    def _run_call(self, frames: np.ndarray, boxes: tuple[Box, ...] | None) -> dict[str, np.ndarray]:
+        """One call of every teacher on ``frames`` (all of them, padding included)."""
         x8 = self.to_device(frames)
         out: dict[str, np.ndarray] = {}
         for name, forward in self._forward.items():
@@ -382,9 +412,9 @@ class TeacherRunner:
                     logits, embedding = self._forward_once(name, forward, x8)
             k = len(boxes) if boxes is not None else self.num_views
             if logits is not None:
-                out[name] = _by_view(logits, k, n)
+                out[name] = _by_view(logits, k)
             if embedding is not None:
-                out[spec_key(name, "embedding")] = _by_view(embedding, k, n)
+                out[spec_key(name, "embedding")] = _by_view(embedding, k)
         return out
 
     def _forward_once(
@@ -405,9 +435,9 @@ class TeacherRunner:
             return self._eager[name](x8)  # type: ignore[no-any-return]
 
 
-def _by_view(x: torch.Tensor, views: int, n: int) -> np.ndarray:
-    """Box-major ``(K * B_padded, C)`` -> ``(K, n, C)`` float32 (padding dropped)."""
-    return x.float().reshape(views, -1, x.shape[-1])[:, :n].cpu().numpy()
+def _by_view(x: torch.Tensor, views: int) -> np.ndarray:
+    """Box-major ``(K * B, C)`` -> ``(K, B, C)`` float32."""
+    return x.float().reshape(views, -1, x.shape[-1]).cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -426,60 +456,51 @@ class Calibration:
         )
 
 
-def calibrate_batch_size(
-    runner: TeacherRunner, frames: np.ndarray, budget_s: float = CALIBRATION_SECONDS
-) -> Calibration:
-    """Time the teachers on real frames at a few batch sizes and pick the fastest.
+def calibrate_batch_size(runner: TeacherRunner, frames: np.ndarray) -> Calibration:
+    """Time the teachers on real frames on CUDA and pick the batch size.
 
-    On CPU the candidates are :data:`CPU_BATCH_SIZES`, the likeliest winners first; the first two
-    are always measured, the others while ``budget_s`` allows. On CUDA the batch doubles from 32
-    while it fits and still adds 5% throughput; the smallest batch within 5% of the best rate
-    wins (larger ones only cost memory). Runs the eager teachers: compiling each candidate
-    would cost far more than it could tell.
+    The batch doubles from 32 while it fits and still adds 5% throughput; the smallest batch
+    within 5% of the best rate wins (larger ones only cost memory). Runs the eager teachers:
+    compiling each candidate would cost far more than it could tell. Not done on CPU, where the
+    teacher's calls have one fixed shape (:data:`CPU_CALL_FRAMES`).
     """
+    if runner.device.type != "cuda":
+        raise ValueError("the batch size is calibrated on CUDA only")
     if len(frames) == 0:
         raise ValueError("calibration needs at least one frame")
-    cuda = runner.device.type == "cuda"
-    candidates = CUDA_BATCH_SIZES if cuda else CPU_CALIBRATION_ORDER
     forward, runner._forward = runner._forward, dict(runner._eager)
     compiled, runner.compiled = runner.compiled, False
+    call_frames, runner.call_frames = runner.call_frames, None  # each candidate at its own size
     rates: dict[int, float] = {}
     started = time.monotonic()
     try:
         runner.run_views(frames[:1])  # the first call's one-off set-up is no batch size's cost
-        for b in candidates:
-            repeats = 3 if cuda else max(1, 8 // b)
-            if not cuda and len(rates) >= 2:
-                # Skip what would overrun the budget at the rates measured so far.
-                guess = (1 + repeats) * b / max(rates.values())
-                if time.monotonic() - started + guess > budget_s:
-                    continue
+        for b in CUDA_BATCH_SIZES:
             batch = np.resize(frames, (b, *frames.shape[1:]))  # repeats short inputs
             try:
                 runner.run_views(batch)  # warm-up: a new shape's allocations are not throughput
                 _sync(runner.device)
                 t0 = time.perf_counter()
-                for _ in range(repeats):
+                for _ in range(CUDA_CALIBRATION_REPEATS):
                     runner.run_views(batch)
                 _sync(runner.device)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 break
-            rates[b] = repeats * b / (time.perf_counter() - t0)
-            if cuda and len(rates) > 1:
-                previous = rates[candidates[candidates.index(b) - 1]]
+            rates[b] = CUDA_CALIBRATION_REPEATS * b / (time.perf_counter() - t0)
+            if len(rates) > 1:
+                previous = rates[CUDA_BATCH_SIZES[CUDA_BATCH_SIZES.index(b) - 1]]
                 if rates[b] < previous * CUDA_SATURATION_GAIN:
                     break
     finally:
-        runner._forward, runner.compiled = forward, compiled
+        runner._forward, runner.compiled, runner.call_frames = forward, compiled, call_frames
     if not rates:
         raise ConfigError(
-            f"a teacher batch of {candidates[0]} frames does not fit on {runner.device}; "
+            f"a teacher batch of {CUDA_BATCH_SIZES[0]} frames does not fit on {runner.device}; "
             "pass a smaller --batch-size"
         )
     best = max(rates.values())
-    tolerance = 1 / CUDA_SATURATION_GAIN if cuda else 1.0
-    chosen = min(b for b, r in rates.items() if r >= best * tolerance)
+    chosen = min(b for b, r in rates.items() if r >= best / CUDA_SATURATION_GAIN)
     return Calibration(chosen, dict(sorted(rates.items())), time.monotonic() - started)
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from distinit.extract.config import COMPILE_AUTO_MIN_VIDEOS, ExtractConfig
 from distinit.extract.discovery import require_videos, videos_for_rank
 from distinit.extract.inference import (
+    CPU_CALL_FRAMES,
     Calibration,
     TeacherRunner,
     calibrate_batch_size,
@@ -211,6 +212,7 @@ def _teacher_runner(
         _check_same_teachers(runner.infos(), headers[0])
     batch_size, choice = _choose_batch_size(cfg, runner, todo)
     log.info("teacher batch size: %s", choice)
+    runner.set_batch_size(batch_size)
     if compile_teachers:
         log.info("compiling the teachers (a one-off cost of tens of seconds)")
         runner.compile(batch_size)
@@ -219,20 +221,26 @@ def _teacher_runner(
 
 CALIBRATION_FRAMES = 16
 CALIBRATION_VIDEOS = 5  # videos tried for frames to calibrate the teacher batch size on
-UNMEASURED_BATCH_SIZE = {False: 4, True: 256}  # by "is CUDA", when no frame could be decoded
+UNMEASURED_CUDA_BATCH_SIZE = 256  # when none of the first videos decodes
 
 
 def _choose_batch_size(
     cfg: ExtractConfig, runner: TeacherRunner, todo: list[str]
 ) -> tuple[int, str]:
-    """``--batch-size`` if given, else the size :func:`calibrate_batch_size` measures on the
-    first frames of the first videos; returns the size and a line saying how it was chosen."""
+    """``--batch-size`` if given; else on CPU the fixed teacher call, on CUDA the size
+    :func:`calibrate_batch_size` measures on the first frames of the first videos. Returns the
+    size and a line saying how it was chosen (and, on CPU, that the teacher runs in calls of
+    :data:`CPU_CALL_FRAMES` frames whatever it is)."""
+    cuda = runner.device.type == "cuda"
+    calls = "" if cuda else f"; the teacher runs {CPU_CALL_FRAMES} frames a call on CPU"
     if cfg.batch_size is not None:
-        return cfg.batch_size, f"{cfg.batch_size} (--batch-size)"
+        return cfg.batch_size, f"{cfg.batch_size} (--batch-size){calls}"
+    if not cuda:
+        return CPU_CALL_FRAMES, f"{CPU_CALL_FRAMES} (fixed on CPU, so the targets are repeatable)"
     frames = _first_frames(cfg, runner.geometry, todo)
     if frames is None:
         # Rare (the first videos all broken), and said so in the log and the provenance.
-        size = UNMEASURED_BATCH_SIZE[runner.device.type == "cuda"]
+        size = UNMEASURED_CUDA_BATCH_SIZE
         return size, f"{size} (not measured: none of the first {CALIBRATION_VIDEOS} videos decoded)"
     calibration: Calibration = calibrate_batch_size(runner, frames)
     return calibration.batch_size, calibration.describe()

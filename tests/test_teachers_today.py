@@ -1,5 +1,5 @@
 """Teachers and students of today: timm teachers, embedding targets, per-kind losses, per-teacher
-preprocessing, start-up batch calibration and the video-transformer students."""
+preprocessing, the teacher's batch size (fixed calls on CPU) and the video-transformer students."""
 
 from __future__ import annotations
 
@@ -16,12 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from distinit.extract.config import ExtractConfig
-from distinit.extract.inference import (
-    CPU_BATCH_SIZES,
-    TeacherRunner,
-    calibrate_batch_size,
-    split_classifier,
-)
+from distinit.extract.inference import CPU_CALL_FRAMES, TeacherRunner, split_classifier
 from distinit.extract.inspection import cosine_rows, embedding_storage, verify
 from distinit.extract.runner import run_extract
 from distinit.extract.teachers import load_teacher
@@ -259,35 +254,60 @@ def _recipe(x: torch.Tensor, resize: int, crop: int, mode: str) -> torch.Tensor:
     return y[..., top : top + crop, left : left + crop]
 
 
-# -- teacher batch size calibrated at start-up ------------------------------------------------
+# -- teacher batch size: fixed calls on CPU, so the same command writes the same targets ------
 
 
-def test_teacher_batch_is_calibrated_on_the_first_frames_and_logged(
-    sample_clips: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def _all_logits(out: Path) -> dict[str, np.ndarray]:
+    shards = ShardSet(out)
+    try:
+        return {r.id: shards.logits(r.id)[LITE] for r in shards.ok_videos()}
+    finally:
+        shards.close()
+
+
+def test_targets_do_not_depend_on_the_batch_size_on_cpu(
+    videos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    shutil.copy(sample_clips / "carphone_pristine.mp4", videos)  # 4 s: 4 frames at --fps 1
-    clip = str(videos / "carphone_pristine.mp4")
-    frames = next(iter(iter_video(clip, FrameGeometry(224, 224), chunk_size=8))).frames
-    runner = TeacherRunner([load_teacher(LITE)], torch.device("cpu"), "fp32")
-    calibration = calibrate_batch_size(runner, frames, budget_s=1.0)
-    assert set(calibration.rates) <= set(CPU_BATCH_SIZES) and {4, 8} <= set(calibration.rates)
-    assert calibration.batch_size == max(calibration.rates, key=lambda b: calibration.rates[b])
-
+    # oneDNN's kernels follow the batch dimension: calls of 3 and 8 frames gave other logits
+    # (and other int8 rows) before every call had CPU_CALL_FRAMES frames. Two decode workers
+    # also change which frames share a batch.
     caplog.set_level("INFO", logger="distinit.extract.runner")
-    cfg = ExtractConfig(videos=str(videos), out=str(tmp_path / "auto"), fps=1.0, compile="off",
-                        device="cpu", views=None)  # fmt: skip
-    run_extract(cfg)
-    provenance = ShardSet(tmp_path / "auto").provenance
-    assert "measured on the first frames" in provenance["batch_size_choice"]
-    assert provenance["batch_size"] in CPU_BATCH_SIZES
-    assert provenance["batch_size_choice"] in caplog.text
-    cfg = ExtractConfig(videos=str(videos), out=str(tmp_path / "given"), fps=1.0, compile="off",
-                        device="cpu", batch_size=3, views=None)  # fmt: skip
-    run_extract(cfg)
-    provenance = ShardSet(tmp_path / "given").provenance
-    assert (provenance["batch_size"], provenance["batch_size_choice"]) == (3, "3 (--batch-size)")
+    logits = {}
+    for batch_size, workers in ((None, 1), (3, 2)):
+        out = tmp_path / f"batch{batch_size}"
+        run_extract(ExtractConfig(
+            videos=str(videos), out=str(out), fps=2.0, compile="off", device="cpu", views=None,
+            batch_size=batch_size, workers=workers,
+        ))  # fmt: skip
+        logits[batch_size] = _all_logits(out)
+        provenance = ShardSet(out).provenance
+        assert provenance["batch_size_choice"] in caplog.text
+        if batch_size is None:
+            assert provenance["batch_size"] == CPU_CALL_FRAMES
+            assert "fixed on CPU" in provenance["batch_size_choice"]
+        else:
+            assert provenance["batch_size"] == batch_size
+            assert provenance["batch_size_choice"].startswith(f"{batch_size} (--batch-size)")
+    assert logits[3].keys() == logits[None].keys()
+    for video, x in logits[None].items():
+        assert np.array_equal(logits[3][video], x), video
+
+
+def test_a_teacher_call_has_one_shape_whatever_the_batch(sample_clips: Path) -> None:
+    clip = str(sample_clips / "carphone_pristine.mp4")
+    frames = next(iter(iter_video(clip, FrameGeometry(224, 224), chunk_size=9))).frames
+    runner = TeacherRunner([load_teacher(LITE)], torch.device("cpu"), "fp32")
+    seen: list[int] = []
+    trunk = runner._eager[LITE].trunk
+    handle = trunk.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    try:
+        whole = runner(frames)[LITE]  # two calls, the second padded
+        parts = np.concatenate([runner(frames[:5])[LITE], runner(frames[5:])[LITE]])
+    finally:
+        handle.remove()
+    assert seen == [CPU_CALL_FRAMES] * 4
+    # Frame 5 is first of its call here, sixth there; frame 8's neighbours are padding or not.
+    assert whole.shape == (9, 1000) and np.array_equal(parts, whole)
 
 
 # -- video-transformer students ---------------------------------------------------------------
