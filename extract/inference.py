@@ -207,9 +207,11 @@ class _TeacherOnFrames(nn.Module):
         teacher: Teacher,
         plan: TeacherInput,
         kinds: tuple[str, ...],
+        trunk_per_box: bool = False,
     ) -> None:
         super().__init__()
         self.trunk = trunk
+        self.trunk_per_box = trunk_per_box
         self.classifier = classifier
         self.plan = plan
         self.want_logits = "logits" in kinds
@@ -238,10 +240,15 @@ class _TeacherOnFrames(nn.Module):
     def forward(
         self, frames: torch.Tensor, boxes: tuple[Box, ...] | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Targets of every box (the plan's unless given), box-major: ``(K * B, C)``; all boxes
-        go through the trunk as one batch."""
-        x = torch.cat([self.prepare(frames, b) for b in (boxes or self.plan.boxes)])
-        out = self.trunk(x)
+        """Targets of every box (the plan's unless given), box-major: ``(K * B, C)``. All boxes
+        go through the trunk as one batch, or with ``trunk_per_box`` one box's B frames at a time:
+        on CPU a batch of K * B images spills every activation out of cache and makes the
+        allocator map and unmap each one afresh (2x slower at 12 views, and mostly system time);
+        a trunk call of B images is also the one shape a call ever has, whatever K."""
+        if self.trunk_per_box:
+            out = torch.cat([self.trunk(self.prepare(frames, b)) for b in boxes or self.plan.boxes])
+        else:
+            out = self.trunk(torch.cat([self.prepare(frames, b) for b in boxes or self.plan.boxes]))
         if not self.want_embedding:  # logits alone: the trunk is the whole network
             return out, None
         logits = None
@@ -304,7 +311,10 @@ class TeacherRunner:
             trunk, classifier = (
                 split_classifier(t) if "embedding" in self.kinds[t.name] else (t.model, None)
             )
-            module = _TeacherOnFrames(trunk, classifier, t, self.inputs[t.name], self.kinds[t.name])
+            module = _TeacherOnFrames(
+                trunk, classifier, t, self.inputs[t.name], self.kinds[t.name],
+                trunk_per_box=device.type != "cuda",
+            )  # fmt: skip
             self._eager[t.name] = module.to(device).to(memory_format=torch.channels_last)
             if "embedding" in self.kinds[t.name]:
                 self._dims[t.name] = (

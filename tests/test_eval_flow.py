@@ -140,7 +140,9 @@ def test_compare_fuses_rgb_and_flow(
     _run(_base(data, rgb_out, "linear") + ["--init", "scratch", "--student", STUDENT] + TINY)
     table = _run(["--compare", str(rgb_out), str(flow_linear)])
     rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert rows[1].split("|")[5].strip() == "rgb" and rows[2].split("|")[5].strip() == "flow"
+    modality = [c.strip() for c in rows[0].split("|")].index("modality")
+    assert rows[1].split("|")[modality].strip() == "rgb"
+    assert rows[2].split("|")[modality].strip() == "flow"
     assert "Late fusion" in table
     fused_row = next(r for r in rows if r.startswith("| 1 |"))
     rgb_acc, flow_acc, fused_acc = (float(c) for c in fused_row.split("|")[2:5])

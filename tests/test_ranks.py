@@ -51,7 +51,7 @@ def _together(
         hook = str(Path(__file__).with_name("killpoint.py"))
         launcher = [sys.executable, hook, "gather", str(gather), str(len(launches))]
     argv = [*launcher, "extract", "--videos", str(videos), "--out", str(out), "--workers", "1",
-            "--batch-size", "4", "--videos-per-shard", "2"]  # fmt: skip
+            "--batch-size", "4", "--videos-per-shard", "2", "--views", "recipe"]  # fmt: skip
     procs = [
         subprocess.Popen(
             argv + extra,
