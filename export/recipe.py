@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from distinit.pipeline.errors import CheckpointError
-from distinit.train.checkpoint import FinalCheckpoint
+from distinit.train.checkpoint import FinalCheckpoint, InputRecipe
 from distinit.train.flow import DIS_PRESET, FLOW_CLIP
 from distinit.train.students import student_spec
 
@@ -31,42 +31,56 @@ _TEACHER_FIELDS = (
 _RECIPE_FIELDS = ("clip_len", "frame_stride", "resize", "crop")
 
 
-def input_recipe(ckpt: FinalCheckpoint, source: Path) -> dict[str, Any]:
-    """The clip the student was distilled on, as a user must build it: frames, sizes, values.
-    ``source`` names the checkpoint in the refusal of one that does not record them."""
+def recorded_recipe(ckpt: FinalCheckpoint, source: Path) -> InputRecipe:
+    """The checkpoint's input recipe: the one it records, or for a checkpoint written before it
+    recorded one, the same fields of its training config (shards of every native frame, the
+    student's own RGB statistics). ``source`` names the checkpoint in the refusal of one whose
+    config lacks them."""
     if ckpt.recipe is not None:
-        clip_len, frame_stride = ckpt.recipe.clip_len, ckpt.recipe.frame_stride
-        (width, height), crop = ckpt.recipe.resize, ckpt.recipe.crop
-        shard_fps = ckpt.recipe.shard_fps
-    else:
-        config = ckpt.config
-        missing = [k for k in _RECIPE_FIELDS if k not in config]
-        if missing:
-            raise CheckpointError(
-                f"{source}: its training config records no {', '.join(missing)}, so the input "
-                "recipe of the export is unknown; export a final.pt written by distinit train"
-            )
-        clip_len, frame_stride, crop = config["clip_len"], config["frame_stride"], config["crop"]
-        width, height = config["resize"]
-        shard_fps = None  # checkpoints of this age did not record it
+        return ckpt.recipe
+    config = ckpt.config
+    missing = [k for k in _RECIPE_FIELDS if k not in config]
+    if missing:
+        raise CheckpointError(
+            f"{source}: its training config records no {', '.join(missing)}, so the input "
+            "recipe of the export is unknown; export a final.pt written by distinit train"
+        )
+    spec = student_spec(ckpt.student)
+    rgb = ckpt.modality == "rgb"
+    return InputRecipe(
+        modality=ckpt.modality,
+        clip_len=int(config["clip_len"]),
+        frame_stride=int(config["frame_stride"]),
+        resize=(int(config["resize"][0]), int(config["resize"][1])),
+        crop=int(config["crop"]),
+        mean=spec.mean if rgb else None,
+        std=spec.std if rgb else None,
+        shard_fps=None,  # checkpoints of this age did not record it
+    )
+
+
+def input_recipe(ckpt: FinalCheckpoint, source: Path) -> dict[str, Any]:
+    """The clip the student was distilled on, as a user must build it: frames, sizes, values."""
+    own = recorded_recipe(ckpt, source)
+    width, height = own.resize
     recipe: dict[str, Any] = {
         "modality": ckpt.modality,
         "in_channels": ckpt.in_channels,
         "layout": "(B, C, T, H, W)",
-        "clip_len": int(clip_len),
+        "clip_len": own.clip_len,
         # Shard rows are the frames extract stored: every native frame unless it ran with --fps
         # (then shard_fps says the rate the rows were sampled at).
-        "frame_stride": int(frame_stride),
-        "shard_fps": shard_fps,
-        "resize": {"width": int(width), "height": int(height), "keep_aspect": False},
-        "crop": int(crop),
+        "frame_stride": own.frame_stride,
+        "shard_fps": own.shard_fps,
+        "resize": {"width": width, "height": height, "keep_aspect": False},
+        "crop": own.crop,
         "test_crop": "centre",
     }
     if ckpt.modality == "rgb":
-        spec = student_spec(ckpt.student)
+        assert own.mean is not None and own.std is not None, "an RGB recipe has its statistics"
         recipe["values"] = "RGB uint8 / 255, then (x - mean) / std per channel"
-        recipe["mean"] = list(spec.mean)
-        recipe["std"] = list(spec.std)
+        recipe["mean"] = list(own.mean)
+        recipe["std"] = list(own.std)
     else:
         recipe["values"] = (
             f"optical flow (dx, dy) in pixels per frame, clipped to +-{FLOW_CLIP:g} and divided "
