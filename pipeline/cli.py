@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import click
@@ -198,15 +199,21 @@ def main() -> None:
         _exit(exc, f"Error: {mismatch}", 2)
 
 
-def _stop_signal(exc: BaseException) -> int | None:
-    """The stop signal behind ``exc`` (itself, its cause or its context), if any."""
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from or during, and so on."""
     seen: BaseException | None = exc
     while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def _stop_signal(exc: BaseException) -> int | None:
+    """The stop signal behind ``exc`` (itself, its cause or its context), if any."""
+    for seen in _chain(exc):
         if isinstance(seen, stopping.StopNow):
             return seen.signum
         if isinstance(seen, KeyboardInterrupt):
             return signal.SIGINT
-        seen = seen.__cause__ or seen.__context__
     return None
 
 
@@ -233,11 +240,9 @@ def _release(exc: BaseException) -> None:
     threads, alive into interpreter shutdown, where freeing them aborts the process
     ("terminate called without an active exception") instead of exiting with our status.
     """
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in _chain(exc):
         if seen.__traceback__ is not None:
             traceback.clear_frames(seen.__traceback__)
-        seen = seen.__cause__ or seen.__context__
     gc.collect()
 
 
