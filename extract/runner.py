@@ -1,10 +1,10 @@
 """Stage one's runner: videos -> decoded frames -> teacher logits -> shards.
 
-Decoding runs in ``workers`` ffmpeg processes at once (the real decode workers; each is driven by
-a thread that only moves bytes from its pipe, so the GIL is not in the way). Their frame chunks
-meet in one bounded queue, which keeps memory flat however long a video is. The main thread packs
-frames from any videos into fixed-size teacher batches (so short videos never make small batches),
-runs the teachers, quantises the logits and appends each finished video to the current shard.
+Decode workers (:mod:`distinit.extract.decoding`) send typed messages to the main thread, which
+packs frames from any videos into fixed-size teacher batches (:mod:`distinit.extract.batcher`),
+appends each video's rows to its spool as they are done (:mod:`distinit.extract.spool`) and
+copies each finished video into the current shard (:mod:`distinit.extract.shard_sequence`).
+Nothing holds a whole video, so memory stays flat however long one is.
 
 Resuming needs no bookkeeping of its own: complete shard files list the videos they hold, and a
 video is written only when all of its frames are in, so a re-run skips exactly what is done.
@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -31,7 +30,19 @@ from typing import Any
 
 import numpy as np
 
+from distinit.extract.batcher import TeacherBatcher
 from distinit.extract.config import COMPILE_AUTO_MIN_VIDEOS, ExtractConfig
+from distinit.extract.decoding import (
+    CHUNK_FRAMES,
+    Chunk,
+    Decoded,
+    Decoders,
+    Failed,
+    Fault,
+    Message,
+    Opened,
+    WorkerExit,
+)
 from distinit.extract.discovery import require_videos, videos_for_rank
 from distinit.extract.inference import (
     CPU_CALL_FRAMES,
@@ -41,35 +52,31 @@ from distinit.extract.inference import (
     resolve_precision,
 )
 from distinit.extract.lock import RankLock
+from distinit.extract.shard_sequence import ShardSequence
+from distinit.extract.spool import SPOOL_SUFFIX, VideoSpool
 from distinit.extract.teachers import group_specs, load_teacher, target_keys
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.errors import ConfigError, MachineFaultError, ShardError, VideoDecodeError
-from distinit.pipeline.faults import machine_fault
 from distinit.pipeline.ffmpeg_binary import ffmpeg_version
-from distinit.pipeline.framestore import StoreFormat, encode_gop
-from distinit.pipeline.progress import FrameCount, eta_seconds, expected_frames
+from distinit.pipeline.framestore import StoreFormat
+from distinit.pipeline.progress import FrameCount, eta_seconds
 from distinit.pipeline.runtime import probe_writable
 from distinit.pipeline.shards import (
-    SHARD_SUFFIX,
     TMP_SUFFIX,
     ShardHeader,
-    ShardWriter,
+    Targets,
     TeacherInfo,
     VideoRecord,
     list_shard_files,
-    quantize,
     read_shard_header,
     video_records,
     write_manifest,
 )
 from distinit.pipeline.stopping import StopSignals
-from distinit.pipeline.video import FrameChunk, FrameGeometry, VideoInfo, VideoReader
+from distinit.pipeline.video import FrameGeometry, VideoReader
 from distinit.pipeline.views import ViewSet
 
 log = logging.getLogger(__name__)
-
-CHUNK_FRAMES = 16
-MAX_SHARD_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -106,23 +113,6 @@ class ExtractSummary:
     interrupted: bool = False
 
 
-@dataclass
-class _Pending:
-    """A video whose frames are (partly) decoded but not yet written."""
-
-    video_id: str
-    times: list[np.ndarray] = field(default_factory=list)
-    indices: list[np.ndarray] = field(default_factory=list)
-    logits: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = field(default_factory=dict)
-    gops: list[tuple[int, bytes]] = field(default_factory=list)  # frame store: (rows, H.264)
-    rows_in_batch: int = 0
-    decoded: bool = False
-    info: VideoInfo | None = None
-    native_frames: int = 0
-    warning: str | None = None
-    failed: str | None = None  # reason, once the decoder gave up on this video
-
-
 def run_extract(
     cfg: ExtractConfig, progress: Callable[[Progress], None] | None = None
 ) -> ExtractSummary:
@@ -151,9 +141,10 @@ def _run_extract(
 
     with RankLock(out, cfg.shard_index, cfg.num_shards):
         prefix = f"shard-r{cfg.shard_index:04d}of{cfg.num_shards:04d}-"
-        for stale in out.glob(prefix + "*" + TMP_SUFFIX):
-            log.info("removing %s left by an interrupted run", stale.name)
-            stale.unlink()
+        for suffix in (TMP_SUFFIX, SPOOL_SUFFIX):
+            for stale in out.glob(prefix + "*" + suffix):
+                log.info("removing %s left by an interrupted run", stale.name)
+                stale.unlink()
         all_ids = videos_for_rank(found, cfg.num_shards, cfg.shard_index)
         headers = [read_shard_header(p) for p in list_shard_files(out)]
         if headers:
@@ -175,7 +166,7 @@ def _run_extract(
             provenance = _provenance(cfg, runner, batch_size, store)
             provenance["batch_size_choice"] = choice
             infos = runner.infos() if runner is not None else []
-            shards = _ShardSequence(
+            shards = ShardSequence(
                 out, prefix, infos, provenance, cfg.videos_per_shard, store, cfg.view_set()
             )
             with StopSignals() as stop:  # the one stop-signal rule (pipeline.stopping)
@@ -340,135 +331,137 @@ def _provenance(
     }
 
 
-class _ShardSequence:
-    """The current shard of this rank; starts the next one every ``videos_per_shard`` videos."""
+class _VideoInProgress:
+    """A video being decoded, or whose last rows wait on a teacher batch: its rows so far are
+    in its spool."""
+
+    def __init__(self, video_id: str, spool: VideoSpool) -> None:
+        self.video_id, self.spool = video_id, spool
+        self.rows_in_batch = 0
+        self.decoded: Decoded | None = None
+        self.failed: str | None = None  # the reason, once the video is known to be bad
+
+    def take_targets(self, targets: Targets, finite: bool) -> None:
+        if not finite:
+            self.failed = self.failed or "the teacher produced non-finite logits"
+        self.spool.add_targets(targets)
+
+    @property
+    def settled(self) -> bool:
+        """Over, and none of its frames wait in the batch."""
+        return self.rows_in_batch == 0 and (self.failed is not None or self.decoded is not None)
+
+
+class _Extraction:
+    """The main thread of a run: decoder messages in, complete videos out to the shards."""
 
     def __init__(
         self,
-        out: Path,
-        prefix: str,
-        teachers: list[TeacherInfo],
-        provenance: dict[str, Any],
-        videos_per_shard: int,
-        store: StoreFormat | None,
-        views: ViewSet | None,
+        cfg: ExtractConfig,
+        runner: TeacherRunner | None,
+        batch_size: int,
+        shards: ShardSequence,
+        summary: ExtractSummary,
+        videos: int,
     ) -> None:
-        self.out, self.prefix, self.teachers = out, prefix, teachers
-        self.provenance, self.videos_per_shard, self.store = provenance, videos_per_shard, store
-        self.views = views
-        existing = [p.name for p in out.glob(prefix + "*" + SHARD_SUFFIX)]
-        self.next_seq = 1 + max(
-            (int(n[len(prefix) : -len(SHARD_SUFFIX)]) for n in existing), default=-1
+        self.cfg, self.shards, self.summary = cfg, shards, summary
+        self.batcher = TeacherBatcher(runner, batch_size) if runner is not None else None
+        self.keys = tuple(i.key for i in runner.infos()) if runner is not None else ()
+        self.pending: dict[str, _VideoInProgress] = {}
+        self.counts = FrameCount(videos)
+        self.frames_decoded = 0
+
+    def handle(self, message: Message) -> None:
+        if isinstance(message, Fault):
+            raise message.error
+        with self.shards.write_errors(self.shards.out):  # the spools' writes
+            self._handle(message)
+
+    def _handle(self, message: Message) -> None:
+        if isinstance(message, Opened):
+            self.counts.opened(message.video_id, message.expected)
+        elif isinstance(message, Chunk):
+            self._add_chunk(self._video(message.video_id), message)
+        elif isinstance(message, Decoded | Failed):
+            video = self._video(message.video_id)
+            self.counts.finished(video.video_id, video.spool.frame_rows)
+            if isinstance(message, Decoded):
+                video.decoded = message
+            else:
+                video.failed = message.reason
+            self._settle(video)
+
+    def finish(self) -> None:
+        """Run the teachers on the last partial batch and write what it completes."""
+        with self.shards.write_errors(self.shards.out):
+            if self.batcher is not None:
+                self.batcher.flush()
+            self._settle_all()
+
+    def discard(self) -> None:
+        """Drop the spools of unfinished videos (the next run redoes them)."""
+        for video in self.pending.values():
+            video.spool.remove()
+        self.pending.clear()
+
+    def _video(self, video_id: str) -> _VideoInProgress:
+        if video_id not in self.pending:
+            spool = VideoSpool(self.shards.out, self.shards.prefix, self.keys)
+            self.pending[video_id] = _VideoInProgress(video_id, spool)
+        return self.pending[video_id]
+
+    def _add_chunk(self, video: _VideoInProgress, message: Chunk) -> None:
+        chunk = message.frames
+        gop = (len(chunk), message.gop) if message.gop is not None else None
+        video.spool.add_frames(chunk.times, chunk.indices, gop)
+        self.frames_decoded += len(chunk)
+        if self.batcher is not None and self.batcher.add(video, chunk.frames):
+            self._settle_all()
+
+    def _settle_all(self) -> None:
+        for video in list(self.pending.values()):
+            self._settle(video)
+
+    def _settle(self, video: _VideoInProgress) -> None:
+        """Write or record a video once it is settled."""
+        if not video.settled:
+            return
+        del self.pending[video.video_id]
+        try:
+            if video.failed is not None:
+                self._record_failure(video.video_id, video.failed)
+            else:
+                assert video.decoded is not None
+                self._write(video, video.decoded)
+        finally:
+            video.spool.remove()
+
+    def _record_failure(self, video_id: str, reason: str) -> None:
+        self.summary.failed += 1
+        self.summary.failures.append((video_id, reason))
+        self.shards.add_failure(video_id, reason)
+
+    def _write(self, video: _VideoInProgress, decoded: Decoded) -> None:
+        info = decoded.info
+        record = VideoRecord(
+            id=video.video_id,
+            status="ok",
+            error=decoded.warning or "",
+            native_frames=decoded.native_frames,
+            duration=info.duration,
+            width=info.width,
+            height=info.height,
+            fps=info.fps,
         )
-        self.writer: ShardWriter | None = None
-        self.written: list[str] = []
+        self.shards.add_video(record, video.spool)
+        self.summary.done += 1
+        self.summary.frames += record.row_count  # saved: an interrupted run's unsaved ones not
+        if decoded.warning:
+            self.summary.warnings.append((video.video_id, decoded.warning))
 
-    def current(self) -> ShardWriter:
-        if self.writer is None:
-            path = self.out / f"{self.prefix}{self.next_seq:05d}{SHARD_SUFFIX}"
-            self.next_seq += 1
-            with self._write_errors(path):
-                self.writer = ShardWriter(
-                    path, self.teachers, self.provenance, self.store, self.views
-                )
-        return self.writer
-
-    def add_video(
-        self,
-        record: VideoRecord,
-        times: np.ndarray,
-        indices: np.ndarray,
-        logits: Any,
-        gops: list[tuple[int, bytes]] | None,
-    ) -> None:
-        writer = self.current()
-        with self._write_errors(writer.path):
-            writer.add_video(record, times, indices, logits, gops)
-        self._rotate()
-
-    def add_failure(self, video_id: str, reason: str) -> None:
-        self.current().add_failure(video_id, reason)
-        self._rotate()
-
-    def _rotate(self) -> None:
-        # Shards are built in memory, so they are also closed at a size bound.
-        if self.writer is not None and (
-            len(self.writer.records) >= self.videos_per_shard
-            or self.writer.nbytes >= MAX_SHARD_BYTES
-        ):
-            self.close()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            with self._write_errors(self.writer.path):
-                self.written.append(self.writer.close().name)
-            self.writer = None
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.abort()
-            self.writer = None
-
-    @contextmanager
-    def _write_errors(self, path: Path) -> Iterator[None]:
-        """A failed write (disk full, quota, permissions) drops only the unfinished shard."""
-        try:
-            yield
-        except OSError as exc:
-            self.abort()
-            reason = exc.strerror or str(exc).splitlines()[0]
-            raise ShardError(
-                f"{path}: write failed ({reason}); finished shards are intact, "
-                "free space and run the same command again to resume"
-            ) from exc
-
-
-def _decode_worker(
-    jobs: queue.Queue[str | None],
-    results: queue.Queue[tuple[Any, ...]],
-    cfg: ExtractConfig,
-    geometries: tuple[FrameGeometry, ...],
-    store: StoreFormat | None,
-    stop: threading.Event,
-) -> None:
-    """Decode videos; with a store, also code each chunk's store view as one GOP (here, in the
-    decode thread, so coding overlaps the teachers)."""
-    while not stop.is_set():
-        video_id = jobs.get()
-        if video_id is None:
-            break
-        path = os.path.join(cfg.videos, video_id)
-        try:
-            with VideoReader(
-                path,
-                geometries,
-                fps=cfg.fps,
-                chunk_size=store.gop if store else CHUNK_FRAMES,
-                threads=cfg.decoder_threads,
-            ) as reader:
-                opened = False
-                for chunk in reader:
-                    if stop.is_set():
-                        break
-                    if not opened:  # the stream header is read by the first frame
-                        opened, info = True, reader.info
-                        expected = expected_frames(info.duration, info.fps, cfg.fps)
-                        results.put(("opened", video_id, expected))
-                    gop = encode_gop(chunk.views[-1], store) if store is not None else None
-                    results.put(("chunk", video_id, chunk, gop))
-                else:
-                    results.put(
-                        ("done", video_id, reader.info, reader.frames_decoded, reader.warning)
-                    )
-        except VideoDecodeError as exc:  # the video's fault: recorded, the run goes on
-            results.put(("failed", video_id, exc.reason))
-        except Exception as exc:
-            # Not the video's fault (the machine's limits, or a bug): the main thread stops the
-            # run with it and the video stays unrecorded, so the next run redoes it.
-            fault = exc if isinstance(exc, MachineFaultError) else machine_fault(exc, path)
-            results.put(("fault", video_id, fault or exc))
-            break
-    results.put(("exit",))
+    def progress(self, todo: int, elapsed: float) -> Progress:
+        s = self.summary
+        return Progress(todo, s.done, s.failed, self.frames_decoded, elapsed, self.counts.total())
 
 
 def _extract(
@@ -477,160 +470,43 @@ def _extract(
     runner: TeacherRunner | None,
     batch_size: int,
     store: StoreFormat | None,
-    shards: _ShardSequence,
+    shards: ShardSequence,
     summary: ExtractSummary,
     stop: threading.Event,
     progress: Callable[[Progress], None] | None,
 ) -> None:
-    # One decode per video feeds the teachers (first view) and the store (last view).
-    views = [runner.geometry] if runner is not None else []
+    # One decode per video feeds the teachers (first geometry) and the store (last).
+    geometries = [runner.geometry] if runner is not None else []
     if store is not None:
-        views.append(FrameGeometry(*store.size))
-    geometries = tuple(views)
-    jobs: queue.Queue[str | None] = queue.Queue()
-    for v in todo:
-        jobs.put(v)
-    n_workers = min(cfg.workers, len(todo))
-    for _ in range(n_workers):
-        jobs.put(None)
-    # Bounded: decoders wait when the teacher is behind, so memory does not grow.
-    results: queue.Queue[tuple[Any, ...]] = queue.Queue(
-        maxsize=max(4, 2 * batch_size // CHUNK_FRAMES + 2 * n_workers)
-    )
-    threads = [
-        threading.Thread(
-            target=_decode_worker,
-            args=(jobs, results, cfg, geometries, store, stop),
-            daemon=True,
-        )
-        for _ in range(n_workers)
-    ]
-    for t in threads:
-        t.start()
-
-    first = geometries[0]
-    batch = np.empty((batch_size, first.height, first.width, 3), dtype=np.uint8)
-    owners: list[tuple[_Pending, int]] = []  # (video, rows) runs in batch order
-    filled = 0
-    pending: dict[str, _Pending] = {}
+        geometries.append(FrameGeometry(*store.size))
+    workers = min(cfg.workers, len(todo))
+    queue_size = max(4, 2 * batch_size // CHUNK_FRAMES + 2 * workers)
+    decoders = Decoders(cfg, todo, tuple(geometries), store, stop, queue_size)
+    run = _Extraction(cfg, runner, batch_size, shards, summary, len(todo))
     started = last_report = time.monotonic()
-    live = n_workers
-    counts = FrameCount(len(todo))
-    decoded = 0
-
-    def flush() -> None:
-        nonlocal filled
-        if filled == 0 or runner is None:
-            return
-        logits = runner.run_views(batch[:filled])  # key -> (K, B, C)
-        quantised = {name: _quantize_views(x) for name, x in logits.items()}
-        finite = np.logical_and.reduce([np.isfinite(x).all(axis=(0, 2)) for x in logits.values()])
-        row = 0
-        for video, rows in owners:
-            if not finite[row : row + rows].all():
-                video.failed = video.failed or "the teacher produced non-finite logits"
-            part = slice(row, row + rows)
-            for name, (q, s, o) in quantised.items():
-                video.logits.setdefault(name, []).append((q[:, part], s[:, part], o[:, part]))
-            video.rows_in_batch -= rows
-            row += rows
-        owners.clear()
-        filled = 0
-        for video in list(pending.values()):
-            settle(video)
-
-    def settle(video: _Pending) -> None:
-        """Write or record a video once it is over and none of its frames wait in the batch."""
-        if video.rows_in_batch or (video.failed is None and not video.decoded):
-            return
-        if video.failed is not None:
-            _record_failure(video, shards, summary)
-        else:
-            _write_video(video, shards, summary)
-        del pending[video.video_id]
-
-    def add_chunk(video: _Pending, chunk: FrameChunk, gop: bytes | None) -> None:
-        nonlocal filled
-        video.times.append(chunk.times)
-        video.indices.append(chunk.indices)
-        if gop is not None:
-            video.gops.append((len(chunk), gop))
-        if runner is None:
-            return
-        start = 0
-        while start < len(chunk):
-            take = min(batch_size - filled, len(chunk) - start)
-            batch[filled : filled + take] = chunk.frames[start : start + take]
-            owners.append((video, take))
-            video.rows_in_batch += take
-            filled += take
-            start += take
-            if filled == batch_size:
-                flush()
-
+    live = decoders.count
     try:
-        while live:
-            try:
-                item = results.get(timeout=0.5)
-            except queue.Empty:
-                item = None
-            if stop.is_set():
-                break
-            if item is not None:
-                kind = item[0]
-                if kind == "opened":
-                    counts.opened(item[1], item[2])
-                elif kind == "chunk":
-                    _, video_id, chunk, gop = item
-                    video = pending.setdefault(video_id, _Pending(video_id))
-                    add_chunk(video, chunk, gop)
-                    decoded += len(chunk)
-                elif kind == "done":
-                    _, video_id, info, native, warning = item
-                    video = pending.setdefault(video_id, _Pending(video_id))
-                    counts.finished(video_id, sum(len(t) for t in video.times))
-                    video.decoded, video.info, video.native_frames, video.warning = (
-                        True,
-                        info,
-                        native,
-                        warning,
-                    )
-                    settle(video)
-                elif kind == "failed":
-                    _, video_id, reason = item
-                    video = pending.setdefault(video_id, _Pending(video_id))
-                    counts.finished(video_id, sum(len(t) for t in video.times))
-                    video.failed = reason
-                    settle(video)
-                elif kind == "fault":
-                    _, video_id, exc = item
-                    raise exc
-                elif kind == "exit":
-                    live -= 1
-                    if live == 0:
-                        flush()
+        while live and not stop.is_set():
+            message = decoders.receive(timeout=0.5)
+            if isinstance(message, WorkerExit):
+                live -= 1
+            elif message is not None:
+                run.handle(message)
             now = time.monotonic()
             if progress is not None and (now - last_report >= 1.0 or live == 0):
                 last_report = now
-                progress(
-                    Progress(
-                        len(todo),
-                        summary.done,
-                        summary.failed,
-                        decoded,
-                        now - started,
-                        counts.total(),
-                    )
-                )
+                progress(run.progress(len(todo), now - started))
         if stop.is_set():
             summary.interrupted = True
-            _stop_decoders(threads, results)
+            decoders.join()
+        else:
+            run.finish()
         shards.close()
     except MachineFaultError:
         # Keep what is finished: the videos already in the current shard are complete and
         # healthy; the unfinished ones (the faulty one among them) are redone by the next run.
         stop.set()
-        _stop_decoders(threads, results)
+        decoders.join()
         try:
             shards.close()
         except ShardError as exc:  # the disk that failed may fail this write too
@@ -641,51 +517,5 @@ def _extract(
         shards.abort()
         raise
     finally:
+        run.discard()
         summary.seconds = time.monotonic() - started
-
-
-def _stop_decoders(threads: list[threading.Thread], results: queue.Queue[tuple[Any, ...]]) -> None:
-    """Wait for the decoder threads once ``stop`` is set, draining their queue so none stays
-    blocked on a full one."""
-    while any(t.is_alive() for t in threads):
-        with suppress(queue.Empty):
-            results.get(timeout=0.1)
-
-
-def _quantize_views(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`quantize` of ``(K, B, C)`` targets, row by row: ``(K, B, C), (K, B), (K, B)``."""
-    k, b, c = x.shape
-    q, scale, offset = quantize(x.reshape(k * b, c))
-    return q.reshape(k, b, c), scale.reshape(k, b), offset.reshape(k, b)
-
-
-def _record_failure(video: _Pending, shards: _ShardSequence, summary: ExtractSummary) -> None:
-    reason = video.failed or "unknown error"
-    summary.failed += 1
-    summary.failures.append((video.video_id, reason))
-    shards.add_failure(video.video_id, reason)
-
-
-def _write_video(video: _Pending, shards: _ShardSequence, summary: ExtractSummary) -> None:
-    info = video.info or VideoInfo()
-    times = np.concatenate(video.times)
-    logits = {  # (K, n, C), (K, n), (K, n): the rows of every view
-        name: tuple(np.concatenate([part[i] for part in parts], axis=1) for i in range(3))
-        for name, parts in video.logits.items()
-    }
-    record = VideoRecord(
-        id=video.video_id,
-        status="ok",
-        error=video.warning or "",
-        native_frames=video.native_frames,
-        duration=info.duration,
-        width=info.width,
-        height=info.height,
-        fps=info.fps,
-    )
-    gops = video.gops if shards.store is not None else None
-    shards.add_video(record, times, np.concatenate(video.indices), logits, gops)
-    summary.done += 1
-    summary.frames += len(times)  # frames saved: an interrupted run's unsaved ones do not count
-    if video.warning:
-        summary.warnings.append((video.video_id, video.warning))

@@ -54,10 +54,14 @@ def resource_errno(exc: BaseException) -> int | None:
         return None
     if exc.errno in RESOURCE_ERRNOS:
         return exc.errno
-    m = _HDF5_ERRNO.search(str(exc))
-    if m and int(m.group(1)) in RESOURCE_ERRNOS:
-        return int(m.group(1))
-    return None
+    code = hdf5_errno(str(exc))
+    return code if code in RESOURCE_ERRNOS else None
+
+
+def hdf5_errno(text: str) -> int | None:
+    """The errno an HDF5 error message quotes, if any."""
+    m = _HDF5_ERRNO.search(text)
+    return int(m.group(1)) if m else None
 
 
 def open_file_limit_in_text(text: str) -> int | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from distinit.extract import runner
+from distinit.extract import decoding
 from distinit.extract.config import ExtractConfig
 from distinit.extract.runner import run_extract
 from distinit.pipeline import video
@@ -139,7 +139,7 @@ def test_too_many_open_files_while_decoding_is_not_the_videos_fault(
 def test_a_full_disk_while_coding_frames_is_not_the_videos_fault(
     videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_encode = runner.encode_gop
+    real_encode = decoding.encode_gop
     calls = []
 
     def encode(*args: Any, **kwargs: Any) -> bytes:
@@ -148,12 +148,12 @@ def test_a_full_disk_while_coding_frames_is_not_the_videos_fault(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_encode(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "encode_gop", encode)
+    monkeypatch.setattr(decoding, "encode_gop", encode)
     out = tmp_path / "out"
     with pytest.raises(MachineFaultError, match=r"No space left on device \(ENOSPC\)"):
         run_extract(_config(videos, out))
     assert "long.mp4" not in ShardSet(out).records
-    monkeypatch.setattr(runner, "encode_gop", real_encode)
+    monkeypatch.setattr(decoding, "encode_gop", real_encode)
     assert run_extract(_config(videos, out)).done == 1
     _assert_complete(out)
 
