@@ -19,6 +19,10 @@ BENCHES = {
         f"Stage one: decode, teacher, end to end ({EXTRACT_BENCH_DURATION}).",
     ),
     "train": ("distinit.train.bench:bench_train", "Stage two: data loader vs synthetic clips."),
+    "memory": (
+        "distinit.extract.memory_bench:bench_memory",
+        "Stage one: peak memory for a long video against a short one.",
+    ),
 }
 
 
