@@ -18,20 +18,15 @@ the unfinished ones stay unrecorded and the next run redoes them.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from distinit.extract.batcher import TeacherBatcher
-from distinit.extract.config import COMPILE_AUTO_MIN_VIDEOS, ExtractConfig
+from distinit.extract.config import ExtractConfig
 from distinit.extract.decoding import (
     CHUNK_FRAMES,
     Chunk,
@@ -45,27 +40,20 @@ from distinit.extract.decoding import (
 )
 from distinit.extract.discovery import require_videos, videos_for_rank
 from distinit.extract.inference import (
-    CPU_CALL_FRAMES,
-    Calibration,
     TeacherRunner,
-    calibrate_batch_size,
-    resolve_precision,
 )
 from distinit.extract.lock import RankLock
+from distinit.extract.recipe import check_same_recipe, shard_provenance
 from distinit.extract.shard_sequence import ShardSequence
 from distinit.extract.spool import SPOOL_SUFFIX, VideoSpool
-from distinit.extract.teachers import group_specs, load_teacher, target_keys
-from distinit.pipeline.device import resolve_device
-from distinit.pipeline.errors import ConfigError, MachineFaultError, ShardError, VideoDecodeError
-from distinit.pipeline.ffmpeg_binary import ffmpeg_version
+from distinit.extract.teacher_setup import teacher_runner
+from distinit.pipeline.errors import MachineFaultError, ShardError
 from distinit.pipeline.framestore import StoreFormat
 from distinit.pipeline.progress import FrameCount, eta_seconds
 from distinit.pipeline.runtime import probe_writable
 from distinit.pipeline.shards import (
     TMP_SUFFIX,
-    ShardHeader,
     Targets,
-    TeacherInfo,
     VideoRecord,
     list_shard_files,
     read_shard_header,
@@ -73,8 +61,7 @@ from distinit.pipeline.shards import (
     write_manifest,
 )
 from distinit.pipeline.stopping import StopSignals
-from distinit.pipeline.video import FrameGeometry, VideoReader
-from distinit.pipeline.views import ViewSet
+from distinit.pipeline.video import FrameGeometry
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +135,7 @@ def _run_extract(
         all_ids = videos_for_rank(found, cfg.num_shards, cfg.shard_index)
         headers = [read_shard_header(p) for p in list_shard_files(out)]
         if headers:
-            _check_same_recipe(cfg, headers[0])
+            check_same_recipe(cfg, headers[0])
         previous = {v: r.status for v, r in video_records(headers).items()}
         todo = [
             v
@@ -162,8 +149,8 @@ def _run_extract(
         )
         if todo:
             store = StoreFormat(*cfg.store_size) if cfg.frames == "store" else None
-            runner, batch_size, choice = _teacher_runner(cfg, todo, headers)
-            provenance = _provenance(cfg, runner, batch_size, store)
+            runner, batch_size, choice = teacher_runner(cfg, todo, headers)
+            provenance = shard_provenance(cfg, runner, batch_size, store)
             provenance["batch_size_choice"] = choice
             infos = runner.infos() if runner is not None else []
             shards = ShardSequence(
@@ -175,160 +162,6 @@ def _run_extract(
             summary.bytes_written = sum((out / n).stat().st_size for n in shards.written)
         write_manifest(out, cfg.to_json())
     return summary
-
-
-def _teacher_runner(
-    cfg: ExtractConfig, todo: list[str], headers: list[ShardHeader]
-) -> tuple[TeacherRunner | None, int, str | None]:
-    """The teachers on their device, the frames per batch and how that was chosen (no runner
-    for --teacher none)."""
-    if not cfg.teacher_names:
-        return None, 0, None
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    kinds = group_specs(cfg.teacher_names)
-    teachers = [load_teacher(n, cfg.teacher_weights.get(n)) for n in kinds]
-    compile_teachers = cfg.compile == "on" or (
-        cfg.compile == "auto" and len(todo) >= COMPILE_AUTO_MIN_VIDEOS
-    )
-    runner = TeacherRunner(
-        teachers,
-        device,
-        precision,
-        eager_if_compile_fails=cfg.compile == "auto",
-        kinds=kinds,
-        views=cfg.view_set(),
-    )
-    if headers:
-        _check_same_teachers(runner.infos(), headers[0])
-    batch_size, choice = _choose_batch_size(cfg, runner, todo)
-    log.info("teacher batch size: %s", choice)
-    runner.set_batch_size(batch_size)
-    if compile_teachers:
-        log.info("compiling the teachers (a one-off cost of tens of seconds)")
-        runner.compile(batch_size)
-    return runner, batch_size, choice
-
-
-CALIBRATION_FRAMES = 16
-CALIBRATION_VIDEOS = 5  # videos tried for frames to calibrate the teacher batch size on
-UNMEASURED_CUDA_BATCH_SIZE = 256  # when none of the first videos decodes
-
-
-def _choose_batch_size(
-    cfg: ExtractConfig, runner: TeacherRunner, todo: list[str]
-) -> tuple[int, str]:
-    """``--batch-size`` if given; else on CPU the fixed teacher call, on CUDA the size
-    :func:`calibrate_batch_size` measures on the first frames of the first videos. Returns the
-    size and a line saying how it was chosen (and, on CPU, that the teacher runs in calls of
-    :data:`CPU_CALL_FRAMES` frames whatever it is)."""
-    cuda = runner.device.type == "cuda"
-    calls = "" if cuda else f"; the teacher runs {CPU_CALL_FRAMES} frames a call on CPU"
-    if cfg.batch_size is not None:
-        return cfg.batch_size, f"{cfg.batch_size} (--batch-size){calls}"
-    if not cuda:
-        return CPU_CALL_FRAMES, f"{CPU_CALL_FRAMES} (fixed on CPU, so the targets are repeatable)"
-    frames = _first_frames(cfg, runner.geometry, todo)
-    if frames is None:
-        # Rare (the first videos all broken), and said so in the log and the provenance.
-        size = UNMEASURED_CUDA_BATCH_SIZE
-        return size, f"{size} (not measured: none of the first {CALIBRATION_VIDEOS} videos decoded)"
-    calibration: Calibration = calibrate_batch_size(runner, frames)
-    return calibration.batch_size, calibration.describe()
-
-
-def _first_frames(
-    cfg: ExtractConfig, geometry: FrameGeometry, todo: list[str]
-) -> np.ndarray | None:
-    """The first frames of the first video that decodes, to calibrate on."""
-    for video_id in todo[:CALIBRATION_VIDEOS]:
-        try:
-            with VideoReader(
-                os.path.join(cfg.videos, video_id), geometry, fps=cfg.fps,
-                chunk_size=CALIBRATION_FRAMES, threads=cfg.decoder_threads,
-            ) as reader:  # fmt: skip
-                for chunk in reader:
-                    return chunk.frames
-        except VideoDecodeError:
-            continue
-    return None
-
-
-def _check_same_recipe(cfg: ExtractConfig, shard: ShardHeader) -> None:
-    """Shards of one directory must agree: refuse to add frames made another way."""
-    before = shard.provenance.get("config", {})
-    store = f"{cfg.store_size[0]}x{cfg.store_size[1]}" if cfg.frames == "store" else None
-    views = cfg.view_set()
-    asked = (target_keys(cfg.teacher_names), cfg.fps, store, _views_text(views))
-    had_store = f"{shard.store.width}x{shard.store.height}" if shard.store else None
-    had_views = _views_text(shard.views) if shard.teachers else _views_text(None)
-    if not cfg.teacher_names:  # a frames-only store has no views to agree on
-        asked = (*asked[:3], had_views)
-    had = ([t.key for t in shard.teachers], before.get("fps"), had_store, had_views)
-    if asked != had:
-
-        def recipe(teachers: list[str], fps: float | None, store: str | None, views: str) -> str:
-            rate = "every frame" if fps is None else f"{fps:g} fps"
-            frames = f"a {store} frame store" if store else "no frame store"
-            return f"teachers {', '.join(teachers) or 'none'} at {rate} with {frames}, {views}"
-
-        raise ConfigError(
-            f"{cfg.out} holds shards made with {recipe(*had)}; this run asks for "
-            f"{recipe(*asked)}. Use a new --out (the shards of one directory must agree)."
-        )
-
-
-def _views_text(views: ViewSet | None) -> str:
-    return views.describe() if views is not None else "the teacher's own view"
-
-
-def _check_same_teachers(teachers: list[TeacherInfo], shard: ShardHeader) -> None:
-    for new, old in zip(teachers, shard.teachers, strict=True):
-        if new.to_json() != old.to_json():
-            raise ConfigError(
-                f"{shard.path.parent}: teacher {new.name} now has other weights or preprocessing "
-                f"(sha256 {new.weights_sha256[:12]} vs {old.weights_sha256[:12]} in "
-                f"{shard.path.name}); use a new --out"
-            )
-
-
-def _provenance(
-    cfg: ExtractConfig, runner: TeacherRunner | None, batch_size: int, store: StoreFormat | None
-) -> dict[str, Any]:
-    return {
-        "videos_root": os.path.abspath(cfg.videos),
-        "decoder": "distinit.pipeline.video: ffmpeg rawvideo pipe, showinfo timestamps",
-        "ffmpeg_version": ffmpeg_version(),
-        "frame_geometry": runner.geometry.describe() if runner is not None else None,
-        "teacher_inputs": (
-            {i.key: i.preprocessing for i in runner.infos()} if runner is not None else {}
-        ),
-        "frame_store": (
-            f"{store.describe()}; frames {FrameGeometry(*store.size).describe()} from the "
-            "same decode as the teachers', then coded with PyAV's libx264"
-            if store is not None
-            else None
-        ),
-        "frame_selection": (
-            "every native frame"
-            if cfg.fps is None
-            else f"first native frame at or after n/{cfg.fps}"
-        ),
-        "fps": cfg.fps,
-        "views": (
-            runner.views.describe()
-            if runner is not None and runner.views is not None
-            else "one view per frame: the teacher's own recipe (centre crop)"
-            if runner is not None
-            else None
-        ),
-        "precision": runner.precision if runner is not None else None,
-        "compiled": runner.compiled if runner is not None else None,
-        "batch_size": batch_size,
-        "device": str(runner.device) if runner is not None else None,
-        "code_version": version("distinit"),
-        "config": cfg.to_json(),
-    }
 
 
 class _VideoInProgress:
