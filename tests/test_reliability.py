@@ -41,6 +41,7 @@ def test_sigterm_stops_extract_cleanly_and_it_resumes(tmp_path: Path) -> None:
     assert "Traceback" not in stderr
     kept = len(ShardSet(out).ok_videos())
     assert 1 <= kept < 10
+    assert not list(out.glob("*.tmp")), "the unfinished shard and videos' spools are removed"
     # The summary counts the frames saved, not those decoded for videos left unfinished.
     saved = sum(r.row_count for r in ShardSet(out).ok_videos())
     assert f"; {saved} frames saved in " in stdout
