@@ -82,15 +82,13 @@ def measure(
     return MemoryFigure(how, *minutes, short_mb, long_mb, seconds)
 
 
-def report(figures: list[MemoryFigure]) -> None:
-    click.echo(machine_description())
-    for f in figures:
-        verdict = "ok" if f.ratio <= RSS_RATIO_TARGET else "OVER TARGET"
-        click.echo(
-            f"memory, {f.how}: peak RSS {f.long_mb:.0f} MB for {f.long_minutes:g} min vs "
-            f"{f.short_mb:.0f} MB for {f.short_minutes:g} min = {f.ratio:.2f}x "
-            f"(target <= {RSS_RATIO_TARGET}, {verdict}); the long one took {f.long_seconds:.0f} s"
-        )
+def report(f: MemoryFigure) -> None:
+    verdict = "ok" if f.ratio <= RSS_RATIO_TARGET else "OVER TARGET"
+    click.echo(
+        f"memory, {f.how}: peak RSS {f.long_mb:.0f} MB for {f.long_minutes:g} min vs "
+        f"{f.short_mb:.0f} MB for {f.short_minutes:g} min = {f.ratio:.2f}x "
+        f"(target <= {RSS_RATIO_TARGET}, {verdict}); the long one took {f.long_seconds:.0f} s"
+    )
 
 
 @click.command(
@@ -119,11 +117,15 @@ def bench_memory(
         short = make_video(Path(tmp) / "short" / "v.mp4", short_minutes)
         long = make_video(Path(tmp) / "long" / "v.mp4", long_minutes)
         minutes = (short_minutes, long_minutes)
-        figures = [measure("frames only", short, long, minutes, "--teacher", "none")]
+        click.echo(machine_description())
+        ways = [("frames only", ("--teacher", "none"))]
         if not skip_teacher:
             how = f"default teacher and views at --fps {teacher_fps:g}"
-            figures.append(measure(how, short, long, minutes, "--fps", f"{teacher_fps:g}"))
-    report(figures)
+            ways.append((how, ("--fps", f"{teacher_fps:g}")))
+        figures = []
+        for how, options in ways:  # each printed as soon as it is measured
+            figures.append(measure(how, short, long, minutes, *options))
+            report(figures[-1])
     if json_out:
         rows = [{**asdict(f), "ratio": f.ratio} for f in figures]
         Path(json_out).write_text(json.dumps(rows, indent=1))
