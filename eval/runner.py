@@ -35,6 +35,7 @@ from distinit.eval.splits import (
 from distinit.pipeline import runtime
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.progress import ProgressLine, eta_seconds, format_duration
+from distinit.train.step import amp_enabled, autocast
 
 log = logging.getLogger(__name__)
 
@@ -195,32 +196,7 @@ def _evaluate(
             logits, init_info = _finetune(cfg, data, protocol, device, videos_per_batch, echo, proc)
         if logits is None:
             continue  # a non-zero rank: rank 0 gathers the predictions and reports
-        labels = torch.tensor([item.label for item in data.test])
-        scores = score_clips(logits, labels)
-        probs_file = save_video_probs(
-            cfg.out / f"split{split}",
-            ids=[item.rel for item in data.test],
-            labels=labels,
-            probs=video_probabilities(logits),
-            classes=data.classes,
-        )
-        plot_confusion(
-            cfg.out / f"confusion_split{split}.png",
-            scores.confusion,
-            data.classes,
-            f"{manifest.name} split {split}: {init_info['init']} {cfg.mode} "
-            f"(video top-1 {100 * scores.video_top1:.1f}%)",
-        )
-        row = {
-            "split": split,
-            **scores.summary(),
-            "clips_per_video": cfg.clips_per_video,
-            "num_train_videos": len(data.train),
-            "test_videos_per_rank": [len(share) for share in _shares(data.test, proc)],
-            "num_classes": len(data.classes),
-            "confusion_png": f"confusion_split{split}.png",
-            "video_probs": str(probs_file.relative_to(cfg.out)),
-        }
+        row = _score_split(cfg, manifest, data, logits, f"{init_info['init']} {cfg.mode}", proc)
         per_split.append(row)
         if cfg.drop_resume_state:  # the split's predictions are on disk: its state has served
             (cfg.out / f"split{split}" / STATE_NAME).unlink(missing_ok=True)
@@ -236,6 +212,44 @@ def _evaluate(
     )
     write_results(cfg.out, results, tensorboard=cfg.tensorboard)
     return results
+
+
+def _score_split(
+    cfg: EvalConfig,
+    manifest: Manifest,
+    data: SplitData,
+    logits: torch.Tensor,
+    method: str,
+    proc: runtime.Process,
+) -> dict[str, Any]:
+    """The split's row of ``results.json``, with its video probabilities and confusion matrix
+    written beside it. ``logits``: (V, K, C), every test video's K clips."""
+    split = data.split
+    labels = torch.tensor([item.label for item in data.test])
+    scores = score_clips(logits, labels)
+    probs_file = save_video_probs(
+        cfg.out / f"split{split}",
+        ids=[item.rel for item in data.test],
+        labels=labels,
+        probs=video_probabilities(logits),
+        classes=data.classes,
+    )
+    plot_confusion(
+        cfg.out / f"confusion_split{split}.png",
+        scores.confusion,
+        data.classes,
+        f"{manifest.name} split {split}: {method} (video top-1 {100 * scores.video_top1:.1f}%)",
+    )
+    return {
+        "split": split,
+        **scores.summary(),
+        "clips_per_video": cfg.clips_per_video,
+        "num_train_videos": len(data.train),
+        "test_videos_per_rank": [len(share) for share in _shares(data.test, proc)],
+        "num_classes": len(data.classes),
+        "confusion_png": f"confusion_split{split}.png",
+        "video_probs": str(probs_file.relative_to(cfg.out)),
+    }
 
 
 def _silent(_: str) -> None:
@@ -313,6 +327,18 @@ def _linear(
     return logits, info
 
 
+def finetune_settings(cfg: EvalConfig) -> FinetuneSettings:
+    return FinetuneSettings(
+        epochs=cfg.effective_epochs,
+        lr=cfg.effective_lr,
+        weight_decay=cfg.effective_weight_decay,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        seed=cfg.seed,
+        amp=cfg.amp,
+    )
+
+
 def _finetune(
     cfg: EvalConfig,
     data: SplitData,
@@ -325,22 +351,14 @@ def _finetune(
     """Fine-tune on every rank (DDP), then each rank tests its share of the test videos; rank 0
     gets every video's logits in ``data.test`` order, the other ranks ``None``."""
     student, info = build_student(cfg, len(data.classes))
-    settings = FinetuneSettings(
-        epochs=cfg.effective_epochs,
-        lr=cfg.effective_lr,
-        weight_decay=cfg.effective_weight_decay,
-        batch_size=cfg.batch_size,
-        workers=cfg.workers,
-        seed=cfg.seed,
-        amp=cfg.amp,
-    )
     state_dir = cfg.out / f"split{data.split}"
     state_dir.mkdir(parents=True, exist_ok=True)
     student = finetune(
         student,
         data.train,
         protocol,
-        settings,
+        finetune_settings(cfg),
+        proc=proc,
         device=device,
         state_dir=state_dir,
         fingerprint=fingerprint(cfg, data.split, protocol),
@@ -362,34 +380,39 @@ def _finetune(
                 progress=bn_progress,
             )
     student.eval()
-    use_amp = cfg.amp and device.type == "cuda"
+    use_amp = amp_enabled(cfg.amp, device)
 
     def logits_of(clips: torch.Tensor) -> torch.Tensor:
         x = student.normalize(clips.to(device))
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with autocast(device, use_amp):
             return student(x)[HEAD]
 
-    mine = _shares(data.test, proc)[proc.rank]
     with _counting_line("testing: videos", echo) as test_progress:
         logits = clip_outputs(
             logits_of,
-            mine,
+            _shares(data.test, proc)[proc.rank],
             protocol,
             videos_per_batch=videos_per_batch,
             workers=cfg.workers,
             progress=test_progress,
         )
+    return _gathered(logits, len(data.test), proc), info
+
+
+def _gathered(mine: torch.Tensor, videos: int, proc: runtime.Process) -> torch.Tensor | None:
+    """Every rank's logits of its share (:func:`_shares`), in test order on rank 0; ``None`` on
+    the other ranks."""
     if not proc.distributed:
-        return logits, info
+        return mine
     gathered: list[torch.Tensor | None] = [None] * proc.world_size
-    dist.all_gather_object(gathered, logits)
+    dist.all_gather_object(gathered, mine)
     if proc.rank != 0:
-        return None, info
-    order = [i for r in range(proc.world_size) for i in range(r, len(data.test), proc.world_size)]
+        return None
+    order = [i for r in range(proc.world_size) for i in range(r, videos, proc.world_size)]
     stacked = torch.cat([t for t in gathered if t is not None])
     restored = torch.empty_like(stacked)
     restored[torch.tensor(order)] = stacked
-    return restored, info
+    return restored
 
 
 def _shares(items: list[VideoItem], proc: runtime.Process) -> list[list[VideoItem]]:
@@ -397,19 +420,8 @@ def _shares(items: list[VideoItem], proc: runtime.Process) -> list[list[VideoIte
     return [items[r :: proc.world_size] for r in range(proc.world_size)]
 
 
-def _results(
-    cfg: EvalConfig,
-    dataset: str,
-    manifest_source: str,
-    clips: ClipProtocol,
-    inputs: EvalInput,
-    init_info: dict[str, Any],
-    per_split: list[dict[str, Any]],
-    notes: list[str],
-    classes: list[str],
-) -> dict[str, Any]:
-    headline = per_split[0] if len(per_split) == 1 else mean_over_splits(per_split)
-    modality = inputs.modality
+def _protocol(cfg: EvalConfig, clips: ClipProtocol, inputs: EvalInput) -> dict[str, Any]:
+    """The whole protocol of the run, as results.json records it: clips, input, training."""
     protocol = clips.describe()
     protocol.update(
         {
@@ -427,23 +439,30 @@ def _results(
             "logistic regression on standardised frozen features of the K clips of each "
             "training video, full-batch Adam"
         )
-    else:
-        protocol.update(
-            FinetuneSettings(
-                cfg.effective_epochs,
-                cfg.effective_lr,
-                cfg.effective_weight_decay,
-                cfg.batch_size,
-                cfg.workers,
-                cfg.seed,
-                cfg.amp,
-            ).describe()
-        )
-        protocol["bn_stats"] = (
-            "re-estimated after fine-tuning: one pass over a random clip of every training video"
-            if cfg.precise_bn
-            else "running averages from training"
-        )
+        return protocol
+    protocol.update(finetune_settings(cfg).describe())
+    protocol["bn_stats"] = (
+        "re-estimated after fine-tuning: one pass over a random clip of every training video"
+        if cfg.precise_bn
+        else "running averages from training"
+    )
+    return protocol
+
+
+def _results(
+    cfg: EvalConfig,
+    dataset: str,
+    manifest_source: str,
+    clips: ClipProtocol,
+    inputs: EvalInput,
+    init_info: dict[str, Any],
+    per_split: list[dict[str, Any]],
+    notes: list[str],
+    classes: list[str],
+) -> dict[str, Any]:
+    headline = per_split[0] if len(per_split) == 1 else mean_over_splits(per_split)
+    modality = inputs.modality
+    protocol = _protocol(cfg, clips, inputs)
     return {
         "dataset": dataset,
         "manifest": manifest_source,

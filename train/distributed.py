@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from distinit.pipeline import runtime
 
@@ -51,6 +52,18 @@ def setup(device_option: str) -> DistContext:
 
 def teardown(ctx: DistContext) -> None:
     runtime.stop(ctx.process)
+
+
+def wrap(
+    model: nn.Module, proc: runtime.Process, device: torch.device, *, broadcast_buffers: bool
+) -> nn.Module:
+    """``model`` in DistributedDataParallel when the job has several processes, else itself."""
+    if not proc.distributed:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(
+        model, device_ids=device_ids, broadcast_buffers=broadcast_buffers
+    )
 
 
 def mean_over_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
