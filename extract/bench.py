@@ -34,7 +34,6 @@ import click
 import numpy as np
 import torch
 
-from distinit.extract.discovery import find_videos
 from distinit.extract.inference import TeacherRunner
 from distinit.extract.inspection import embedding_storage, kl_divergence
 from distinit.extract.teachers import Teacher, load_teacher, spec_key
@@ -43,6 +42,7 @@ from distinit.pipeline.device import resolve_device
 from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
 from distinit.pipeline.shards import ShardSet, dequantize, quantize
 from distinit.pipeline.video import FrameGeometry, VideoReader
+from distinit.pipeline.video_files import find_videos
 from distinit.pipeline.views import DEFAULT_CROP, DEFAULT_POSITIONS, ViewSet
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)

@@ -46,7 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Write a final.pt as torchvision weights, config and model card.",
     ),
     "teachers": ("distinit.extract.commands:teachers", "List the teachers extract can use."),
-    "demo": ("distinit.pipeline.demo:demo", "Run the whole method on real sample clips, on CPU."),
+    "demo": ("distinit.apps.demo:demo", "Run the whole method on real sample clips, on CPU."),
     "bench": ("distinit.pipeline.bench:bench", "Benchmarks: extraction and training throughput."),
 }
 
