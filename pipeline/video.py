@@ -48,28 +48,6 @@ from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset(
-    {
-        ".mp4",
-        ".avi",
-        ".mkv",
-        ".webm",
-        ".mov",
-        ".m4v",
-        ".mpg",
-        ".mpeg",
-        ".flv",
-        ".wmv",
-        ".ts",
-        ".3gp",
-        ".ogv",
-        ".mts",
-        ".m2ts",
-        ".vob",
-        ".gif",
-    }
-)
-
 _SHOWINFO = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+)\s+pts_time:(\S+)")
 _TIME_BASE = re.compile(r"config in time_base:\s*(\d+)/(\d+)")
 _DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
@@ -328,7 +306,6 @@ class VideoReader:
         self.geometries = (geometry,) if isinstance(geometry, FrameGeometry) else tuple(geometry)
         if not self.geometries:
             raise ValueError("at least one frame geometry is needed")
-        self.geometry = self.geometries[0]
         self.selector = FpsSelector(fps)
         self.chunk_size = chunk_size
         self.seek = seek if seek and seek > 0 else 0.0
@@ -399,10 +376,9 @@ class VideoReader:
         buf = np.empty((self.chunk_size, height, width, 3), dtype=np.uint8)
         times = np.empty(self.chunk_size, dtype=np.float64)
         indices = np.empty(self.chunk_size, dtype=np.int64)
-        filled = 0
-        scratch = np.empty((height, width, 3), dtype=np.uint8)
+        filled = 0  # below chunk_size here: a full chunk is yielded as soon as it fills
         while True:
-            target: np.ndarray = buf[filled] if filled < self.chunk_size else scratch
+            target: np.ndarray = buf[filled]
             if not self._read_frame(memoryview(target).cast("B")):  # type: ignore[arg-type]
                 break
             index, t = self._frame_time()
