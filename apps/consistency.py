@@ -91,7 +91,7 @@ def check_consistency(
     docstring). Needs the source videos (``videos`` if they moved)."""
     from distinit.extract.inspection import kl_of_distributions, recorded_teachers
     from distinit.pipeline.frame_source import open_frame_source, resolve_videos_root
-    from distinit.pipeline.video import decode_at_times
+    from distinit.pipeline.timestamp_match import decode_at_times
     from distinit.train.clips import ClipDataset, ClipSpec, mean_embedding, tempered
 
     if not shards.teachers:

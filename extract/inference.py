@@ -34,8 +34,8 @@ from torch import nn
 
 from distinit.extract.teachers import Teacher, spec_key
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.frame_geometry import INTERPOLATIONS, FrameGeometry
 from distinit.pipeline.shards import TeacherInfo
-from distinit.pipeline.video import INTERPOLATIONS, FrameGeometry
 from distinit.pipeline.views import View, ViewSet, canvas_geometry, canvas_scale
 
 log = logging.getLogger(__name__)

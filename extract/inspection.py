@@ -369,7 +369,7 @@ def recompute_targets(
 ) -> None:
     """Run the recorded teachers on the drawn rows decoded from the source videos (one decode
     per video) and put how far the cached targets are from the fresh ones into ``report``."""
-    from distinit.pipeline.video import decode_at_times
+    from distinit.pipeline.timestamp_match import decode_at_times
 
     problems: list[str] = report["problems"]
     runner = recorded_teachers(shards, problems, shards.views)

@@ -65,7 +65,7 @@ class FrameSize(click.ParamType):
     ) -> tuple[int, int]:
         if isinstance(value, tuple):
             return value
-        from distinit.pipeline.video import parse_size
+        from distinit.pipeline.frame_geometry import parse_size
 
         try:
             return parse_size(str(value))

@@ -21,8 +21,10 @@ from distinit.extract.inspection import cosine_rows, embedding_storage, verify
 from distinit.extract.runner import run_extract
 from distinit.extract.teachers import load_teacher
 from distinit.pipeline.errors import ConfigError, WeightsError
+from distinit.pipeline.frame_geometry import FrameGeometry
 from distinit.pipeline.shards import ShardSet
-from distinit.pipeline.video import FrameGeometry, decode_at_times, iter_video
+from distinit.pipeline.timestamp_match import decode_at_times
+from distinit.pipeline.video import iter_video
 from distinit.train import loop
 from distinit.train.config import TrainConfig
 from distinit.train.loss import embedding_loss

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from distinit.pipeline import runtime
+from distinit.pipeline.clip_rules import input_channels
 from distinit.pipeline.errors import (
     CheckpointError,
     ConfigError,
@@ -42,7 +43,6 @@ from distinit.train.checkpoint import (
     load_init_weights,
     save_final,
 )
-from distinit.train.clip_rules import input_channels
 from distinit.train.clips import (
     ClipDataset,
     ClipSpec,
