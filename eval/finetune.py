@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from distinit.eval.datasets import ClipProtocol, TrainClips
 from distinit.eval.initialise import HEAD
 from distinit.eval.splits import VideoItem
+from distinit.pipeline.atomic import atomic_torch_save
 from distinit.pipeline.errors import (
     CheckpointError,
     ConfigError,
@@ -35,7 +36,7 @@ from distinit.pipeline.errors import (
     NonFiniteLossError,
 )
 from distinit.pipeline.progress import eta_seconds, format_duration
-from distinit.pipeline.runtime import Process, atomic_torch_save
+from distinit.pipeline.runtime import Process
 from distinit.pipeline.stopping import ShieldedWorkerInit, StopSignals
 from distinit.pipeline.weights import load_weights_only
 from distinit.train import distributed

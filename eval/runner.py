@@ -33,6 +33,7 @@ from distinit.eval.splits import (
     partial_refusal,
 )
 from distinit.pipeline import runtime
+from distinit.pipeline.directory_lock import lock_run_directory
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.progress import ProgressLine, eta_seconds, format_duration
 from distinit.train.step import amp_enabled, autocast
@@ -128,7 +129,7 @@ def _run(
         if failed:  # left out of every split, and named in results.json's partial_notes
             splits = load_splits(failed)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    lock = runtime.lock_run_directory(cfg.out, "eval", proc)
+    lock = lock_run_directory(cfg.out, "eval", proc)
     try:
         return _evaluate(cfg, echo, manifest, inputs, proc, device, splits)
     finally:

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from distinit.pipeline import runtime
 from distinit.pipeline.clip_rules import input_channels
+from distinit.pipeline.directory_lock import lock_run_directory
 from distinit.pipeline.errors import (
     CheckpointError,
     ConfigError,
@@ -166,7 +166,7 @@ def run(
     returned it to a caller that has read it already (else it is read here)."""
     ctx = distributed.setup(cfg.device)
     try:
-        lock = runtime.lock_run_directory(Path(cfg.out), "train", ctx.process)
+        lock = lock_run_directory(Path(cfg.out), "train", ctx.process)
         try:
             with StopSignals() as signals:
                 return _train(cfg, ctx, progress, signals, resume_state, announce)
