@@ -34,8 +34,8 @@ import click
 import numpy as np
 import torch
 
+from distinit.extract.divergence import embedding_storage, kl_divergence
 from distinit.extract.inference import TeacherRunner
-from distinit.extract.inspection import embedding_storage, kl_divergence
 from distinit.extract.teachers import Teacher, load_teacher, spec_key
 from distinit.pipeline.bench import EXTRACT_BENCH_DURATION, Repeats, machine_description
 from distinit.pipeline.device import resolve_device
