@@ -225,7 +225,7 @@ def _set_up(
     cfg: TrainConfig, ctx: distributed.DistContext, resume_state: dict[str, Any] | None
 ) -> _Run:
     shards, frames = open_targets(cfg)
-    global_batch = cfg.batch_size * ctx.world_size
+    global_batch = cfg.batch_size * ctx.process.world_size
     spec = clip_spec(cfg, shards.views)
     dataset = ClipDataset(shards, frames, spec, seed=cfg.seed, global_batch=global_batch)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * dataset.steps_per_epoch
@@ -285,7 +285,7 @@ def _loader(
     return DataLoader(
         TolerantClips(dataset),
         batch_size=cfg.batch_size,
-        sampler=StepSampler(start, end, cfg.batch_size, ctx.rank, ctx.world_size),
+        sampler=StepSampler(start, end, cfg.batch_size, ctx.process.rank, ctx.process.world_size),
         num_workers=cfg.workers,
         # Out of the job's process group: a signal to the whole group (Slurm, `kill -TERM
         # -PGID`, Ctrl-C) reaches this process alone, which saves before the workers stop.
@@ -305,7 +305,7 @@ def _train(
     out = Path(cfg.out)
     run = _set_up(cfg, ctx, resume_state)
     start, total = run.start, run.total
-    if ctx.is_main:
+    if ctx.process.is_main:
         out.mkdir(parents=True, exist_ok=True)
         truncate_log(out / LOG_NAME, start)
         if announce is not None:
@@ -339,7 +339,7 @@ def _train(
                 f"{out / LAST_NAME}; run the same command again to resume",
                 signum,
             )
-        if ctx.is_main and end > start:
+        if ctx.process.is_main and end > start:
             plot_loss(out / LOG_NAME, out / CURVE_NAME)
     finally:
         steps.close()
@@ -357,7 +357,7 @@ def _train(
 
 
 def _save(cfg: TrainConfig, ctx: distributed.DistContext, run: _Run, step: int) -> None:
-    if ctx.is_main:
+    if ctx.process.is_main:
         run.save_last(cfg, step)
 
 
@@ -375,11 +375,11 @@ class _StepLog:
     ) -> None:
         self.runlog = (
             RunLog(Path(cfg.out) / LOG_NAME, tensorboard=cfg.tensorboard, keep_until_step=run.start)
-            if ctx.is_main
+            if ctx.process.is_main
             else None
         )
-        self.progress = progress if ctx.is_main else None
-        self.global_batch = cfg.batch_size * ctx.world_size
+        self.progress = progress if ctx.process.is_main else None
+        self.global_batch = cfg.batch_size * ctx.process.world_size
         self.log_every, self.end, self.run = cfg.log_every, end, run
         self.first_loss: float | None = None  # of this invocation
         self.last_loss: float | None = None
@@ -444,7 +444,7 @@ def _distill_step(
     # The mean losses, and the bad clips summed, over ranks.
     n_bad = torch.tensor([float(len(failures(batch)))], device=ctx.device)
     reported = distributed.mean_over_ranks(torch.cat([mine, n_bad]), ctx)
-    too_many = bad.add(round(float(reported[-1]) * ctx.world_size), step + 1)
+    too_many = bad.add(round(float(reported[-1]) * ctx.process.world_size), step + 1)
     if too_many is not None:
         _save(cfg, ctx, run, step)  # the steps before are good: keep them
         raise too_many
@@ -464,7 +464,7 @@ def _finish(cfg: TrainConfig, ctx: distributed.DistContext, run: _Run) -> Path:
     """Write ``final.pt`` (rank 0) once every step is done; ``last.pt`` goes with
     ``--drop-resume-state``, only once ``final.pt`` is safely on disk."""
     final_path = Path(cfg.out) / FINAL_NAME
-    if ctx.is_main:
+    if ctx.process.is_main:
         save_final(
             final_path,
             FinalCheckpoint(
