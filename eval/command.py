@@ -18,8 +18,8 @@ from distinit.eval.config import (
 )
 from distinit.pipeline.cli import FRAME_SIZE
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.frame_geometry import format_size
 from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
-from distinit.pipeline.video import format_size
 
 
 @click.command("eval")

@@ -8,7 +8,7 @@ Protocol (stated in every results.json through :meth:`ClipProtocol.describe`):
   from that frame store, so no epoch touches the source videos. Clips are ``clip_len`` native
   frames ``frame_step`` apart (consecutive by default; a distilled checkpoint's own step, see
   ``eval/recipe.py``).
-* Window, looping, crop, flip and modality: the clip rules of ``train/clip_rules.py``, the ones
+* Window, looping, crop, flip and modality: the clip rules of ``pipeline/clip_rules.py``, the ones
   training uses. Training: one clip per video per epoch at a random start, random crop, random
   horizontal flip. Testing: ``clips_per_video`` (K) uniformly spaced clips, centre crop, one crop
   per clip. Short videos (many HMDB51 clips are 10-20 frames) loop, so their K test clips are
@@ -28,10 +28,10 @@ from torch.utils.data import Dataset
 
 from distinit.eval.sources import FramesOf, source_frames
 from distinit.eval.splits import VideoItem
+from distinit.pipeline import clip_rules
+from distinit.pipeline.clip_rules import clip_input, input_channels
 from distinit.pipeline.errors import DatasetError, ShardError
 from distinit.pipeline.shards import ShardSet
-from distinit.train import clip_rules
-from distinit.train.clip_rules import clip_input, input_channels
 
 log = logging.getLogger(__name__)
 

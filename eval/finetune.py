@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from distinit.eval.datasets import ClipProtocol, TrainClips
 from distinit.eval.initialise import HEAD
 from distinit.eval.splits import VideoItem
+from distinit.pipeline.atomic import atomic_torch_save
 from distinit.pipeline.errors import (
     CheckpointError,
     ConfigError,
@@ -35,10 +36,12 @@ from distinit.pipeline.errors import (
     NonFiniteLossError,
 )
 from distinit.pipeline.progress import eta_seconds, format_duration
-from distinit.pipeline.runtime import Process, atomic_torch_save
-from distinit.pipeline.stopping import ShieldedWorkerInit, StopSignals, agree_to_stop
+from distinit.pipeline.runtime import Process
+from distinit.pipeline.stopping import ShieldedWorkerInit, StopSignals
 from distinit.pipeline.weights import load_weights_only
+from distinit.train import distributed
 from distinit.train.clips import prepare_workers
+from distinit.train.step import Trainee, agreed, amp_enabled, autocast, next_batch
 from distinit.train.students import Student
 
 log = logging.getLogger(__name__)
@@ -69,32 +72,34 @@ class FinetuneSettings:
         }
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _load_state(
-    path: Path, fingerprint: str, init_weights: str, progress: Callable[[str], None]
-) -> dict[str, Any] | None:
+def _resume(
+    path: Path, trainee: Trainee, identity: dict[str, str], progress: Callable[[str], None]
+) -> int:
+    """Epochs already done: restored from ``path`` when it belongs to this run. ``identity``:
+    the recipe's ``fingerprint`` (a state of another recipe is refused) and the
+    ``init_weights`` (a state fine-tuned from other weights is discarded)."""
     if not path.is_file():
-        return None
+        return 0
     state = load_weights_only(path, CheckpointError)
     if not isinstance(state, dict) or "epochs_done" not in state:
         raise CheckpointError(f"{path}: not a distinit fine-tuning state")
-    if state.get("fingerprint") != fingerprint:
+    if state.get("fingerprint") != identity["fingerprint"]:
         raise ConfigError(
             f"{path} belongs to a fine-tuning run with other settings; "
             "(another recipe or other initial weights); use another --out or delete it to start "
             "over"
         )
-    if state.get("init_weights") != init_weights:
+    if state.get("init_weights") != identity["init_weights"]:
         # Same recipe, other starting weights (a checkpoint retrained in place): the state
         # says nothing about this run.
         progress(f"{path} was fine-tuned from other initial weights; starting over")
-        return None
-    return state
+        return 0
+    trainee.load_state_dicts(path, state, _TRAINING_STATE)
+    progress(f"resuming fine-tuning from {path} after epoch {state['epochs_done']}")
+    return int(state["epochs_done"])
+
+
+_TRAINING_STATE = ("model", "optimizer")  # what finetune.pt holds besides its identity
 
 
 def finetune(
@@ -103,6 +108,7 @@ def finetune(
     protocol: ClipProtocol,
     settings: FinetuneSettings,
     *,
+    proc: Process,
     device: torch.device,
     state_dir: Path,
     fingerprint: str,
@@ -114,127 +120,127 @@ def finetune(
     ``fingerprint`` names the recipe (a state of another recipe is refused), ``init_weights`` the
     starting weights by content (a state fine-tuned from other weights is discarded).
     """
-    rank, world = _rank_world()
     student.to(device)
     optimizer = torch.optim.SGD(
-        student.parameters(),
-        lr=settings.lr,
-        momentum=MOMENTUM,
-        weight_decay=settings.weight_decay,
+        student.parameters(), lr=settings.lr, momentum=MOMENTUM, weight_decay=settings.weight_decay
     )
+    use_amp = amp_enabled(settings.amp, device)
+    trainee = Trainee(student, optimizer, torch.amp.GradScaler("cuda", enabled=use_amp))
     state_path = state_dir / STATE_NAME
-    start_epoch = 0
-    state = _load_state(state_path, fingerprint, init_weights, progress)
-    if state is not None:
-        student.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epochs_done"])
-        progress(f"resuming fine-tuning from {state_path} after epoch {start_epoch}")
+    identity = {"fingerprint": fingerprint, "init_weights": init_weights}
+    start_epoch = _resume(state_path, trainee, identity, progress)
     if start_epoch >= settings.epochs:
         return student
-
-    dataset = TrainClips(items, protocol, seed=settings.seed)
-    sampler: DistributedSampler[int] | None = (
-        DistributedSampler(dataset, num_replicas=world, rank=rank, seed=settings.seed)
-        if world > 1
-        else None
-    )
-    per_rank = max(settings.batch_size // world, 1)
-    model: nn.Module = student
-    if world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(student, device_ids=ids)
-    use_amp = settings.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    # Flow workers run OpenCV; its thread count can only be lowered here, before they fork.
-    prepare_workers(settings.workers)
-    steps_per_epoch = math.ceil(len(sampler if sampler is not None else dataset) / per_rank)
-    total = steps_per_epoch * (settings.epochs - start_epoch)
+    epochs = _Epochs(TrainClips(items, protocol, seed=settings.seed), settings, proc)
+    model = distributed.wrap(student, proc, device, broadcast_buffers=True)
+    total = epochs.steps_per_epoch * (settings.epochs - start_epoch)
     done, began = 0, time.monotonic()
-    proc = Process(rank, world)
     with StopSignals() as signals:
         for epoch in range(start_epoch, settings.epochs):
-            lr = settings.lr * 0.5 * (1 + math.cos(math.pi * epoch / settings.epochs))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            dataset.set_epoch(epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            loader = DataLoader(
-                dataset,
-                batch_size=per_rank,
-                shuffle=sampler is None,
-                sampler=sampler,
-                num_workers=settings.workers,
-                generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch),
-                drop_last=False,
-                worker_init_fn=ShieldedWorkerInit(),  # signals to the group reach us alone
-            )
+            lr = epochs.set_lr(optimizer, epoch)
             model.train()
+            step = _Step(model, student, trainee, proc, device, use_amp, epoch)
             loss_sum, seen = 0.0, 0
-            batches = iter(loader)
+            batches = iter(epochs.loader(epoch))
             while True:
-                # Every stop decision (a fault, a signal) is taken by all ranks together, so no
-                # rank is left waiting in DDP's all-reduce.
-                fault: Exception | None = None
-                try:
-                    clips, labels = next(batches)  # (B, T, H, W, 3) uint8 or (B, T, H, W, 2)
-                except StopIteration:
-                    break  # every rank's sampler has the same length
-                except Exception as exc:
-                    fault = exc
-                signum = agree_to_stop(proc, signals, fault)
+                batch, signum = next_batch(batches, proc, signals)
                 if signum is not None:
-                    raise Interrupted(
-                        f"{signal.Signals(signum).name} in fine-tuning epoch {epoch + 1} of "
-                        f"{settings.epochs}: finished epochs ({epoch}) are kept in {state_path}; "
-                        "run the same command again to resume",
-                        signum,
-                    )
-                try:
-                    # contiguous: the permuted layout would give DDP gradients of mismatched
-                    # strides
-                    x = student.normalize(clips.to(device, non_blocking=True)).contiguous()
-                    labels = labels.to(device)  # x: (B, C, T, H, W)
-                    with torch.autocast(
-                        device_type=device.type, dtype=torch.float16, enabled=use_amp
-                    ):
-                        loss = nn.functional.cross_entropy(model(x)[HEAD], labels)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(
-                            f"fine-tuning loss is {loss.item()} at epoch {epoch + 1}"
-                        )
-                except Exception as exc:
-                    fault = exc
-                agree_to_stop(proc, None, fault)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += loss.item() * len(labels)
-                seen += len(labels)
-                done += 1
+                    raise _interrupted(signum, epoch, settings.epochs, state_path)
+                if batch is None:
+                    break
+                loss_sum, seen, done = loss_sum + step(*batch), seen + len(batch[1]), done + 1
             elapsed = time.monotonic() - began
             eta = eta_seconds(done, total, elapsed)
-            if rank == 0:
+            if proc.is_main:
                 progress(
                     f"epoch {epoch + 1}/{settings.epochs}  loss {loss_sum / max(seen, 1):.4f}  "
                     f"lr {lr:.2e}  elapsed {format_duration(elapsed)}  ETA {format_duration(eta)}"
                 )
-                atomic_torch_save(
-                    state_path,
-                    {
-                        "fingerprint": fingerprint,
-                        "init_weights": init_weights,
-                        "epochs_done": epoch + 1,
-                        "model": student.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                    },
-                )
-            if world > 1:
+                state = {**identity, "epochs_done": epoch + 1}
+                atomic_torch_save(state_path, {**state, **trainee.state_dicts(_TRAINING_STATE)})
+            if proc.distributed:
                 dist.barrier()
     return student
+
+
+class _Epochs:
+    """The clips of each epoch, this rank's share: randomness keyed by (seed, epoch)."""
+
+    def __init__(self, dataset: TrainClips, settings: FinetuneSettings, proc: Process) -> None:
+        self.dataset, self.settings = dataset, settings
+        self.sampler: DistributedSampler[int] | None = (
+            DistributedSampler(
+                dataset, num_replicas=proc.world_size, rank=proc.rank, seed=settings.seed
+            )
+            if proc.distributed
+            else None
+        )
+        self.per_rank = max(settings.batch_size // proc.world_size, 1)
+        shown = self.sampler if self.sampler is not None else dataset
+        self.steps_per_epoch = math.ceil(len(shown) / self.per_rank)
+        # Flow workers run OpenCV; its thread count can only be lowered here, before they fork.
+        prepare_workers(settings.workers)
+
+    def set_lr(self, optimizer: torch.optim.Optimizer, epoch: int) -> float:
+        """The cosine schedule from lr to 0 over the epochs, per epoch; returns the epoch's lr."""
+        lr = self.settings.lr * 0.5 * (1 + math.cos(math.pi * epoch / self.settings.epochs))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def loader(self, epoch: int) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+        self.dataset.set_epoch(epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.per_rank,
+            shuffle=self.sampler is None,
+            sampler=self.sampler,
+            num_workers=self.settings.workers,
+            generator=torch.Generator().manual_seed(self.settings.seed * 100003 + epoch),
+            drop_last=False,
+            worker_init_fn=ShieldedWorkerInit(),  # signals to the group reach us alone
+        )
+
+
+@dataclass
+class _Step:
+    """One fine-tuning step of ``epoch``: cross-entropy of the action head, then the optimizer;
+    returns the batch's summed loss."""
+
+    model: nn.Module  # the student, in DDP when the job has several processes
+    student: Student
+    trainee: Trainee
+    proc: Process
+    device: torch.device
+    use_amp: bool
+    epoch: int
+
+    def __call__(self, clips: torch.Tensor, labels: torch.Tensor) -> float:
+        # clips: (B, T, H, W, 3) uint8 or (B, T, H, W, 2) float32
+        def loss_of() -> torch.Tensor:
+            # contiguous: the permuted layout would give DDP gradients of mismatched strides
+            x = self.student.normalize(clips.to(self.device, non_blocking=True)).contiguous()
+            with autocast(self.device, self.use_amp):  # x: (B, C, T, H, W)
+                loss = nn.functional.cross_entropy(self.model(x)[HEAD], labels.to(self.device))
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"fine-tuning loss is {loss.item()} at epoch {self.epoch + 1}"
+                )
+            return loss
+
+        loss = agreed(loss_of, self.proc)
+        self.trainee.step(loss)
+        return loss.item() * len(labels)
+
+
+def _interrupted(signum: int, epoch: int, epochs: int, state_path: Path) -> Interrupted:
+    return Interrupted(
+        f"{signal.Signals(signum).name} in fine-tuning epoch {epoch + 1} of {epochs}: finished "
+        f"epochs ({epoch}) are kept in {state_path}; run the same command again to resume",
+        signum,
+    )
 
 
 def recompute_bn_stats(

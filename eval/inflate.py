@@ -36,6 +36,7 @@ from torch import nn
 from torchvision.models.video.resnet import Conv2Plus1D, R2Plus1dStem
 
 from distinit.pipeline.errors import WeightsError
+from distinit.pipeline.flow import FLOW_CHANNELS
 from distinit.pipeline.weights import (
     file_sha256,
     load_weights_only,
@@ -216,3 +217,24 @@ def _factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     _, vectors = torch.linalg.eigh(w @ w.T)  # eigenvalues ascending: the top ones last
     a = vectors[:, -rank:]
     return a, a.T @ w
+
+
+def flow_init_from_rgb(conv_weight: torch.Tensor, in_channels: int = FLOW_CHANNELS) -> torch.Tensor:
+    """Cross-modality initialisation of a first convolution for a non-RGB input.
+
+    ``conv_weight`` is an RGB filter bank ``(out, 3, kt, kh, kw)`` (or ``(out, 3, kh, kw)``);
+    the result has ``in_channels`` input channels, each the mean of the RGB filters over the
+    colour dimension (TSN's rule for flow networks initialised from ImageNet). The mean, not the
+    sum, is replicated: so each input channel starts with the RGB filter's average response to
+    one colour, whatever ``in_channels`` is. Returns a new tensor of the same dtype and device,
+    detached from ``conv_weight``'s graph, ready for ``conv.weight.data.copy_`` in ``no_grad``.
+    """
+    if conv_weight.ndim < 3 or conv_weight.shape[1] != 3:
+        raise ValueError(
+            f"expected an RGB filter bank (out, 3, ...), got shape {tuple(conv_weight.shape)}"
+        )
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+    mean = conv_weight.detach().mean(dim=1, keepdim=True)  # (out, 1, kt, kh, kw)
+    repeats = [1, in_channels] + [1] * (conv_weight.ndim - 2)
+    return mean.repeat(*repeats).contiguous()  # (out, in_channels, kt, kh, kw)

@@ -3,7 +3,7 @@
 Each comes as an RGB or an optical-flow student (``modality``). A checkpoint decides its own
 modality (``FinalCheckpoint.modality`` / ``in_channels``); scratch and inflated take
 ``--modality``. Inflated flow uses the cross-modality rule of
-:func:`distinit.train.flow.flow_init_from_rgb`: the inflated RGB first convolution averaged over
+:func:`distinit.eval.inflate.flow_init_from_rgb`: the inflated RGB first convolution averaged over
 the colour channels, one copy per flow channel.
 """
 
@@ -15,13 +15,12 @@ from typing import Any
 import torch
 
 from distinit.eval.config import EvalConfig
-from distinit.eval.inflate import inflate_into, load_resnet18_weights
+from distinit.eval.inflate import flow_init_from_rgb, inflate_into, load_resnet18_weights
 from distinit.eval.recipe import EvalInput, resolve_input
+from distinit.pipeline.clip_rules import input_channels
 from distinit.pipeline.errors import CheckpointError
 from distinit.pipeline.weights import file_sha256
 from distinit.train.checkpoint import load_final
-from distinit.train.clip_rules import input_channels
-from distinit.train.flow import flow_init_from_rgb
 from distinit.train.students import Student, first_conv
 
 log = logging.getLogger(__name__)

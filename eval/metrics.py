@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distinit.pipeline.atomic import atomic_write
 from distinit.pipeline.errors import DatasetError
-from distinit.pipeline.runtime import atomic_write
 
 VIDEO_PROBS_NAME = "video_probs.npz"
 

@@ -20,8 +20,8 @@ from torch import nn
 from distinit.eval.datasets import ClipProtocol
 from distinit.eval.predict import clip_outputs
 from distinit.eval.splits import VideoItem
+from distinit.pipeline.atomic import atomic_torch_save
 from distinit.pipeline.errors import CheckpointError
-from distinit.pipeline.runtime import atomic_torch_save
 from distinit.pipeline.weights import load_weights_only
 from distinit.train.students import Student
 

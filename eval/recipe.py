@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from distinit.eval.config import BASELINE_INPUT, EvalConfig
+from distinit.pipeline.clip_rules import input_channels
 from distinit.pipeline.errors import CheckpointError, ConfigError
-from distinit.pipeline.video import format_size
+from distinit.pipeline.frame_geometry import format_size
 from distinit.train.checkpoint import FinalCheckpoint, InputRecipe
-from distinit.train.clip_rules import input_channels
 from distinit.train.students import student_spec
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from distinit.eval.metrics import VideoProbs, load_video_probs
+from distinit.pipeline.atomic import atomic_write
 from distinit.pipeline.errors import DatasetError
 from distinit.pipeline.paths import inside
-from distinit.pipeline.runtime import atomic_write
 from distinit.train.events import EventLog
 
 log = logging.getLogger(__name__)

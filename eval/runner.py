@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,8 +34,10 @@ from distinit.eval.splits import (
     partial_refusal,
 )
 from distinit.pipeline import runtime
+from distinit.pipeline.directory_lock import lock_run_directory
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.progress import ProgressLine, eta_seconds, format_duration
+from distinit.train.step import amp_enabled, autocast
 
 log = logging.getLogger(__name__)
 
@@ -71,28 +74,31 @@ def _digest(value: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What every part of one evaluation run works with."""
+
+    cfg: EvalConfig
+    echo: Echo  # silent on every rank but 0: one report per run
+    manifest: Manifest
+    inputs: EvalInput  # the clip recipe, resolved from the checkpoint and the options
+    proc: runtime.Process
+    device: torch.device
+
+
 def run(cfg: EvalConfig, echo: Echo) -> dict[str, Any]:
     manifest = load_manifest(cfg.dataset)
     inputs = check_init_inputs(cfg)
     proc, device = runtime.start(cfg.device)
     try:
-        return _run(cfg, echo, manifest, inputs, proc, device)
+        return _run(_Job(cfg, echo if proc.is_main else _silent, manifest, inputs, proc, device))
     finally:
         runtime.stop(proc)
 
 
-def _run(
-    cfg: EvalConfig,
-    echo: Echo,
-    manifest: Manifest,
-    inputs: EvalInput,
-    proc: runtime.Process,
-    device: torch.device,
-) -> dict[str, Any]:
-    rank = proc.rank
-    if rank != 0:
-        echo = _silent  # one report per run, from rank 0
-    else:
+def _run(job: _Job) -> dict[str, Any]:
+    cfg, echo, manifest, inputs, proc = job.cfg, job.echo, job.manifest, job.inputs, job.proc
+    if proc.is_main:
         for note in inputs.notes:  # what was taken or changed of the checkpoint's recipe
             log.warning("%s", note)
     if proc.distributed and cfg.mode == "linear":
@@ -127,9 +133,9 @@ def _run(
         if failed:  # left out of every split, and named in results.json's partial_notes
             splits = load_splits(failed)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    lock = runtime.lock_run_directory(cfg.out, "eval", proc)
+    lock = lock_run_directory(cfg.out, "eval", proc)
     try:
-        return _evaluate(cfg, echo, manifest, inputs, proc, device, splits)
+        return _evaluate(job, splits)
     finally:
         if lock is not None:
             lock.release()
@@ -165,17 +171,9 @@ def _index_sources(videos: list[VideoItem], workers: int, echo: Echo) -> dict[st
         return undecodable(videos, workers=workers, progress=progress)
 
 
-def _evaluate(
-    cfg: EvalConfig,
-    echo: Echo,
-    manifest: Manifest,
-    inputs: EvalInput,
-    proc: runtime.Process,
-    device: torch.device,
-    splits: list[tuple[int, SplitData]],
-) -> dict[str, Any]:
-    rank = proc.rank
-    protocol = clip_protocol(cfg, inputs)
+def _evaluate(job: _Job, splits: list[tuple[int, SplitData]]) -> dict[str, Any]:
+    cfg, echo = job.cfg, job.echo
+    protocol = clip_protocol(cfg, job.inputs)
     videos_per_batch = max(1, cfg.batch_size // cfg.clips_per_video)
     per_split: list[dict[str, Any]] = []
     init_info: dict[str, Any] = {}
@@ -190,37 +188,12 @@ def _evaluate(
         )
         logits: torch.Tensor | None
         if cfg.mode == "linear":
-            logits, init_info = _linear(cfg, data, protocol, device, videos_per_batch, echo)
+            logits, init_info = _linear(job, data, protocol, videos_per_batch)
         else:
-            logits, init_info = _finetune(cfg, data, protocol, device, videos_per_batch, echo, proc)
+            logits, init_info = _finetune(job, data, protocol, videos_per_batch)
         if logits is None:
             continue  # a non-zero rank: rank 0 gathers the predictions and reports
-        labels = torch.tensor([item.label for item in data.test])
-        scores = score_clips(logits, labels)
-        probs_file = save_video_probs(
-            cfg.out / f"split{split}",
-            ids=[item.rel for item in data.test],
-            labels=labels,
-            probs=video_probabilities(logits),
-            classes=data.classes,
-        )
-        plot_confusion(
-            cfg.out / f"confusion_split{split}.png",
-            scores.confusion,
-            data.classes,
-            f"{manifest.name} split {split}: {init_info['init']} {cfg.mode} "
-            f"(video top-1 {100 * scores.video_top1:.1f}%)",
-        )
-        row = {
-            "split": split,
-            **scores.summary(),
-            "clips_per_video": cfg.clips_per_video,
-            "num_train_videos": len(data.train),
-            "test_videos_per_rank": [len(share) for share in _shares(data.test, proc)],
-            "num_classes": len(data.classes),
-            "confusion_png": f"confusion_split{split}.png",
-            "video_probs": str(probs_file.relative_to(cfg.out)),
-        }
+        row = _score_split(job, data, logits, f"{init_info['init']} {cfg.mode}")
         per_split.append(row)
         if cfg.drop_resume_state:  # the split's predictions are on disk: its state has served
             (cfg.out / f"split{split}" / STATE_NAME).unlink(missing_ok=True)
@@ -229,13 +202,42 @@ def _evaluate(
             f"video top-1 {100 * row['video_top1']:.1f}%  video top-5 "
             f"{top5_text(row['video_top5'], len(data.classes), '%')}"
         )
-    if rank != 0:
+    if not job.proc.is_main:
         return {}
-    results = _results(
-        cfg, manifest.name, manifest.source, protocol, inputs, init_info, per_split, notes, classes
-    )
+    results = _results(job, protocol, init_info, per_split, notes, classes)
     write_results(cfg.out, results, tensorboard=cfg.tensorboard)
     return results
+
+
+def _score_split(job: _Job, data: SplitData, logits: torch.Tensor, method: str) -> dict[str, Any]:
+    """The split's row of ``results.json``, with its video probabilities and confusion matrix
+    written beside it. ``logits``: (V, K, C), every test video's K clips."""
+    cfg, split = job.cfg, data.split
+    labels = torch.tensor([item.label for item in data.test])
+    scores = score_clips(logits, labels)
+    probs_file = save_video_probs(
+        cfg.out / f"split{split}",
+        ids=[item.rel for item in data.test],
+        labels=labels,
+        probs=video_probabilities(logits),
+        classes=data.classes,
+    )
+    plot_confusion(
+        cfg.out / f"confusion_split{split}.png",
+        scores.confusion,
+        data.classes,
+        f"{job.manifest.name} split {split}: {method} (video top-1 {100 * scores.video_top1:.1f}%)",
+    )
+    return {
+        "split": split,
+        **scores.summary(),
+        "clips_per_video": cfg.clips_per_video,
+        "num_train_videos": len(data.train),
+        "test_videos_per_rank": [len(share) for share in _shares(data.test, job.proc)],
+        "num_classes": len(data.classes),
+        "confusion_png": f"confusion_split{split}.png",
+        "video_probs": str(probs_file.relative_to(cfg.out)),
+    }
 
 
 def _silent(_: str) -> None:
@@ -256,13 +258,9 @@ def clip_protocol(cfg: EvalConfig, inputs: EvalInput) -> ClipProtocol:
 
 
 def _linear(
-    cfg: EvalConfig,
-    data: SplitData,
-    protocol: ClipProtocol,
-    device: torch.device,
-    videos_per_batch: int,
-    echo: Echo,
+    job: _Job, data: SplitData, protocol: ClipProtocol, videos_per_batch: int
 ) -> tuple[torch.Tensor, dict[str, Any]]:
+    cfg, echo = job.cfg, job.echo
     student, info = build_student(cfg, len(data.classes))
     cache = FeatureCache(cfg.out, {**info, **protocol.describe()})
 
@@ -286,7 +284,7 @@ def _linear(
         )
 
     kwargs = {
-        "device": device,
+        "device": job.device,
         "videos_per_batch": videos_per_batch,
         "workers": cfg.workers,
         "progress": progress,
@@ -313,19 +311,8 @@ def _linear(
     return logits, info
 
 
-def _finetune(
-    cfg: EvalConfig,
-    data: SplitData,
-    protocol: ClipProtocol,
-    device: torch.device,
-    videos_per_batch: int,
-    echo: Echo,
-    proc: runtime.Process,
-) -> tuple[torch.Tensor | None, dict[str, Any]]:
-    """Fine-tune on every rank (DDP), then each rank tests its share of the test videos; rank 0
-    gets every video's logits in ``data.test`` order, the other ranks ``None``."""
-    student, info = build_student(cfg, len(data.classes))
-    settings = FinetuneSettings(
+def finetune_settings(cfg: EvalConfig) -> FinetuneSettings:
+    return FinetuneSettings(
         epochs=cfg.effective_epochs,
         lr=cfg.effective_lr,
         weight_decay=cfg.effective_weight_decay,
@@ -334,13 +321,23 @@ def _finetune(
         seed=cfg.seed,
         amp=cfg.amp,
     )
+
+
+def _finetune(
+    job: _Job, data: SplitData, protocol: ClipProtocol, videos_per_batch: int
+) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """Fine-tune on every rank (DDP), then each rank tests its share of the test videos; rank 0
+    gets every video's logits in ``data.test`` order, the other ranks ``None``."""
+    cfg, echo, proc, device = job.cfg, job.echo, job.proc, job.device
+    student, info = build_student(cfg, len(data.classes))
     state_dir = cfg.out / f"split{data.split}"
     state_dir.mkdir(parents=True, exist_ok=True)
     student = finetune(
         student,
         data.train,
         protocol,
-        settings,
+        finetune_settings(cfg),
+        proc=proc,
         device=device,
         state_dir=state_dir,
         fingerprint=fingerprint(cfg, data.split, protocol),
@@ -362,34 +359,39 @@ def _finetune(
                 progress=bn_progress,
             )
     student.eval()
-    use_amp = cfg.amp and device.type == "cuda"
+    use_amp = amp_enabled(cfg.amp, device)
 
     def logits_of(clips: torch.Tensor) -> torch.Tensor:
         x = student.normalize(clips.to(device))
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with autocast(device, use_amp):
             return student(x)[HEAD]
 
-    mine = _shares(data.test, proc)[proc.rank]
     with _counting_line("testing: videos", echo) as test_progress:
         logits = clip_outputs(
             logits_of,
-            mine,
+            _shares(data.test, proc)[proc.rank],
             protocol,
             videos_per_batch=videos_per_batch,
             workers=cfg.workers,
             progress=test_progress,
         )
+    return _gathered(logits, len(data.test), proc), info
+
+
+def _gathered(mine: torch.Tensor, videos: int, proc: runtime.Process) -> torch.Tensor | None:
+    """Every rank's logits of its share (:func:`_shares`), in test order on rank 0; ``None`` on
+    the other ranks."""
     if not proc.distributed:
-        return logits, info
+        return mine
     gathered: list[torch.Tensor | None] = [None] * proc.world_size
-    dist.all_gather_object(gathered, logits)
+    dist.all_gather_object(gathered, mine)
     if proc.rank != 0:
-        return None, info
-    order = [i for r in range(proc.world_size) for i in range(r, len(data.test), proc.world_size)]
+        return None
+    order = [i for r in range(proc.world_size) for i in range(r, videos, proc.world_size)]
     stacked = torch.cat([t for t in gathered if t is not None])
     restored = torch.empty_like(stacked)
     restored[torch.tensor(order)] = stacked
-    return restored, info
+    return restored
 
 
 def _shares(items: list[VideoItem], proc: runtime.Process) -> list[list[VideoItem]]:
@@ -397,19 +399,8 @@ def _shares(items: list[VideoItem], proc: runtime.Process) -> list[list[VideoIte
     return [items[r :: proc.world_size] for r in range(proc.world_size)]
 
 
-def _results(
-    cfg: EvalConfig,
-    dataset: str,
-    manifest_source: str,
-    clips: ClipProtocol,
-    inputs: EvalInput,
-    init_info: dict[str, Any],
-    per_split: list[dict[str, Any]],
-    notes: list[str],
-    classes: list[str],
-) -> dict[str, Any]:
-    headline = per_split[0] if len(per_split) == 1 else mean_over_splits(per_split)
-    modality = inputs.modality
+def _protocol(cfg: EvalConfig, clips: ClipProtocol, inputs: EvalInput) -> dict[str, Any]:
+    """The whole protocol of the run, as results.json records it: clips, input, training."""
     protocol = clips.describe()
     protocol.update(
         {
@@ -427,26 +418,30 @@ def _results(
             "logistic regression on standardised frozen features of the K clips of each "
             "training video, full-batch Adam"
         )
-    else:
-        protocol.update(
-            FinetuneSettings(
-                cfg.effective_epochs,
-                cfg.effective_lr,
-                cfg.effective_weight_decay,
-                cfg.batch_size,
-                cfg.workers,
-                cfg.seed,
-                cfg.amp,
-            ).describe()
-        )
-        protocol["bn_stats"] = (
-            "re-estimated after fine-tuning: one pass over a random clip of every training video"
-            if cfg.precise_bn
-            else "running averages from training"
-        )
+        return protocol
+    protocol.update(finetune_settings(cfg).describe())
+    protocol["bn_stats"] = (
+        "re-estimated after fine-tuning: one pass over a random clip of every training video"
+        if cfg.precise_bn
+        else "running averages from training"
+    )
+    return protocol
+
+
+def _results(
+    job: _Job,
+    clips: ClipProtocol,
+    init_info: dict[str, Any],
+    per_split: list[dict[str, Any]],
+    notes: list[str],
+    classes: list[str],
+) -> dict[str, Any]:
+    headline = per_split[0] if len(per_split) == 1 else mean_over_splits(per_split)
+    cfg, modality = job.cfg, job.inputs.modality
+    protocol = _protocol(cfg, clips, job.inputs)
     return {
-        "dataset": dataset,
-        "manifest": manifest_source,
+        "dataset": job.manifest.name,
+        "manifest": job.manifest.source,
         "split": cfg.split,
         "init": init_info.get("init", cfg.init),
         "student": init_info.get("student", cfg.student),

@@ -4,9 +4,9 @@ A clip needs ``clip_len`` frames, yet choosing them needs the video's frame coun
 whole video for every clip costs time and memory in proportion to the video, per item and per
 epoch. So every video is decoded once, up front, keeping only its frames' timestamps
 (:func:`distinit.pipeline.video.native_frame_times`); a clip's frames are then read by those
-timestamps (:func:`distinit.pipeline.video.decode_at_times`: a seek and the clip's span, the
-path train's ``--frames source`` takes). Frame ``i`` is the video's ``i``-th decoded frame either
-way, so clips hold the frames a whole decode would give them.
+timestamps (:func:`distinit.pipeline.timestamp_match.decode_at_times`: a seek and the clip's
+span, the path train's ``--frames source`` takes). Frame ``i`` is the video's ``i``-th decoded
+frame either way, so clips hold the frames a whole decode would give them.
 
 The up-front pass is also the check of every file: all that do not decode are reported together
 (:func:`undecodable`), not one per run. The index lives in this process and is inherited by the
@@ -24,7 +24,9 @@ import numpy as np
 
 from distinit.eval.splits import VideoItem
 from distinit.pipeline.errors import DatasetError, VideoDecodeError
-from distinit.pipeline.video import FrameGeometry, decode_at_times, native_frame_times
+from distinit.pipeline.frame_geometry import FrameGeometry
+from distinit.pipeline.timestamp_match import decode_at_times
+from distinit.pipeline.video import native_frame_times
 
 # (path, size, mtime) -> timestamps of every native frame: a file changed in place is indexed anew
 _TIMES: dict[tuple[str, int, int], np.ndarray] = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 from distinit.eval.manifests import Manifest, SplitCounts
 from distinit.pipeline.errors import DatasetError
 from distinit.pipeline.paths import check_relative
-from distinit.pipeline.video import VIDEO_EXTENSIONS
+from distinit.pipeline.video_files import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

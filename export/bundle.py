@@ -20,8 +20,8 @@ from torchvision.models import video as tv_video
 from distinit.eval.report import load_results
 from distinit.export.model_card import model_card
 from distinit.export.recipe import input_recipe, provenance
+from distinit.pipeline.atomic import atomic_write
 from distinit.pipeline.errors import CheckpointError, ConfigError
-from distinit.pipeline.runtime import atomic_write
 from distinit.pipeline.weights import file_sha256
 from distinit.train.checkpoint import FinalCheckpoint, load_final
 from distinit.train.students import first_conv, student_spec

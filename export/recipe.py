@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from distinit.pipeline.errors import CheckpointError
+from distinit.pipeline.flow import DIS_PRESET, FLOW_CLIP
 from distinit.train.checkpoint import FinalCheckpoint, InputRecipe
-from distinit.train.flow import DIS_PRESET, FLOW_CLIP
 from distinit.train.students import student_spec
 
 # Teacher fields worth publishing: who the teacher is and how its targets were made. Its class

@@ -34,15 +34,16 @@ import click
 import numpy as np
 import torch
 
-from distinit.extract.discovery import find_videos
+from distinit.extract.divergence import embedding_storage, kl_divergence
 from distinit.extract.inference import TeacherRunner
-from distinit.extract.inspection import embedding_storage, kl_divergence
 from distinit.extract.teachers import Teacher, load_teacher, spec_key
 from distinit.pipeline.bench import EXTRACT_BENCH_DURATION, Repeats, machine_description
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
+from distinit.pipeline.frame_geometry import FrameGeometry
 from distinit.pipeline.shards import ShardSet, dequantize, quantize
-from distinit.pipeline.video import FrameGeometry, VideoReader
+from distinit.pipeline.video import VideoReader
+from distinit.pipeline.video_files import find_videos
 from distinit.pipeline.views import DEFAULT_CROP, DEFAULT_POSITIONS, ViewSet
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)

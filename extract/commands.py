@@ -458,7 +458,7 @@ def _consistency(
 ) -> None:
     """inspect --consistency: print the figure; exit 1 when targets of views are not the
     teacher's output on the crops (a broken view mapping)."""
-    from distinit.pipeline import consistency as check
+    from distinit.apps import consistency as check
 
     line, started = ProgressLine(), time.monotonic()
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from distinit.pipeline.errors import ConfigError
-from distinit.pipeline.video import format_size
+from distinit.pipeline.frame_geometry import format_size
 from distinit.pipeline.views import DEFAULT_POSITIONS, ViewSet, default_crop
 
 FRAME_MODES = ("store", "none")

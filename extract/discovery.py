@@ -1,32 +1,12 @@
-"""Finding videos under ``--videos`` and splitting them across ranks."""
+"""The videos of ``--videos`` (at least one) and their split across ranks."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 from distinit.pipeline.errors import ConfigError
-from distinit.pipeline.video import VIDEO_EXTENSIONS
-
-
-def find_videos(root: str | os.PathLike[str]) -> list[str]:
-    """Video files under ``root``, as sorted POSIX paths relative to it (the video ids).
-
-    Directory symlinks are not followed (a link loop cannot hang the walk); a directory whose name
-    ends in a video extension is not a video. Ids are relative paths, never bare stems, so
-    ``a/clip.mp4`` and ``b/clip.mp4`` stay distinct.
-    """
-    root = Path(root)
-    found: list[str] = []
-    for dirpath, _dirnames, filenames in os.walk(root, followlinks=False):
-        for name in filenames:
-            if os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
-                continue
-            full = Path(dirpath) / name
-            if full.is_file():  # drops dangling symlinks and sockets named like videos
-                found.append(full.relative_to(root).as_posix())
-    return sorted(found)
+from distinit.pipeline.video_files import VIDEO_EXTENSIONS, find_videos
 
 
 def require_videos(root: str | os.PathLike[str]) -> list[str]:

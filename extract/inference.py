@@ -34,8 +34,8 @@ from torch import nn
 
 from distinit.extract.teachers import Teacher, spec_key
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.frame_geometry import INTERPOLATIONS, FrameGeometry
 from distinit.pipeline.shards import TeacherInfo
-from distinit.pipeline.video import INTERPOLATIONS, FrameGeometry
 from distinit.pipeline.views import View, ViewSet, canvas_geometry, canvas_scale
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,10 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # Frames per teacher call on CPU, whatever the batch size. oneDNN picks kernels and blockings by
-# the batch dimension, so a frame's logits moved with the size of its call (measured with
-# EfficientNet-Lite0 on a Xeon: calls of 2 and 4 frames differ by up to 3e-6, calls of 5-7 differ
-# from 4 in their last rows, enough to move an int8 step), and a start-up timing that picked
-# another size under load wrote other shards. At one shape a frame's logits depend on the frame
-# alone, not on its place in the call or its neighbours (tested). 8: eager CPU rates at 2-16 frames
-# are within a few percent of each other; 1 is 4x slower.
+# the batch dimension, so a frame's logits move with the size of its call, enough to move an int8
+# step, and a size timed at start-up would depend on the machine's load. At one shape a frame's
+# logits depend on the frame alone, not on its place in the call or its neighbours (tested). 8:
+# eager CPU rates are flat around it (the README's benchmark has the figures).
 CPU_CALL_FRAMES = 8
 # Calibration candidates on CUDA: the batch doubles until it no longer fits or stops paying.
 CUDA_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
@@ -243,8 +241,8 @@ class _TeacherOnFrames(nn.Module):
         """Targets of every box (the plan's unless given), box-major: ``(K * B, C)``. All boxes
         go through the trunk as one batch, or with ``trunk_per_box`` one box's B frames at a time:
         on CPU a batch of K * B images spills every activation out of cache and makes the
-        allocator map and unmap each one afresh (2x slower at 12 views, and mostly system time);
-        a trunk call of B images is also the one shape a call ever has, whatever K."""
+        allocator map and unmap each one afresh; a trunk call of B images is also the one shape a
+        call ever has, whatever K."""
         if self.trunk_per_box:
             out = torch.cat([self.trunk(self.prepare(frames, b)) for b in boxes or self.plan.boxes])
         else:
@@ -363,9 +361,6 @@ class TeacherRunner:
             for kind in self.kinds[t.name]:
                 out.append(t.info(kind, done, self._dims.get(t.name, 0)))
         return out
-
-    def target_keys(self) -> list[str]:
-        return [spec_key(t.name, k) for t in self.teachers for k in self.kinds[t.name]]
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.precision == "fp32":

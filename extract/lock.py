@@ -7,8 +7,8 @@ import os
 import re
 from pathlib import Path
 
+from distinit.pipeline.directory_lock import DirectoryLock, open_lock_file
 from distinit.pipeline.errors import ConfigError
-from distinit.pipeline.runtime import DirectoryLock, open_lock_file
 
 _RANK_LOCK = re.compile(r"\.lock-(\d+)-of-(\d+)$")
 

@@ -46,7 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Write a final.pt as torchvision weights, config and model card.",
     ),
     "teachers": ("distinit.extract.commands:teachers", "List the teachers extract can use."),
-    "demo": ("distinit.pipeline.demo:demo", "Run the whole method on real sample clips, on CPU."),
+    "demo": ("distinit.apps.demo:demo", "Run the whole method on real sample clips, on CPU."),
     "bench": ("distinit.pipeline.bench:bench", "Benchmarks: extraction and training throughput."),
 }
 
@@ -65,7 +65,7 @@ class FrameSize(click.ParamType):
     ) -> tuple[int, int]:
         if isinstance(value, tuple):
             return value
-        from distinit.pipeline.video import parse_size
+        from distinit.pipeline.frame_geometry import parse_size
 
         try:
             return parse_size(str(value))

@@ -1,12 +1,12 @@
 """Where stage two gets the frames of shard rows: the frame store, or the source videos.
 
 Both sources answer the same question, "the frames of rows ``rows`` of video ``id``, at the
-student's size", so the clip rules (train/clip_rules.py) never know which one served them:
+student's size", so the clip rules (pipeline/clip_rules.py) never know which one served them:
 
 * :class:`StoreFrames` decodes the rows from the shards' own frame store (in process, by row; the
   source videos are not needed: shards are a portable training set).
 * :class:`SourceFrames` decodes the source video by the rows' stored timestamps (nearest native
-  frame, see ``pipeline/video.py``): for shards made without a store, or when asked for.
+  frame, see ``pipeline/timestamp_match.py``): for shards made without a store, or when asked for.
 
 :func:`open_frame_source` picks one: the store whenever the shards have one at the wanted size.
 """
@@ -21,8 +21,9 @@ from typing import Protocol
 import numpy as np
 
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.frame_geometry import FrameGeometry, format_size
 from distinit.pipeline.shards import ShardSet
-from distinit.pipeline.video import FrameGeometry, decode_at_times, format_size
+from distinit.pipeline.timestamp_match import decode_at_times
 
 log = logging.getLogger(__name__)
 

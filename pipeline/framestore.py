@@ -7,23 +7,20 @@ bitstream (its own encoder, so it starts with SPS/PPS and an IDR frame and refer
 outside itself), stored as bytes in the shard (see ``pipeline/shards.py``). Reading row r decodes
 its GOP from the start up to r.
 
-Format choice (measured on the sample clips against decoding the source at 171x128, RGB PSNR from
-the pooled squared error; see the README's benchmark table for the current figures): 4:2:0
-chroma alone caps RGB PSNR near 41 dB even losslessly, so frames are coded 4:4:4
-(``yuv444p``, High 4:4:4 profile) at CRF 16, about 1.8 KB per frame at 41 dB, where JPEG needs
-8-10 KB. ``tune=psnr,fastdecode``: psnr turns off the psychovisual tuning that spends bits on what
-looks sharp rather than what is close; fastdecode codes without CABAC and the deblocking filter,
-which makes decoding 30% faster (0.21 vs 0.30 ms per frame with the conversion, one core) for 13%
-more bytes and 0.5 dB. Decoding is the largest cost of a training clip and is paid on every clip
-of every epoch; coding is paid once, in stage one's decode threads beside the teachers, and the
-``veryfast`` preset keeps it under 1 ms per frame (``medium`` saves 6% of the bytes for twice
-the time). Odd sizes are padded by repeating the last column/row and cropped back.
-PyAV (the ``av`` wheel bundles FFmpeg with libx264) is the codec on both sides.
+Format choice (the README's benchmark table has the figures): 4:2:0 chroma alone caps RGB PSNR
+near 41 dB even losslessly, so frames are coded 4:4:4 (``yuv444p``, High 4:4:4 profile) at CRF
+16, a fraction of JPEG's bytes at the same quality. ``tune=psnr,fastdecode``: psnr turns off the
+psychovisual tuning that spends bits on what looks sharp rather than what is close; fastdecode
+codes without CABAC and the deblocking filter, which trades a few more bytes for faster decoding.
+Decoding is the largest cost of a training clip and is paid on every clip of every epoch; coding
+is paid once, in stage one's decode threads beside the teachers, and the ``veryfast`` preset
+keeps it cheap. Odd sizes are padded by repeating the last column/row and cropped back. PyAV (the
+``av`` wheel bundles FFmpeg with libx264) is the codec on both sides.
 
 Colour: BT.601 limited range, the convention of SD video, converted here in both directions with
 one matrix pair (:data:`RGB_TO_YUV`, :data:`YUV_TO_RGB`) by OpenCV's per-pixel affine transform over
-a whole GOP at once. That is about 7x faster than a swscale call per frame (0.02 vs 0.14 ms per
-171x128 frame on one core), which matters because stage two converts every frame of every clip.
+a whole GOP at once rather than a swscale call per frame, because stage two converts every frame
+of every clip.
 """
 
 from __future__ import annotations

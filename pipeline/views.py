@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from distinit.pipeline.errors import ConfigError
-from distinit.pipeline.video import FrameGeometry, format_size
+from distinit.pipeline.frame_geometry import FrameGeometry, format_size
 
 DEFAULT_POSITIONS = 6
 DEFAULT_CROP = 112  # train's --crop default

@@ -1,4 +1,5 @@
-"""The command line as a user meets it: help, import direction, one-line errors."""
+"""The command line as a user meets it: help, one-line errors (import direction:
+``test_import_direction.py``)."""
 
 from __future__ import annotations
 
@@ -50,20 +51,6 @@ def test_every_command_has_help(command: str) -> None:
     assert result.stdout.startswith("Usage: ") and f" {usage}" in result.stdout.splitlines()[0]
     missing = [o for o in options if o not in result.stdout.split()]
     assert not missing, f"{command} --help lacks {missing}"
-
-
-@pytest.mark.parametrize(("stage", "forbidden"), [("extract", "train"), ("train", "extract")])
-def test_stages_meet_only_in_pipeline(stage: str, forbidden: str) -> None:
-    modules = {
-        "extract": ["runner", "commands", "inspection", "bench"],
-        "train": ["loop", "command", "clips", "agreement", "bench"],
-    }[stage]
-    imports = "; ".join(f"import distinit.{stage}.{m}" for m in modules)
-    check = f"any(m.startswith('distinit.{forbidden}') for m in sys.modules)"
-    code = f"import sys; {imports}; print({check})"
-    result = _run("-c", code)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
 
 
 def test_missing_shard_directory_is_one_line(tmp_path: Path) -> None:

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from distinit.pipeline.errors import ConfigError
 from tests.videogen import make_lavfi_video
 
 
@@ -35,3 +38,13 @@ def test_demo_runs_every_step_and_writes_its_pictures(tmp_path: Path) -> None:
     first_loss = json.loads((out / "quick" / "run" / "log.jsonl").read_text().splitlines()[0])
     span = f"loss {first_loss['loss']:.3f} -> "
     assert span in text and span in again.stdout and "(already trained)" in again.stdout
+
+
+def test_without_scikit_video_the_demo_names_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from distinit.apps import demo
+
+    monkeypatch.setattr(demo.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError) as refused:
+        demo.sample_clips_dir()
+    message = str(refused.value)
+    assert "\n" not in message and 'pip install "distinit[demo]"' in message

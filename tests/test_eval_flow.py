@@ -15,12 +15,11 @@ from click.testing import CliRunner
 from distinit.eval.command import eval_command
 from distinit.eval.config import EvalConfig
 from distinit.eval.datasets import ClipProtocol, EvalClips, TrainClips
-from distinit.eval.inflate import inflate_into, load_resnet18_weights
+from distinit.eval.inflate import flow_init_from_rgb, inflate_into, load_resnet18_weights
 from distinit.eval.initialise import HEAD, build_student
 from distinit.eval.metrics import load_video_probs
 from distinit.eval.splits import VideoItem
 from distinit.pipeline.errors import ConfigError
-from distinit.train.flow import flow_init_from_rgb
 from distinit.train.students import Student, first_conv
 from tests.eval_support import STUDENT, TINY, make_eval_data
 

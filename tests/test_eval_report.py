@@ -12,8 +12,8 @@ import torch
 from distinit.eval.config import EvalConfig
 from distinit.eval.metrics import save_video_probs, score_clips, topk_accuracy
 from distinit.eval.report import compare_table, load_results
+from distinit.pipeline.clip_rules import uniform_starts, window_rows
 from distinit.pipeline.errors import ConfigError, DatasetError
-from distinit.train.clip_rules import uniform_starts, window_rows
 
 
 def test_topk_by_hand() -> None:

@@ -17,7 +17,8 @@ from distinit.eval.sources import frame_times
 from distinit.eval.splits import VideoItem
 from distinit.pipeline import video as video_module
 from distinit.pipeline.errors import DatasetError
-from distinit.pipeline.video import FrameGeometry, iter_video
+from distinit.pipeline.frame_geometry import FrameGeometry
+from distinit.pipeline.video import iter_video
 from tests.eval_support import STUDENT, TINY
 from tests.videogen import make_index_video, make_lavfi_video, read_index
 

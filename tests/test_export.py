@@ -18,10 +18,10 @@ from safetensors.torch import load_file, save_file
 from distinit.export.command import export
 from distinit.pipeline.cli import main
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.flow import FLOW_CHANNELS
 from distinit.pipeline.weights import file_sha256
 from distinit.train.checkpoint import FinalCheckpoint, load_final, save_final
 from distinit.train.config import TrainConfig
-from distinit.train.flow import FLOW_CHANNELS
 from distinit.train.resume import save_last
 from distinit.train.students import Student
 

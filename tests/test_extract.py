@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from distinit.extract.discovery import find_videos, videos_for_rank
+from distinit.extract.discovery import videos_for_rank
 from distinit.extract.lock import RankLock
 from distinit.extract.teachers import load_teacher
 from distinit.pipeline.errors import UnknownNameError, WeightsError
+from distinit.pipeline.frame_geometry import FrameGeometry
 from distinit.pipeline.shards import ShardSet
-from distinit.pipeline.video import FrameGeometry, iter_video
+from distinit.pipeline.video import iter_video
+from distinit.pipeline.video_files import find_videos
 from tests.corpus import EITHER, make_corpus
 from tests.videogen import make_index_video
 

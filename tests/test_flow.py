@@ -13,16 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from distinit.pipeline.video import FrameGeometry, iter_video
-from distinit.train.flow import (
-    FLOW_CHANNELS,
-    FLOW_CLIP,
-    clip_to_flow,
-    flow_cost_per_clip,
-    flow_init_from_rgb,
-    moving_texture,
-    set_flow_threads,
-)
+from distinit.eval.inflate import flow_init_from_rgb
+from distinit.pipeline.flow import FLOW_CHANNELS, FLOW_CLIP, clip_to_flow, set_flow_threads
+from distinit.pipeline.frame_geometry import FrameGeometry
+from distinit.pipeline.video import iter_video
+from distinit.train.flow_cost import flow_cost_per_clip, moving_texture
 from tests.videogen import generator_ffmpeg
 
 VELOCITY = (2, -1)  # px/frame: rightwards and up
@@ -180,7 +175,7 @@ def test_flow_cost_per_clip_is_the_median_call_at_the_asked_threads(
 ) -> None:
     """The figure is the median wall time of one clip_to_flow call on a clip of the asked shape,
     measured with the asked OpenCV threads; the caller's thread count comes back afterwards."""
-    import distinit.train.flow as flow
+    import distinit.pipeline.flow as flow
 
     durations = iter([0.05, 0.01, 0.10, 0.60])  # the warm-up call, then three timed ones
     seen: list[tuple[tuple[int, ...], int]] = []

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
-from distinit.pipeline.video import FrameGeometry, iter_video
+from distinit.pipeline.frame_geometry import FrameGeometry
+from distinit.pipeline.video import iter_video
 from tests.videogen import make_lavfi_video
 
 

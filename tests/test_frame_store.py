@@ -117,7 +117,8 @@ def test_the_training_dataset_shows_the_cached_frames(
 
 
 def test_store_codec_round_trip_size_and_quality(sample_clips: Path) -> None:
-    from distinit.pipeline.video import FrameGeometry, iter_video
+    from distinit.pipeline.frame_geometry import FrameGeometry
+    from distinit.pipeline.video import iter_video
 
     chunks = list(iter_video(sample_clips / "bikes.mp4", FrameGeometry(171, 128)))
     fmt = StoreFormat(171, 128)
@@ -143,7 +144,8 @@ def test_store_colours_are_what_ffmpeg_reads_from_the_stream(sample_clips: Path)
     other tool (and from stores coded before the conversion moved)."""
     import av
 
-    from distinit.pipeline.video import FrameGeometry, iter_video
+    from distinit.pipeline.frame_geometry import FrameGeometry
+    from distinit.pipeline.video import iter_video
 
     frames = next(iter(iter_video(sample_clips / "bikes.mp4", FrameGeometry(171, 128)))).frames
     fmt = StoreFormat(171, 128)

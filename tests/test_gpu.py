@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from distinit.extract.divergence import kl_divergence
 from distinit.extract.inference import TeacherRunner, resolve_precision
-from distinit.extract.inspection import kl_divergence
 from distinit.extract.teachers import load_teacher
 from distinit.pipeline.video import iter_video
 from tests.test_teacher_numerics import BF16_MEAN_KL, real_frames

@@ -19,7 +19,7 @@ import pytest
 from distinit.extract import decoding
 from distinit.extract.config import ExtractConfig
 from distinit.extract.runner import run_extract
-from distinit.pipeline import video
+from distinit.pipeline import ffmpeg_stderr, video
 from distinit.pipeline.errors import MachineFaultError
 from distinit.pipeline.ffmpeg_binary import FFMPEG_ENV, ffmpeg_binary, ffmpeg_version
 from distinit.pipeline.shards import ShardSet
@@ -163,7 +163,7 @@ def test_a_timestamp_that_never_comes_is_not_the_videos_fault(
 ) -> None:
     # ffmpeg's showinfo lines stop reaching the reader (as on a machine too loaded to run it).
     monkeypatch.setattr(video, "TIMESTAMP_TIMEOUT", 0.2)
-    monkeypatch.setattr(video, "_SHOWINFO", re.compile(r"a line ffmpeg never prints"))
+    monkeypatch.setattr(ffmpeg_stderr, "_SHOWINFO", re.compile(r"a line ffmpeg never prints"))
     out = tmp_path / "out"
     with pytest.raises(MachineFaultError, match=r"a\.mp4: ffmpeg sent a frame but no timestamp"):
         run_extract(_config(videos, out))

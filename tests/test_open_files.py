@@ -15,9 +15,10 @@ import pytest
 
 from distinit.pipeline import shards as shards_module
 from distinit.pipeline.errors import MachineFaultError
+from distinit.pipeline.frame_geometry import FrameGeometry
 from distinit.pipeline.framestore import StoreFormat, encode_gop
 from distinit.pipeline.shards import ShardSet, ShardWriter, VideoRecord, quantize
-from distinit.pipeline.video import FrameGeometry, iter_video
+from distinit.pipeline.video import iter_video
 from tests.test_train_run import COMMON
 from tests.test_train_support import TEACHERS, peaked_logits
 from tests.videogen import make_index_video

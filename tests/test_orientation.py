@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distinit.pipeline.video import FrameGeometry, VideoReader, iter_video
+from distinit.pipeline.frame_geometry import FrameGeometry
+from distinit.pipeline.video import VideoReader, iter_video
 from tests.videogen import generator_ffmpeg, make_lavfi_video, read_index
 
 

@@ -1,4 +1,4 @@
-"""pipeline/runtime.py: which process this is (torchrun, Slurm), atomic writes, directory locks."""
+"""Which process this is (torchrun, Slurm), atomic writes, directory locks."""
 
 from __future__ import annotations
 
@@ -10,18 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from distinit.pipeline.atomic import atomic_torch_save, atomic_write
+from distinit.pipeline.directory_lock import DirectoryLock
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.runtime import (
-    DirectoryLock,
     Process,
-    atomic_torch_save,
-    atomic_write,
-    first_slurm_host,
     local_rank,
     process_from_environment,
     rendezvous_environment,
-    slurm_hostnames,
 )
+from distinit.pipeline.slurm import first_slurm_host, slurm_hostnames
 
 
 def test_torchrun_then_slurm_then_one_process() -> None:

@@ -16,12 +16,13 @@ from torch import nn
 
 from distinit.extract import runner as extract_runner
 from distinit.extract.config import ExtractConfig
+from distinit.extract.divergence import kl_divergence
 from distinit.extract.inference import TeacherRunner, resolve_precision
-from distinit.extract.inspection import kl_divergence
 from distinit.extract.teachers import Teacher, load_teacher
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.frame_geometry import FrameGeometry
 from distinit.pipeline.shards import ShardSet, dequantize, quantize, read_shard_header
-from distinit.pipeline.video import FrameGeometry, iter_video
+from distinit.pipeline.video import iter_video
 from tests.videogen import make_index_video
 
 CPU = torch.device("cpu")

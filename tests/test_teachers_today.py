@@ -16,13 +16,16 @@ import torch
 import torch.nn.functional as F
 
 from distinit.extract.config import ExtractConfig
+from distinit.extract.divergence import cosine_rows, embedding_storage
 from distinit.extract.inference import CPU_CALL_FRAMES, TeacherRunner, split_classifier
-from distinit.extract.inspection import cosine_rows, embedding_storage, verify
+from distinit.extract.inspection import verify
 from distinit.extract.runner import run_extract
 from distinit.extract.teachers import load_teacher
 from distinit.pipeline.errors import ConfigError, WeightsError
+from distinit.pipeline.frame_geometry import FrameGeometry
 from distinit.pipeline.shards import ShardSet
-from distinit.pipeline.video import FrameGeometry, decode_at_times, iter_video
+from distinit.pipeline.timestamp_match import decode_at_times
+from distinit.pipeline.video import iter_video
 from distinit.train import loop
 from distinit.train.config import TrainConfig
 from distinit.train.loss import embedding_loss

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from distinit.pipeline.clip_rules import is_short, window_rows
 from distinit.pipeline.errors import ConfigError, ShardError
 from distinit.pipeline.frame_source import open_frame_source, resolve_videos_root
 from distinit.pipeline.shards import ShardSet
-from distinit.train.clip_rules import is_short, window_rows
 from distinit.train.clips import ClipDataset, ClipSpec, StepSampler, plan_clip
 from tests.test_train_support import (
     OBJECTS_CLASSES,

@@ -14,16 +14,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from distinit.pipeline.clip_rules import clip_input, input_channels
 from distinit.pipeline.errors import CheckpointError, ConfigError
+from distinit.pipeline.flow import FLOW_CHANNELS, FLOW_CLIP, clip_to_flow
 from distinit.pipeline.frame_source import open_frame_source
 from distinit.pipeline.shards import ShardSet
 from distinit.train import loop
 from distinit.train.checkpoint import load_final
-from distinit.train.clip_rules import clip_input, input_channels
 from distinit.train.clips import ClipDataset, ClipSpec, prepare_workers
 from distinit.train.command import train
 from distinit.train.config import TrainConfig
-from distinit.train.flow import FLOW_CHANNELS, FLOW_CLIP, clip_to_flow, moving_texture
+from distinit.train.flow_cost import moving_texture
 from distinit.train.students import Student, first_conv
 from tests.test_flow import assert_matches_velocity
 from tests.test_train_support import OBJECTS_CLASSES, SCENES_CLASSES, write_shards
@@ -194,7 +195,8 @@ import sys
 import cv2
 from distinit.train import loop
 from distinit.train.config import TrainConfig
-from distinit.train.flow import clip_to_flow, moving_texture
+from distinit.pipeline.flow import clip_to_flow
+from distinit.train.flow_cost import moving_texture
 
 cv2.setNumThreads(2)  # the parent has used OpenCV's thread pool before the workers fork
 clip_to_flow(moving_texture(4, (64, 64), (2, -1)))

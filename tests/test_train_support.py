@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from distinit.pipeline.frame_geometry import FrameGeometry
 from distinit.pipeline.framestore import StoreFormat, encode_gop
 from distinit.pipeline.shards import ShardSet, ShardWriter, TeacherInfo, VideoRecord, quantize
-from distinit.pipeline.video import FrameGeometry, iter_video
+from distinit.pipeline.video import iter_video
 from tests.videogen import make_index_video
 
 OBJECTS_CLASSES = 10

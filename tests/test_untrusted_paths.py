@@ -9,9 +9,9 @@ import pytest
 
 from distinit.eval.report import compare_table
 from distinit.extract.lock import RankLock
+from distinit.pipeline.directory_lock import DirectoryLock
 from distinit.pipeline.errors import ConfigError, ShardError
 from distinit.pipeline.paths import check_relative
-from distinit.pipeline.runtime import DirectoryLock
 from distinit.pipeline.shards import ShardSet
 from tests.test_eval_report import _probs_run
 from tests.test_train_support import write_shards

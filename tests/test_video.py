@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from distinit.pipeline.errors import VideoDecodeError
-from distinit.pipeline.video import FpsSelector, FrameGeometry, decode_at_times, iter_video
+from distinit.pipeline.fps_rule import FpsSelector
+from distinit.pipeline.frame_geometry import FrameGeometry
+from distinit.pipeline.timestamp_match import decode_at_times
+from distinit.pipeline.video import iter_video
 from tests.videogen import make_index_video, read_index
 
 GEOM = FrameGeometry(64, 64)

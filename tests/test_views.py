@@ -17,9 +17,9 @@ import h5py
 import numpy as np
 import pytest
 
+from distinit.apps.consistency import MAX_KL_MEAN, check_consistency
 from distinit.extract.config import ExtractConfig
 from distinit.extract.runner import run_extract
-from distinit.pipeline.consistency import MAX_KL_MEAN, check_consistency
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.frame_source import open_frame_source
 from distinit.pipeline.shards import ShardSet, ShardWriter, TeacherInfo, VideoRecord, quantize

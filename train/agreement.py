@@ -3,7 +3,7 @@
 The fidelity figure of distillation: measured on videos the student never trained on, it says
 whether the student learned to see what the teacher sees rather than memorising clips. Clips are
 ``clips_per_video`` windows uniformly spaced over each video (the clip rules of
-``train/clip_rules.py``). With shards of views, clip ``k`` of a video is cropped as view
+``pipeline/clip_rules.py``). With shards of views, clip ``k`` of a video is cropped as view
 ``k mod K`` and compared with that view's targets, so student and teacher see the same pixels;
 shards of the teacher's own centre view are centre-cropped, no flip. The teacher's class of a
 clip is the argmax of its mean per-frame distribution (T = 1), the same target the student was
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from distinit.pipeline import clip_rules
 from distinit.pipeline.frame_source import FrameSource
 from distinit.pipeline.shards import ShardSet
-from distinit.train import clip_rules
 from distinit.train.clips import tempered
 from distinit.train.students import Student
 

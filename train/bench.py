@@ -7,7 +7,8 @@
   against decoding the source at the same size (``--json-out`` writes these four figures);
 * clips/s of the real clip loader in the main process (= one worker's rate), for RGB and for
   flow clips, and the cost of flow per clip beside RGB: the loader's extra seconds per clip, and
-  DIS alone on a moving texture of the same size (:func:`~distinit.train.flow.flow_cost_per_clip`);
+  DIS alone on a moving texture of the same size
+  (:func:`~distinit.train.flow_cost.flow_cost_per_clip`);
 * clips/s with ``--workers`` worker processes (and that total divided by the workers), in
   ``--modality``;
 * train steps/s of the student fed by the real loader, and fed by synthetic clips already in
@@ -114,10 +115,11 @@ def bench_train(
     import torch
     from torch.utils.data import DataLoader
 
+    from distinit.pipeline.clip_rules import input_channels
+    from distinit.pipeline.flow import set_flow_threads
     from distinit.pipeline.frame_source import open_frame_source
-    from distinit.train.clip_rules import input_channels
     from distinit.train.clips import ClipDataset, StepSampler, prepare_workers, worker_init
-    from distinit.train.flow import flow_cost_per_clip, set_flow_threads
+    from distinit.train.flow_cost import flow_cost_per_clip
     from distinit.train.loop import build_optimizer, clip_spec, open_targets
     from distinit.train.loss import distillation_loss
     from distinit.train.students import Student

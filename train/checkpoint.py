@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from distinit.pipeline.atomic import atomic_torch_save
 from distinit.pipeline.errors import CheckpointError
-from distinit.pipeline.runtime import atomic_torch_save
 from distinit.pipeline.weights import load_weights_only
 from distinit.train.config import TrainConfig
 from distinit.train.students import STUDENTS, Student, student_spec

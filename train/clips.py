@@ -9,7 +9,7 @@ different worker count and a DDP run draw the same clips as one uninterrupted pr
   the next ``global_batch`` videos of that order, wrapping round at the end of the list so every
   batch is full. One epoch = ``ceil(videos / global_batch)`` steps.
 * Window, looping of short videos, crop, flip and modality: the clip rules of
-  ``train/clip_rules.py`` (shared with evaluation). Short videos are counted
+  ``pipeline/clip_rules.py`` (shared with evaluation). Short videos are counted
   (:attr:`ClipDataset.short_videos`), never dropped.
 * View: with shards that cache their teachers' targets per view (``pipeline/views.py``), the
   clip's crop and flip are those of one uniformly drawn view, the same for all its frames, and
@@ -38,14 +38,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from distinit.pipeline import clip_rules
+from distinit.pipeline.clip_rules import clip_input
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.flow import set_flow_threads
+from distinit.pipeline.frame_geometry import format_size
 from distinit.pipeline.frame_source import FrameSource
 from distinit.pipeline.shards import ShardSet, VideoRecord
-from distinit.pipeline.video import format_size
 from distinit.pipeline.views import DEFAULT_POSITIONS, ViewSet
-from distinit.train import clip_rules
-from distinit.train.clip_rules import clip_input
-from distinit.train.flow import set_flow_threads
 
 log = logging.getLogger(__name__)
 

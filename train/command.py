@@ -392,8 +392,8 @@ def train(
 
 def _check_targets(cfg: TrainConfig) -> None:
     """``--targets`` must be extract's output; a folder of videos gets the step it skipped."""
-    from distinit.extract.discovery import find_videos
     from distinit.pipeline.shards import ShardSet
+    from distinit.pipeline.video_files import find_videos
 
     try:
         ShardSet(cfg.targets).close()

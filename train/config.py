@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from distinit.pipeline.errors import ConfigError, UnknownNameError
+from distinit.pipeline.frame_geometry import format_size
 from distinit.pipeline.frame_source import FRAME_SOURCES
 from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
-from distinit.pipeline.video import format_size
 
 __all__ = ["TrainConfig", "parse_teacher_weight"]
 
@@ -21,7 +21,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
 TARGET_FRAMES = ("mean", "random")
 # What the student sees: RGB frames, or the optical flow between them (the teacher always sees
-# RGB; see distinit.train.flow).
+# RGB; see distinit.pipeline.flow).
 MODALITIES = ("rgb", "flow")
 # Milestones of the step schedule, as fractions of the run: lr x0.1 at each.
 STEP_MILESTONES = (0.5, 0.75)

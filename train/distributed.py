@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from distinit.pipeline import runtime
 
@@ -25,39 +26,38 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistContext:
-    rank: int
-    world_size: int
-    local_rank: int
+    """Training's view of the job: this process's place in it, and its device."""
+
+    process: runtime.Process
     device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def process(self) -> runtime.Process:
-        return runtime.Process(self.rank, self.world_size, self.local_rank)
 
 
 def setup(device_option: str) -> DistContext:
     """Join the job's process group when launched by torchrun or Slurm, else one process."""
-    proc, device = runtime.start(device_option)
-    return DistContext(proc.rank, proc.world_size, proc.local_rank, device)
+    return DistContext(*runtime.start(device_option))
 
 
 def teardown(ctx: DistContext) -> None:
     runtime.stop(ctx.process)
 
 
+def wrap(
+    model: nn.Module, proc: runtime.Process, device: torch.device, *, broadcast_buffers: bool
+) -> nn.Module:
+    """``model`` in DistributedDataParallel when the job has several processes, else itself."""
+    if not proc.distributed:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(
+        model, device_ids=device_ids, broadcast_buffers=broadcast_buffers
+    )
+
+
 def mean_over_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    if ctx.distributed:
+    if ctx.process.distributed:
         value = value.detach().clone()
         dist.all_reduce(value)
-        value /= ctx.world_size
+        value /= ctx.process.world_size
     return value
 
 
@@ -102,7 +102,7 @@ class GlooBatchNorm(nn.BatchNorm3d):
 
 def sync_batchnorm(model: nn.Module, ctx: DistContext) -> nn.Module:
     """Make every BatchNorm3d of ``model`` normalise over the global batch (no-op alone)."""
-    if not ctx.distributed:
+    if not ctx.process.distributed:
         return model
     if ctx.device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)

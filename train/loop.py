@@ -13,7 +13,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from distinit.pipeline import runtime
+from distinit.pipeline.clip_rules import input_channels
+from distinit.pipeline.directory_lock import lock_run_directory
 from distinit.pipeline.errors import (
     CheckpointError,
     ConfigError,
@@ -33,7 +33,7 @@ from distinit.pipeline.errors import (
 )
 from distinit.pipeline.frame_source import FrameSource, open_frame_source
 from distinit.pipeline.shards import ShardSet
-from distinit.pipeline.stopping import ShieldedWorkerInit, StopSignals, agree_to_stop
+from distinit.pipeline.stopping import ShieldedWorkerInit, StopSignals
 from distinit.pipeline.views import ViewSet
 from distinit.train import distributed
 from distinit.train.bad_clips import BadClipCount, TolerantClips, failures
@@ -43,7 +43,6 @@ from distinit.train.checkpoint import (
     load_init_weights,
     save_final,
 )
-from distinit.train.clip_rules import input_channels
 from distinit.train.clips import (
     ClipDataset,
     ClipSpec,
@@ -63,6 +62,7 @@ from distinit.train.resume import (
     shard_set_fingerprint,
 )
 from distinit.train.runlog import CURVE_NAME, LOG_NAME, RunLog, plot_loss, truncate_log
+from distinit.train.step import Trainee, agreed, amp_enabled, autocast, next_batch
 from distinit.train.students import Student
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def run(
     returned it to a caller that has read it already (else it is read here)."""
     ctx = distributed.setup(cfg.device)
     try:
-        lock = runtime.lock_run_directory(Path(cfg.out), "train", ctx.process)
+        lock = lock_run_directory(Path(cfg.out), "train", ctx.process)
         try:
             with StopSignals() as signals:
                 return _train(cfg, ctx, progress, signals, resume_state, announce)
@@ -175,6 +175,123 @@ def run(
                 lock.release()
     finally:
         distributed.teardown(ctx)
+
+
+@dataclass
+class _Run:
+    """What one invocation trains: the clips, the student and its optimisation state."""
+
+    shards: ShardSet
+    dataset: ClipDataset
+    shard_set: dict[str, Any]  # which clip each step draws depends on it
+    teachers: list[dict[str, Any]]  # what last.pt and final.pt record
+    heads: dict[str, int]
+    student: Student
+    trainee: Trainee
+    use_amp: bool
+    total: int
+    start: int = 0
+    earlier_s: float = 0.0  # training time of earlier invocations (last.pt records it)
+    began: float = 0.0  # time.monotonic() when this invocation's first step began
+
+    def elapsed(self) -> float:
+        """Training time of the whole run, earlier invocations included."""
+        return self.earlier_s + time.monotonic() - self.began
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        assert self.trainee.scheduler is not None  # distillation always has a schedule
+        return self.trainee.scheduler
+
+    def save_last(self, cfg: TrainConfig, step: int) -> None:
+        save_last(
+            Path(cfg.out) / LAST_NAME,
+            {
+                "step": step,
+                "elapsed_s": self.elapsed(),  # a resumed run's progress counts the time spent
+                "config": cfg.to_json(),
+                "teachers": json.dumps(self.teachers),  # the targets' identity: weights, recipe
+                "shard_set": json.dumps(self.shard_set),
+                **self.trainee.state_dicts(_TRAINING_STATE),
+                "rng": rng_state(),
+            },
+        )
+
+
+_TRAINING_STATE = ("model", "optimizer", "scheduler", "scaler")  # what last.pt holds
+
+
+def _set_up(
+    cfg: TrainConfig, ctx: distributed.DistContext, resume_state: dict[str, Any] | None
+) -> _Run:
+    shards, frames = open_targets(cfg)
+    global_batch = cfg.batch_size * ctx.process.world_size
+    spec = clip_spec(cfg, shards.views)
+    dataset = ClipDataset(shards, frames, spec, seed=cfg.seed, global_batch=global_batch)
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * dataset.steps_per_epoch
+    if dataset.short_videos:
+        log.warning(
+            "%d of %d videos are shorter than a clip (%d frames at stride %d); their clips loop",
+            dataset.short_videos,
+            len(dataset.videos),
+            cfg.clip_len,
+            cfg.frame_stride,
+        )
+    heads = {t.key: t.num_classes for t in shards.teachers}
+    student = _student(cfg, heads, ctx)
+    use_amp = amp_enabled(cfg.amp, ctx.device)
+    optimizer = build_optimizer(cfg, student)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.schedule)
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    run = _Run(
+        shards=shards,
+        dataset=dataset,
+        shard_set=shard_set_fingerprint(shards),
+        teachers=[t.to_json() for t in shards.teachers],
+        heads=heads,
+        student=student,
+        trainee=Trainee(student, optimizer, scaler, scheduler),
+        use_amp=use_amp,
+        total=total,
+    )
+    last_path = Path(cfg.out) / LAST_NAME
+    if last_path.exists():
+        if resume_state is None:
+            resume_state = check_resume(last_path, cfg, run.teachers, run.shard_set)
+        run.start = _resume(last_path, resume_state, cfg, run.trainee, total)
+        run.earlier_s = float(resume_state.get("elapsed_s", 0.0))
+        log.info("resuming %s from step %d of %d", cfg.out, run.start, total)
+    return run
+
+
+def _student(cfg: TrainConfig, heads: dict[str, int], ctx: distributed.DistContext) -> Student:
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
+    student = Student(cfg.student, heads, in_channels=input_channels(cfg.modality))
+    if cfg.init_from is not None:  # weights only; a resumed run's last.pt overrides them
+        taken = load_init_weights(student, cfg.init_from)
+        log.info("initialised from %s (heads taken over: %s)", cfg.init_from, taken or "none")
+    synced = distributed.sync_batchnorm(student, ctx)  # batch norm layers replaced in place
+    assert synced is student
+    return student.to(ctx.device)
+
+
+def _loader(
+    cfg: TrainConfig, ctx: distributed.DistContext, dataset: ClipDataset, start: int, end: int
+) -> DataLoader[dict[str, Any]]:
+    """The batches of steps ``start..end`` for this rank."""
+    prepare_workers(cfg.workers)
+    return DataLoader(
+        TolerantClips(dataset),
+        batch_size=cfg.batch_size,
+        sampler=StepSampler(start, end, cfg.batch_size, ctx.process.rank, ctx.process.world_size),
+        num_workers=cfg.workers,
+        # Out of the job's process group: a signal to the whole group (Slurm, `kill -TERM
+        # -PGID`, Ctrl-C) reaches this process alone, which saves before the workers stop.
+        worker_init_fn=ShieldedWorkerInit(worker_init),
+        pin_memory=ctx.device.type == "cuda",
+    )
 
 
 def _train(
@@ -186,262 +303,187 @@ def _train(
     announce: AnnounceFn | None,
 ) -> RunResult:
     out = Path(cfg.out)
-    shards, frames = open_targets(cfg)
-    global_batch = cfg.batch_size * ctx.world_size
-    spec = clip_spec(cfg, shards.views)
-    dataset = ClipDataset(shards, frames, spec, seed=cfg.seed, global_batch=global_batch)
-    shard_set = shard_set_fingerprint(shards)
-    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * dataset.steps_per_epoch
-    if dataset.short_videos:
-        log.warning(
-            "%d of %d videos are shorter than a clip (%d frames at stride %d); their clips loop",
-            dataset.short_videos,
-            len(dataset.videos),
-            cfg.clip_len,
-            cfg.frame_stride,
-        )
-    heads = {t.key: t.num_classes for t in shards.teachers}
-    kinds = {t.key: t.kind for t in shards.teachers}
-    weights = {t: cfg.weight_of(t) for t in heads}
-
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
-    in_channels = input_channels(cfg.modality)
-    student = Student(cfg.student, heads, in_channels=in_channels)
-    if cfg.init_from is not None:  # weights only; a resumed run's last.pt overrides them below
-        taken = load_init_weights(student, cfg.init_from)
-        log.info("initialised from %s (heads taken over: %s)", cfg.init_from, taken or "none")
-    student = distributed.sync_batchnorm(student, ctx).to(ctx.device)
-    use_amp = cfg.amp and ctx.device.type == "cuda"
-    optimizer = build_optimizer(cfg, student)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.schedule)
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    start = 0
-    earlier_s = 0.0  # training time of earlier invocations (last.pt records it)
-    last_path = out / LAST_NAME
-    teachers = [t.to_json() for t in shards.teachers]  # what last.pt and final.pt record
-    if last_path.exists():
-        if resume_state is None:
-            resume_state = check_resume(last_path, cfg, teachers, shard_set)
-        start = _resume(last_path, resume_state, cfg, student, optimizer, scheduler, scaler, total)
-        earlier_s = float(resume_state.get("elapsed_s", 0.0))
-        log.info("resuming %s from step %d of %d", out, start, total)
-    if ctx.is_main:
+    run = _set_up(cfg, ctx, resume_state)
+    start, total = run.start, run.total
+    if ctx.process.is_main:
         out.mkdir(parents=True, exist_ok=True)
         truncate_log(out / LOG_NAME, start)
         if announce is not None:
             announce(start, total)
-    began = time.monotonic()
-
-    def run_elapsed() -> float:
-        return earlier_s + time.monotonic() - began
-
-    model: nn.Module = student
-    if ctx.distributed:
-        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        model = DistributedDataParallel(student, device_ids=device_ids, broadcast_buffers=False)
-
+    run.began = time.monotonic()
+    # Each rank keeps its buffers: batch norm is synchronised over the global batch already.
+    model = distributed.wrap(run.student, ctx.process, ctx.device, broadcast_buffers=False)
     # --stop-after counts this invocation's steps, so rerunning one command makes progress.
     end = min(total, start + cfg.stop_after) if cfg.stop_after is not None else total
-    prepare_workers(cfg.workers)
-    loader = DataLoader(
-        TolerantClips(dataset),
-        batch_size=cfg.batch_size,
-        sampler=StepSampler(start, end, cfg.batch_size, ctx.rank, ctx.world_size),
-        num_workers=cfg.workers,
-        # Out of the job's process group: a signal to the whole group (Slurm, `kill -TERM
-        # -PGID`, Ctrl-C) reaches this process alone, which saves before the workers stop.
-        worker_init_fn=ShieldedWorkerInit(worker_init),
-        pin_memory=ctx.device.type == "cuda",
-    )
-    runlog = (
-        RunLog(out / LOG_NAME, tensorboard=cfg.tensorboard, keep_until_step=start)
-        if ctx.is_main
-        else None
-    )
-    bad = BadClipCount(cfg.max_bad_clips)
-    first_loss: float | None = None
-    last_loss: float | None = None
-    batches: Iterator[dict[str, Any]] = iter(loader)
-    student.train()
-    done = start
-
-    def save(step: int) -> None:
-        if ctx.is_main:
-            _save_last(
-                last_path,
-                cfg,
-                teachers,
-                shard_set,
-                (student, optimizer, scheduler, scaler),
-                step,
-                run_elapsed(),
-            )
-
+    batches = iter(_loader(cfg, ctx, run.dataset, start, end))
+    steps = _StepLog(cfg, ctx, run, end, progress)
+    bad, done = BadClipCount(cfg.max_bad_clips), start
+    run.student.train()
     try:
         for step in range(start, end):
-            # Every stop decision (a fault, a signal) is taken by all ranks together, before
-            # the step's first collective, so no rank is left waiting in one.
             t0 = time.perf_counter()
-            fault: Exception | None = None
-            try:
-                batch = next(batches)
-            except Exception as exc:
-                fault = exc
-            if agree_to_stop(ctx.process, signals, fault) is not None:
+            batch, signum = next_batch(batches, ctx.process, signals)
+            if batch is None or signum is not None:
                 break
             t1 = time.perf_counter()
-            for message in failures(batch):
-                log.warning("bad clip replaced at step %d: %s", step + 1, message)
-            # (B, T, H, W, 3) uint8 for rgb, (B, T, H, W, 2) float32 for flow
-            clips = batch["clip"].to(ctx.device, non_blocking=True)
-            targets = {k: v.to(ctx.device, non_blocking=True) for k, v in batch["targets"].items()}
-            try:
-                with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=use_amp):
-                    # contiguous: the permuted layout would give DDP gradients of mismatched
-                    # strides
-                    outputs = model(student.normalize(clips).contiguous())  # head -> (B, C)
-                loss, per_teacher = distillation_loss(
-                    outputs, targets, cfg.temperature, weights, kinds, cfg.embedding_loss
-                )
-                mine = torch.stack([loss.detach(), *(per_teacher[t].detach() for t in heads)])
-                if not torch.isfinite(mine).all():
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {step + 1} (lr "
-                        f"{scheduler.get_last_lr()[0]:.3g}): "
-                        f"{dict(zip(['total', *heads], mine.tolist(), strict=True))}; "
-                        "lower --lr or raise --warmup-steps"
-                    )
-            except Exception as exc:
-                fault = exc
-            agree_to_stop(ctx.process, None, fault)
-            # The mean losses, and the bad clips summed, over ranks.
-            n_bad = torch.tensor([float(len(failures(batch)))], device=ctx.device)
-            reported = distributed.mean_over_ranks(torch.cat([mine, n_bad]), ctx)
-            too_many = bad.add(round(float(reported[-1]) * ctx.world_size), step + 1)
-            if too_many is not None:
-                save(done)  # the steps before are good: keep them
-                raise too_many
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = (
-                float(nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip))
-                if cfg.grad_clip is not None
-                else float("nan")
-            )
-            lr = float(scheduler.get_last_lr()[0])
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ctx.device.type == "cuda":
-                torch.cuda.synchronize(ctx.device)
-            t2 = time.perf_counter()
+            entry = _distill_step(cfg, ctx, run, model, batch, step, bad)
             done = step + 1
-            values = reported[:-1].tolist()
-            last_loss = values[0]
-            first_loss = values[0] if first_loss is None else first_loss
-            if runlog is not None and (done % cfg.log_every == 0 or done == end):
-                runlog.write(
-                    {
-                        "step": done,
-                        "epoch": step // dataset.steps_per_epoch,
-                        "loss": values[0],
-                        "loss_per_teacher": dict(zip(heads, values[1:], strict=True)),
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "clips_per_s": global_batch / (t2 - t0),
-                        "data_s": t1 - t0,
-                        "compute_s": t2 - t1,
-                        "bad_clips": bad.total,  # replaced so far in this invocation
-                    }
-                )
-            if ctx.is_main and progress is not None:
-                report = StepReport(
-                    done, total, values[0], lr, global_batch / (t2 - t0), run_elapsed()
-                )
-                progress(report)
+            steps.write(done, entry, t0, t1, bad.total)
             if done % cfg.save_every == 0 or done == end:
-                save(done)
-        if done < end:
-            # Stopped by a signal (here or on another rank): keep every finished step.
-            save(done)
+                _save(cfg, ctx, run, done)
+        if done < end:  # stopped by a signal (here or on another rank): keep every finished step
+            _save(cfg, ctx, run, done)
             signum = signals.received or signal.SIGTERM
             raise Interrupted(
-                f"{signal.Signals(signum).name} at step {done} of {total}: saved {last_path}; "
-                "run the same command again to resume",
+                f"{signal.Signals(signum).name} at step {done} of {total}: saved "
+                f"{out / LAST_NAME}; run the same command again to resume",
                 signum,
             )
-        if ctx.is_main and end > start:
+        if ctx.process.is_main and end > start:
             plot_loss(out / LOG_NAME, out / CURVE_NAME)
     finally:
-        if runlog is not None:
-            runlog.close()
-
-    final_path: Path | None = None
-    if end == total:
-        final_path = out / FINAL_NAME
-        if ctx.is_main:
-            save_final(
-                final_path,
-                FinalCheckpoint(
-                    student=cfg.student,
-                    heads=heads,
-                    state_dict=student.state_dict(),
-                    config=cfg.to_json(),
-                    teachers=teachers,
-                    modality=cfg.modality,
-                    in_channels=in_channels,
-                    step=total,
-                    recipe=InputRecipe.of_run(cfg, shards.provenance.get("fps")),
-                    shard_set=shard_set,
-                    code_version=version("distinit"),
-                ),
-            )
-            if cfg.drop_resume_state:  # only once final.pt is safely on disk
-                last_path.unlink(missing_ok=True)
+        steps.close()
     return RunResult(
         steps_done=max(end, start),
         total_steps=total,
         resumed_from=start,
-        first_loss=first_loss,
-        last_loss=last_loss,
-        videos=len(dataset.videos),
-        short_videos=dataset.short_videos,
-        final_path=final_path,
+        first_loss=steps.first_loss,
+        last_loss=steps.last_loss,
+        videos=len(run.dataset.videos),
+        short_videos=run.dataset.short_videos,
+        final_path=_finish(cfg, ctx, run) if end == total else None,
         bad_clips=bad.total,
     )
 
 
-def _save_last(
-    path: Path,
+def _save(cfg: TrainConfig, ctx: distributed.DistContext, run: _Run, step: int) -> None:
+    if ctx.process.is_main:
+        run.save_last(cfg, step)
+
+
+class _StepLog:
+    """Where each finished step is reported, on rank 0: a line of ``log.jsonl`` every
+    ``--log-every`` steps and at the last one, and the progress callback at every step."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        ctx: distributed.DistContext,
+        run: _Run,
+        end: int,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.runlog = (
+            RunLog(Path(cfg.out) / LOG_NAME, tensorboard=cfg.tensorboard, keep_until_step=run.start)
+            if ctx.process.is_main
+            else None
+        )
+        self.progress = progress if ctx.process.is_main else None
+        self.global_batch = cfg.batch_size * ctx.process.world_size
+        self.log_every, self.end, self.run = cfg.log_every, end, run
+        self.first_loss: float | None = None  # of this invocation
+        self.last_loss: float | None = None
+
+    def write(self, done: int, entry: dict[str, Any], t0: float, t1: float, bad: int) -> None:
+        """Step ``done`` (1-based), which fetched its batch from ``t0`` to ``t1`` and computed
+        until now; ``bad``: clips replaced so far in this invocation."""
+        t2 = time.perf_counter()
+        self.last_loss = entry["loss"]
+        self.first_loss = self.last_loss if self.first_loss is None else self.first_loss
+        clips_per_s = self.global_batch / (t2 - t0)
+        if self.runlog is not None and (done % self.log_every == 0 or done == self.end):
+            epoch = (done - 1) // self.run.dataset.steps_per_epoch
+            timing = {"clips_per_s": clips_per_s, "data_s": t1 - t0, "compute_s": t2 - t1}
+            self.runlog.write({"step": done, "epoch": epoch, **entry, **timing, "bad_clips": bad})
+        if self.progress is not None:
+            loss, lr, elapsed = entry["loss"], entry["lr"], self.run.elapsed()
+            self.progress(StepReport(done, self.run.total, loss, lr, clips_per_s, elapsed))
+
+    def close(self) -> None:
+        if self.runlog is not None:
+            self.runlog.close()
+
+
+def _distill_step(
     cfg: TrainConfig,
-    teachers: list[dict[str, Any]],
-    shard_set: dict[str, Any],
-    state: tuple[
-        nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.amp.GradScaler
-    ],
+    ctx: distributed.DistContext,
+    run: _Run,
+    model: nn.Module,
+    batch: dict[str, Any],
     step: int,
-    elapsed_s: float,
-) -> None:
-    student, optimizer, scheduler, scaler = state
-    save_last(
-        path,
-        {
-            "step": step,
-            "elapsed_s": elapsed_s,  # so a resumed run's progress counts the time already spent
-            "config": cfg.to_json(),
-            "teachers": json.dumps(teachers),  # the targets' identity: weights hash, recipe
-            "shard_set": json.dumps(shard_set),  # which clip each step draws depends on it
-            "model": student.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng_state(),
-        },
-    )
+    bad: BadClipCount,
+) -> dict[str, Any]:
+    """One optimizer step on ``batch``; returns what the log records of it (losses averaged over
+    ranks). Too many bad clips over the run stop it, with the steps before saved."""
+    for message in failures(batch):
+        log.warning("bad clip replaced at step %d: %s", step + 1, message)
+    # (B, T, H, W, 3) uint8 for rgb, (B, T, H, W, 2) float32 for flow
+    clips = batch["clip"].to(ctx.device, non_blocking=True)
+    targets = {k: v.to(ctx.device, non_blocking=True) for k, v in batch["targets"].items()}
+    kinds = {t.key: t.kind for t in run.shards.teachers}
+    weights = {t: cfg.weight_of(t) for t in run.heads}
+    lr = float(run.scheduler.get_last_lr()[0])
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(ctx.device, run.use_amp):
+            # contiguous: the permuted layout would give DDP gradients of mismatched strides
+            outputs = model(run.student.normalize(clips).contiguous())  # head -> (B, C)
+        loss, per_teacher = distillation_loss(
+            outputs, targets, cfg.temperature, weights, kinds, cfg.embedding_loss
+        )
+        mine = torch.stack([loss.detach(), *(per_teacher[t].detach() for t in run.heads)])
+        if not torch.isfinite(mine).all():
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step + 1} (lr {lr:.3g}): "
+                f"{dict(zip(['total', *run.heads], mine.tolist(), strict=True))}; "
+                "lower --lr or raise --warmup-steps"
+            )
+        return loss, mine
+
+    loss, mine = agreed(losses, ctx.process)
+    # The mean losses, and the bad clips summed, over ranks.
+    n_bad = torch.tensor([float(len(failures(batch)))], device=ctx.device)
+    reported = distributed.mean_over_ranks(torch.cat([mine, n_bad]), ctx)
+    too_many = bad.add(round(float(reported[-1]) * ctx.process.world_size), step + 1)
+    if too_many is not None:
+        _save(cfg, ctx, run, step)  # the steps before are good: keep them
+        raise too_many
+    grad_norm = run.trainee.step(loss, cfg.grad_clip)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    values = reported[:-1].tolist()
+    return {
+        "loss": values[0],
+        "loss_per_teacher": dict(zip(run.heads, values[1:], strict=True)),
+        "lr": lr,
+        "grad_norm": grad_norm,
+    }
+
+
+def _finish(cfg: TrainConfig, ctx: distributed.DistContext, run: _Run) -> Path:
+    """Write ``final.pt`` (rank 0) once every step is done; ``last.pt`` goes with
+    ``--drop-resume-state``, only once ``final.pt`` is safely on disk."""
+    final_path = Path(cfg.out) / FINAL_NAME
+    if ctx.process.is_main:
+        save_final(
+            final_path,
+            FinalCheckpoint(
+                student=cfg.student,
+                heads=run.heads,
+                state_dict=run.student.state_dict(),
+                config=cfg.to_json(),
+                teachers=run.teachers,
+                modality=cfg.modality,
+                in_channels=input_channels(cfg.modality),
+                step=run.total,
+                recipe=InputRecipe.of_run(cfg, run.shards.provenance.get("fps")),
+                shard_set=run.shard_set,
+                code_version=version("distinit"),
+            ),
+        )
+        if cfg.drop_resume_state:
+            (Path(cfg.out) / LAST_NAME).unlink(missing_ok=True)
+    return final_path
 
 
 def _target_key(teacher: dict[str, Any]) -> str:
@@ -485,19 +527,11 @@ def _resume(
     path: Path,
     state: dict[str, Any],
     cfg: TrainConfig,
-    student: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
+    trainee: Trainee,
     total: int,
 ) -> int:
-    try:
-        student.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path}: training state does not fit this run ({exc})") from exc
+    """Restore ``last.pt``'s training state; returns the step it was saved at."""
+    trainee.load_state_dicts(path, state, _TRAINING_STATE)
     restore_rng(state["rng"])
     step = int(state["step"])
     if step > total:
@@ -507,6 +541,8 @@ def _resume(
         )
     # A new run length (--max-steps/--epochs) changes the schedule from this step on; set the
     # step's lr from it (with the length unchanged this is the value just restored).
+    optimizer, scheduler = trainee.optimizer, trainee.scheduler
+    assert scheduler is not None  # distillation always has a schedule
     for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
         group["lr"] = base * lr_factor(step, total, cfg.warmup_steps, cfg.schedule)
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what the log shows

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from distinit.pipeline.atomic import atomic_torch_save
 from distinit.pipeline.errors import CheckpointError
-from distinit.pipeline.runtime import atomic_torch_save
 from distinit.pipeline.shards import ShardSet, list_shard_files
 from distinit.train.checkpoint import LAST_FORMAT, load_tagged
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distinit.pipeline.runtime import atomic_write
+from distinit.pipeline.atomic import atomic_write
 from distinit.train.events import EventLog
 
 LOG_NAME = "log.jsonl"

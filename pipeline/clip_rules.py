@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from distinit.pipeline.flow import FLOW_CHANNELS, clip_to_flow
 from distinit.pipeline.views import ViewSet
-from distinit.train.flow import FLOW_CHANNELS, clip_to_flow
-
-MODALITIES = ("rgb", "flow")
 
 
 def window_span(clip_len: int, stride: int) -> int:

@@ -89,10 +89,10 @@ def check_consistency(
 ) -> ConsistencyReport:
     """Recompute the teachers on the student inputs of ``clips`` training clips (see the module
     docstring). Needs the source videos (``videos`` if they moved)."""
-    from distinit.extract.inspection import kl_of_distributions, recorded_teachers
+    from distinit.extract.inspection import recorded_teachers
     from distinit.pipeline.frame_source import open_frame_source, resolve_videos_root
-    from distinit.pipeline.video import decode_at_times
-    from distinit.train.clips import ClipDataset, ClipSpec, mean_embedding, tempered
+    from distinit.pipeline.timestamp_match import decode_at_times
+    from distinit.train.clips import ClipDataset, ClipSpec
 
     if not shards.teachers:
         raise ConfigError(f"{shards.directory}: a frames-only store has no targets to check")
@@ -117,7 +117,6 @@ def check_consistency(
     runner = recorded_teachers(shards, problems, canvas)
     if runner is None:
         raise ConfigError("; ".join(problems))
-    logits_keys = set(shards.logits_keys())
     report = ConsistencyReport(
         views=views.describe() if views is not None else "the teacher's own centre view"
     )
@@ -129,22 +128,38 @@ def check_consistency(
         source = decode_at_times(root / record.id, runner.geometry, times)  # (T, H*, W*, 3)
         box = View(plan.crop_x, plan.crop_y, plan.flip)
         fresh = runner.run_views(source, (box,))
-        for key, loaded in item["targets"].items():
-            values = fresh[key][0]  # (T, C) on the clip's own crop
-            if key in logits_keys:
-                p = tempered(values, 1.0).mean(axis=0)
-                q = loaded.numpy()
-                kl = float(kl_of_distributions(p[None], q[None])[0])
-                report.kl.append(kl)
-                report.same_top1.append(int(p.argmax()) == int(q.argmax()))
-                report.per_video.setdefault(record.id, []).append(kl)
-            else:
-                e = mean_embedding(values).astype(np.float64)
-                report.cosine.append(float(e @ loaded.numpy().astype(np.float64)))
+        _compare(report, record.id, {k: v[0] for k, v in fresh.items()}, item["targets"], shards)
         report.clips += 1
         if progress is not None:
             progress(f"clips recomputed {report.clips}/{clips}")
     return report
+
+
+def _compare(
+    report: ConsistencyReport,
+    video_id: str,
+    fresh: dict[str, np.ndarray],
+    loaded: dict[str, Any],
+    shards: ShardSet,
+) -> None:
+    """Add one clip's comparison to ``report``: per target, the teacher's fresh ``(T, C)`` values
+    on the clip's own crop against the loader's clip target."""
+    from distinit.extract.divergence import kl_of_distributions
+    from distinit.train.clips import mean_embedding, tempered
+
+    logits_keys = set(shards.logits_keys())
+    for key, target in loaded.items():
+        values = fresh[key]
+        if key in logits_keys:
+            p = tempered(values, 1.0).mean(axis=0)
+            q = target.numpy()
+            kl = float(kl_of_distributions(p[None], q[None])[0])
+            report.kl.append(kl)
+            report.same_top1.append(int(p.argmax()) == int(q.argmax()))
+            report.per_video.setdefault(video_id, []).append(kl)
+        else:
+            e = mean_embedding(values).astype(np.float64)
+            report.cosine.append(float(e @ target.numpy().astype(np.float64)))
 
 
 def format_consistency(report: ConsistencyReport) -> str:
