@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from distinit.extract.config import ExtractConfig
 from distinit.pipeline.errors import MachineFaultError, VideoDecodeError
 from distinit.pipeline.faults import machine_fault
+from distinit.pipeline.ffmpeg_stderr import VideoInfo
+from distinit.pipeline.frame_geometry import FrameGeometry
 from distinit.pipeline.framestore import StoreFormat, encode_gop
 from distinit.pipeline.progress import expected_frames
-from distinit.pipeline.video import FrameChunk, FrameGeometry, VideoInfo, VideoReader
+from distinit.pipeline.video import FrameChunk, VideoReader
 
 CHUNK_FRAMES = 16  # frames per message without a store (with one: a GOP's frames)
 

@@ -12,9 +12,9 @@ from distinit.extract.inference import TeacherRunner
 from distinit.extract.teachers import target_keys
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.ffmpeg_binary import ffmpeg_version
+from distinit.pipeline.frame_geometry import FrameGeometry
 from distinit.pipeline.framestore import StoreFormat
 from distinit.pipeline.shards import ShardHeader, TeacherInfo
-from distinit.pipeline.video import FrameGeometry
 from distinit.pipeline.views import ViewSet
 
 

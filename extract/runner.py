@@ -47,10 +47,11 @@ from distinit.extract.recipe import check_same_recipe, shard_provenance
 from distinit.extract.shard_sequence import ShardSequence
 from distinit.extract.spool import SPOOL_SUFFIX, VideoSpool
 from distinit.extract.teacher_setup import teacher_runner
+from distinit.pipeline.atomic import probe_writable
 from distinit.pipeline.errors import MachineFaultError, ShardError
+from distinit.pipeline.frame_geometry import FrameGeometry
 from distinit.pipeline.framestore import StoreFormat
 from distinit.pipeline.progress import FrameCount, eta_seconds
-from distinit.pipeline.runtime import probe_writable
 from distinit.pipeline.shards import (
     TMP_SUFFIX,
     Targets,
@@ -61,7 +62,6 @@ from distinit.pipeline.shards import (
     write_manifest,
 )
 from distinit.pipeline.stopping import StopSignals
-from distinit.pipeline.video import FrameGeometry
 
 log = logging.getLogger(__name__)
 

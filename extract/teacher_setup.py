@@ -19,8 +19,9 @@ from distinit.extract.recipe import check_same_teachers
 from distinit.extract.teachers import group_specs, load_teacher
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.errors import VideoDecodeError
+from distinit.pipeline.frame_geometry import FrameGeometry
 from distinit.pipeline.shards import ShardHeader
-from distinit.pipeline.video import FrameGeometry, VideoReader
+from distinit.pipeline.video import VideoReader
 
 log = logging.getLogger(__name__)
 

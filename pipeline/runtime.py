@@ -147,10 +147,3 @@ def stop(proc: Process) -> None:
 
     if proc.distributed and dist.is_initialized():
         dist.destroy_process_group()
-
-
-# pipeline/shards.py and extract/runner.py import these from here until their imports name the
-# modules that own them (pipeline/atomic.py, pipeline/directory_lock.py).
-from distinit.pipeline.atomic import atomic_write as atomic_write  # noqa: E402
-from distinit.pipeline.atomic import probe_writable as probe_writable  # noqa: E402
-from distinit.pipeline.directory_lock import DirectoryLock as DirectoryLock  # noqa: E402

@@ -59,11 +59,12 @@ from typing import Any
 import h5py
 import numpy as np
 
+from distinit.pipeline.atomic import atomic_write
+from distinit.pipeline.directory_lock import DirectoryLock
 from distinit.pipeline.errors import DistinitError, ShardError
 from distinit.pipeline.faults import hdf5_errno, machine_fault
 from distinit.pipeline.framestore import StoreFormat, decode_gop
 from distinit.pipeline.paths import check_relative
-from distinit.pipeline.runtime import DirectoryLock, atomic_write
 from distinit.pipeline.views import ViewSet
 
 SCHEMA_VERSION = 3
