@@ -19,6 +19,10 @@ BENCHES = {
         f"Stage one: decode, teacher, end to end ({EXTRACT_BENCH_DURATION}).",
     ),
     "train": ("distinit.train.bench:bench_train", "Stage two: data loader vs synthetic clips."),
+    "scale": (
+        "distinit.pipeline.scale_bench:bench_scale",
+        "Extract, resume, manifest, inspect and train start-up at 1k and 10k videos.",
+    ),
 }
 
 
