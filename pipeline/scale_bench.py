@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -49,32 +50,52 @@ TRAIN_OPTIONS = (
     "--clip-len", str(CLIP_FRAMES), "--resize", "x".join(map(str, CLIP_SIZE)), "--crop", "32",
 )  # fmt: skip
 FIGURES = {  # field -> what the table calls it
-    "extract_s": "extract --teacher none, s",
-    "extract_ms_per_video": "  per video, ms",
-    "resume_s": "extract again, all done, s",
-    "manifest_s": "manifest regeneration, s",
-    "inspect_s": "inspect (targets), s",
-    "train_first_step_s": "train: start to first step, s",
+    "extract": "extract --teacher none",
+    "resume": "extract again, all done",
+    "manifest": "manifest regeneration",
+    "inspect": "inspect (targets)",
+    "train_first_step": "train: start to first step",
 }
 
 
 @dataclass(frozen=True)
+class Cost:
+    """Wall-clock seconds, and CPU seconds (of the command and the processes it waited for): on
+    a machine shared with other work the CPU figure is the steadier one."""
+
+    wall_s: float
+    cpu_s: float
+
+
+@dataclass(frozen=True)
 class ScaleFigures:
-    """The figures measured at one count of videos (seconds unless the name says otherwise)."""
+    """The costs measured at one count of videos."""
 
     videos: int
-    extract_s: float
-    resume_s: float
-    manifest_s: float
-    inspect_s: float
-    train_first_step_s: float
+    extract: Cost
+    resume: Cost
+    manifest: Cost
+    inspect: Cost
+    train_first_step: Cost  # CPU: the training process alone, its loader workers not counted
 
-    @property
-    def extract_ms_per_video(self) -> float:
-        return 1000 * self.extract_s / self.videos
+    def cost(self, figure: str) -> Cost:
+        value = getattr(self, figure)
+        assert isinstance(value, Cost)
+        return value
 
-    def value(self, figure: str) -> float:
-        return float(getattr(self, figure))
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds process ``pid`` has used so far (Linux's /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def make_videos(root: Path, count: int) -> Path:
@@ -134,31 +155,31 @@ def write_targets(videos: Path, out: Path) -> Path:
     return out
 
 
-def distinit(*args: str) -> float:
-    """Seconds one ``distinit`` command takes in a fresh process; a failure stops the bench."""
-    start = time.perf_counter()
+def distinit(*args: str) -> Cost:
+    """What one ``distinit`` command costs in a fresh process; a failure stops the bench."""
+    start, cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run(
         [sys.executable, "-m", "distinit.pipeline.cli", *args], capture_output=True, text=True
     )
-    seconds = time.perf_counter() - start
+    cost = Cost(time.perf_counter() - start, _children_cpu() - cpu)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
         raise click.ClickException(f"distinit {' '.join(args)} failed: {' / '.join(tail)}")
-    return seconds
+    return cost
 
 
-def manifest_seconds(shards: Path) -> float:
-    """Seconds to regenerate ``shards/manifest.json`` (with the config it already records)."""
+def manifest_cost(shards: Path) -> Cost:
+    """Regenerating ``shards/manifest.json`` (with the config it already records)."""
     from distinit.pipeline.shards import MANIFEST_NAME, write_manifest
 
     config = json.loads((shards / MANIFEST_NAME).read_text())["config"]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     write_manifest(shards, config)
-    return time.perf_counter() - start
+    return Cost(time.perf_counter() - start, time.process_time() - cpu)
 
 
-def first_step_seconds(targets: Path, run: Path) -> float:
-    """Seconds from starting ``distinit train`` to its first line in ``run/log.jsonl``."""
+def first_step_cost(targets: Path, run: Path) -> Cost:
+    """From starting ``distinit train`` to its first line in ``run/log.jsonl``."""
     log_file = run / "log.jsonl"
     start = time.perf_counter()
     process = subprocess.Popen(
@@ -166,50 +187,56 @@ def first_step_seconds(targets: Path, run: Path) -> float:
          "--out", str(run), *TRAIN_OPTIONS],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    seconds = None
-    while process.poll() is None and seconds is None:
+    cost = None
+    while process.poll() is None and cost is None:
         if log_file.is_file() and log_file.read_text().strip():
-            seconds = time.perf_counter() - start
+            cost = Cost(time.perf_counter() - start, _process_cpu(process.pid))
         time.sleep(0.02)
     _, stderr = process.communicate()
-    if process.returncode != 0 or seconds is None:
+    if process.returncode != 0 or cost is None:
         tail = " / ".join(stderr.strip().splitlines()[-3:])
         raise click.ClickException(f"distinit train on {targets} logged no step: {tail}")
-    return seconds
+    return cost
 
 
 def measure(root: Path, count: int) -> ScaleFigures:
     videos = make_videos(root, count)
     frames, targets = root / f"frames-{count}", root / f"targets-{count}"
     extract = ("extract", "--videos", str(videos), "--out", str(frames), "--teacher", "none")
-    extract_s = distinit(*extract)
-    resume_s = distinit(*extract)
-    manifest_s = manifest_seconds(frames)
+    extracted = distinit(*extract)
+    resumed = distinit(*extract)
+    manifest = manifest_cost(frames)
     write_targets(videos, targets)
-    inspect_s = distinit("inspect", str(targets))
-    train_s = first_step_seconds(targets, root / f"run-{count}")
-    return ScaleFigures(count, extract_s, resume_s, manifest_s, inspect_s, train_s)
+    inspected = distinit("inspect", str(targets))
+    first_step = first_step_cost(targets, root / f"run-{count}")
+    return ScaleFigures(count, extracted, resumed, manifest, inspected, first_step)
 
 
 def superlinear(results: Sequence[ScaleFigures]) -> list[str]:
-    """The figures growing faster than the count of videos, from the first count to the last."""
+    """The figures whose CPU cost grows faster than the count of videos, first count to last."""
     first, last = results[0], results[-1]
     limit = GROWTH_SLACK * last.videos / first.videos
-    return [f for f in FIGURES if last.value(f) / first.value(f) > limit]
+    return [f for f in FIGURES if last.cost(f).cpu_s / first.cost(f).cpu_s > limit]
 
 
 def print_table(results: Sequence[ScaleFigures]) -> None:
+    """Seconds wall / CPU at each count, their growth from the first count to the last, and the
+    CPU milliseconds each added video cost (what a figure comes to at a larger count)."""
     first, last = results[0], results[-1]
-    counts = [f"{r.videos} videos" for r in results]
-    growth = f"x ({last.videos // first.videos}x videos)"
     width = max(map(len, FIGURES.values()))
-    click.echo(f"{'':{width}}  " + "  ".join(f"{c:>13}" for c in counts) + f"  {growth:>16}")
+    head = "".join(f"{f'{r.videos} videos':>16}" for r in results)
+    click.echo(f"{'seconds, wall / CPU':{width}}{head}{'growth':>16}{'CPU ms/video':>14}")
     for figure, label in FIGURES.items():
-        values = "  ".join(f"{r.value(figure):13.2f}" for r in results)
-        ratio = last.value(figure) / first.value(figure)
-        click.echo(f"{label:{width}}  {values}  {ratio:16.1f}")
+        costs = [r.cost(figure) for r in results]
+        values = "".join(f"{f'{c.wall_s:.2f} / {c.cpu_s:.2f}':>16}" for c in costs)
+        a, b = costs[0], costs[-1]
+        growth = f"{b.wall_s / a.wall_s:.1f}x / {b.cpu_s / a.cpu_s:.1f}x"
+        marginal = 1000 * (b.cpu_s - a.cpu_s) / (last.videos - first.videos)
+        click.echo(f"{label:{width}}{values}{growth:>16}{marginal:14.2f}")
+    per_video = "  ".join(f"{1000 * r.extract.wall_s / r.videos:.0f}" for r in results)
+    click.echo(f"extract, wall ms per video: {per_video}")
     for figure in superlinear(results):
-        click.echo(f"warning: {FIGURES[figure].strip()} grows faster than the number of videos")
+        click.echo(f"warning: {FIGURES[figure]} grows faster than the number of videos")
 
 
 def parse_counts(value: str) -> list[int]:
@@ -255,8 +282,7 @@ def bench_scale(counts: list[int], workdir: Path | None, as_json: bool) -> None:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
     if as_json:
-        rows = [{**dataclasses.asdict(r), "extract_ms_per_video": r.extract_ms_per_video}
-                for r in results]  # fmt: skip
+        rows = [dataclasses.asdict(r) for r in results]
         click.echo(json.dumps({"machine": machine_description(), "figures": rows}))
         return
     click.echo(machine_description())
