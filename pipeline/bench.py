@@ -23,6 +23,10 @@ BENCHES = {
         "distinit.extract.memory_bench:bench_memory",
         "Stage one: peak memory for a long video against a short one.",
     ),
+    "scale": (
+        "distinit.pipeline.scale_bench:bench_scale",
+        "Extract, resume, manifest, inspect and train start-up at 1k and 10k videos.",
+    ),
 }
 
 

@@ -13,10 +13,15 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from distinit.pipeline.errors import DistinitError
 
+_ROOTED = ("/", "\\")  # an absolute POSIX path, a Windows root or UNC share
+_MARKS = (":", "..", "\0")  # a Windows drive, a parent, a NUL
+
 
 def check_relative(relative: str, what: str, error: type[DistinitError]) -> str:
     """``relative`` if it names a place under any root; else ``error`` in one line naming
     ``what`` it is (e.g. "video id in shard-0000.h5")."""
+    if relative and not relative.startswith(_ROOTED) and not any(c in relative for c in _MARKS):
+        return relative  # nothing that could root it, name a drive or climb: a plain path
     posix, windows = PurePosixPath(relative), PureWindowsPath(relative)
     if (
         not relative

@@ -458,16 +458,18 @@ def _read_views(f: h5py.File) -> ViewSet:
 
 def _read_records(f: h5py.File, path: Path) -> list[VideoRecord]:
     v = f["videos"]
-    columns: dict[str, list[Any]] = {}
-    for name in _VIDEO_STR_FIELDS:
-        columns[name] = [s.decode("utf-8") if isinstance(s, bytes) else s for s in v[name][()]]
-    for name in _VIDEO_INT_FIELDS:
-        columns[name] = [int(x) for x in v[name][()]]
-    for name in _VIDEO_FLOAT_FIELDS:
-        columns[name] = [float(x) for x in v[name][()]]
-    n = len(columns["id"])
+    # Column-wise into Python values (numpy's tolist), then one record per row: a Kinetics-sized
+    # set has hundreds of thousands of rows, read by every train, inspect and resume.
+    columns: list[list[Any]] = [
+        [s.decode("utf-8") if isinstance(s, bytes) else s for s in v[name][()].tolist()]
+        for name in _VIDEO_STR_FIELDS
+    ]
+    columns += [v[name][()].astype(np.int64).tolist() for name in _VIDEO_INT_FIELDS]
+    columns += [v[name][()].astype(np.float64).tolist() for name in _VIDEO_FLOAT_FIELDS]
+    names = (*_VIDEO_STR_FIELDS, *_VIDEO_INT_FIELDS, *_VIDEO_FLOAT_FIELDS)
     return [
-        VideoRecord(**{k: col[i] for k, col in columns.items()}, shard=path.name) for i in range(n)
+        VideoRecord(**dict(zip(names, row, strict=True)), shard=path.name)
+        for row in zip(*columns, strict=True)
     ]
 
 

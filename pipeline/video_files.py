@@ -36,13 +36,14 @@ def find_videos(root: str | os.PathLike[str]) -> list[str]:
     ends in a video extension is not a video. Ids are relative paths, never bare stems, so
     ``a/clip.mp4`` and ``b/clip.mp4`` stay distinct.
     """
-    root = Path(root)
     found: list[str] = []
+    # os.path on strings, not a Path per file: a dataset has hundreds of thousands of them.
     for dirpath, _dirnames, filenames in os.walk(root, followlinks=False):
+        folder = Path(dirpath).relative_to(root).as_posix()
+        prefix = "" if folder == "." else folder + "/"
         for name in filenames:
             if os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
                 continue
-            full = Path(dirpath) / name
-            if full.is_file():  # drops dangling symlinks and sockets named like videos
-                found.append(full.relative_to(root).as_posix())
+            if os.path.isfile(os.path.join(dirpath, name)):  # drops dangling links, sockets
+                found.append(prefix + name)
     return sorted(found)

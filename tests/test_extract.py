@@ -189,7 +189,12 @@ def test_discovery_uses_relative_paths_and_skips_directories(tmp_path: Path) -> 
         (tmp_path / sub / "clip.MP4").write_bytes(b"x")
     (tmp_path / "dir.mp4").mkdir()
     (tmp_path / "readme.txt").write_text("x")
-    assert find_videos(tmp_path) == ["a/clip.MP4", "b/clip.MP4"]
+    (tmp_path / "top.mkv").write_bytes(b"x")
+    (tmp_path / "a" / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "a" / "deep" / "er" / "v.avi").write_bytes(b"x")
+    (tmp_path / "gone.mp4").symlink_to(tmp_path / "missing.mp4")  # dangling: not a video
+    (tmp_path / "b" / "loop").symlink_to(tmp_path, target_is_directory=True)  # not followed
+    assert find_videos(tmp_path) == ["a/clip.MP4", "a/deep/er/v.avi", "b/clip.MP4", "top.mkv"]
 
 
 def test_unknown_teacher_points_to_the_full_list() -> None:

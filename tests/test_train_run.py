@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from distinit.pipeline import shards as shards_module
 from distinit.pipeline.errors import CheckpointError, NonFiniteLossError
 from distinit.train import loop
 from distinit.train.checkpoint import load_final
@@ -197,3 +198,16 @@ def test_drop_resume_state_deletes_last_pt_once_final_pt_exists(
     again = CliRunner().invoke(train, [*args, "--max-steps", "4"])
     assert "cannot be continued or extended; use a new --out" in str(again.exception)
     assert load_final(out / "final.pt").step == 2
+
+
+def test_a_run_reads_each_shard_header_once(
+    shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the headers costs time linear in the videos: once per run, not once per check."""
+    read: list[Path] = []
+    real = shards_module.read_shard_header
+    monkeypatch.setattr(shards_module, "read_shard_header", lambda p: read.append(p) or real(p))
+    args = ["--targets", str(shards), "--out", str(tmp_path / "run"), *COMMON, "--batch-size", "2"]
+    result = CliRunner().invoke(train, [*args, "--max-steps", "1", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert sorted(read) == shards_module.list_shard_files(shards)

@@ -19,8 +19,10 @@ from tests.videogen import make_index_video
 
 
 @pytest.mark.parametrize(
-    "relative", ["../../x.mp4", "a/../../x.mp4", "/etc/passwd", "C:\\x.mp4", "a\\..\\..\\x", ""]
-)
+    "relative",
+    ["../../x.mp4", "a/../../x.mp4", "/etc/passwd", "C:\\x.mp4", "a\\..\\..\\x", "", "c:x.mp4",
+     "//server/share/x.mp4", "\\\\server\\share\\x.mp4", "a/x\0y.mp4", "a/.."],
+)  # fmt: skip
 def test_a_path_that_leaves_its_root_is_refused_in_one_line(relative: str) -> None:
     with pytest.raises(ShardError, match="is not a path inside its directory") as refused:
         check_relative(relative, "video id", ShardError)

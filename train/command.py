@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +17,9 @@ from distinit.pipeline.cli import FRAME_SIZE
 from distinit.pipeline.errors import ConfigError, ShardError
 from distinit.pipeline.progress import ProgressLine, eta_seconds, format_duration
 from distinit.train.config import TrainConfig, parse_teacher_weight
+
+if TYPE_CHECKING:
+    from distinit.pipeline.shards import ShardSet
 
 _D = TrainConfig.__dataclass_fields__
 PROGRESS_EVERY_S = 5.0  # seconds between progress lines when stderr is not a terminal
@@ -299,13 +303,13 @@ def train(
     from distinit.train.resume import LAST_NAME, shard_set_fingerprint
     from distinit.train.runlog import LOG_NAME, run_losses
 
-    _check_targets(cfg)
+    checked = _check_targets(cfg)
     if cfg.tensorboard:
         from distinit.train.events import require_tensorboard
 
         require_tensorboard()
     # Every input error is reported before the run is announced.
-    shards, frames = open_targets(cfg)
+    shards, frames = open_targets(cfg, checked)
     resume_state = None  # last.pt, read once: here, and handed to the run
     if (Path(cfg.out) / FINAL_NAME).is_file() and not (Path(cfg.out) / LAST_NAME).is_file():
         # Training again from step 0 would overwrite a finished run's final.pt.
@@ -357,7 +361,13 @@ def train(
 
     main = process_from_environment().is_main  # rank 0 alone reports
     try:
-        result = run(cfg, progress=show, resume_state=resume_state, announce=announce)
+        result = run(
+            cfg,
+            progress=show,
+            resume_state=resume_state,
+            announce=announce,
+            targets=(shards, frames),
+        )
     finally:
         line.close()
     if not main:
@@ -390,13 +400,15 @@ def train(
         click.echo(f"stopped after step {result.steps_done}; run again to continue")
 
 
-def _check_targets(cfg: TrainConfig) -> None:
-    """``--targets`` must be extract's output; a folder of videos gets the step it skipped."""
+def _check_targets(cfg: TrainConfig) -> ShardSet:
+    """``--targets`` must be extract's output; a folder of videos gets the step it skipped.
+    Returns the shard set, read once for the whole run (its headers cost time linear in the
+    videos)."""
     from distinit.pipeline.shards import ShardSet
     from distinit.pipeline.video_files import find_videos
 
     try:
-        ShardSet(cfg.targets).close()
+        return ShardSet(cfg.targets)
     except ShardError as exc:
         if Path(cfg.targets).is_dir() and find_videos(cfg.targets):
             raise ConfigError(

@@ -120,10 +120,11 @@ def clip_spec(cfg: TrainConfig, views: ViewSet | None, *, augment: bool = True) 
     )
 
 
-def open_targets(cfg: TrainConfig) -> tuple[ShardSet, FrameSource]:
+def open_targets(cfg: TrainConfig, shards: ShardSet | None = None) -> tuple[ShardSet, FrameSource]:
     """The shard set and where its clips' frames come from, with the teacher weights checked
-    against the shards."""
-    shards = ShardSet(cfg.targets)
+    against the shards. ``shards``: ``ShardSet(cfg.targets)`` to a caller that has read it
+    already (else it is read here)."""
+    shards = ShardSet(cfg.targets) if shards is None else shards
     keys = [t.key for t in shards.teachers]
     unknown = sorted(set(dict(cfg.teacher_weights)) - set(keys))
     if unknown:
@@ -160,16 +161,18 @@ def run(
     progress: ProgressFn | None = None,
     resume_state: dict[str, Any] | None = None,
     announce: AnnounceFn | None = None,
+    targets: tuple[ShardSet, FrameSource] | None = None,
 ) -> RunResult:
     """Train into ``cfg.out``, which this job alone writes (a second job is refused, before
     ``announce`` says anything). ``resume_state``: ``RUN/last.pt`` as :func:`check_resume`
-    returned it to a caller that has read it already (else it is read here)."""
+    returned it, and ``targets``: what :func:`open_targets` returned, to a caller that has read
+    them already (else they are read here)."""
     ctx = distributed.setup(cfg.device)
     try:
         lock = lock_run_directory(Path(cfg.out), "train", ctx.process)
         try:
             with StopSignals() as signals:
-                return _train(cfg, ctx, progress, signals, resume_state, announce)
+                return _train(cfg, ctx, progress, signals, resume_state, announce, targets)
         finally:
             if lock is not None:
                 lock.release()
@@ -222,9 +225,12 @@ _TRAINING_STATE = ("model", "optimizer", "scheduler", "scaler")  # what last.pt 
 
 
 def _set_up(
-    cfg: TrainConfig, ctx: distributed.DistContext, resume_state: dict[str, Any] | None
+    cfg: TrainConfig,
+    ctx: distributed.DistContext,
+    resume_state: dict[str, Any] | None,
+    targets: tuple[ShardSet, FrameSource] | None,
 ) -> _Run:
-    shards, frames = open_targets(cfg)
+    shards, frames = open_targets(cfg) if targets is None else targets
     global_batch = cfg.batch_size * ctx.process.world_size
     spec = clip_spec(cfg, shards.views)
     dataset = ClipDataset(shards, frames, spec, seed=cfg.seed, global_batch=global_batch)
@@ -301,9 +307,10 @@ def _train(
     signals: StopSignals,
     resume_state: dict[str, Any] | None,
     announce: AnnounceFn | None,
+    targets: tuple[ShardSet, FrameSource] | None,
 ) -> RunResult:
     out = Path(cfg.out)
-    run = _set_up(cfg, ctx, resume_state)
+    run = _set_up(cfg, ctx, resume_state, targets)
     start, total = run.start, run.total
     if ctx.process.is_main:
         out.mkdir(parents=True, exist_ok=True)
