@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from distinit.extract import runner as extract_runner
+from distinit.extract import teacher_setup
 from distinit.extract.config import ExtractConfig
 from distinit.extract.divergence import kl_divergence
 from distinit.extract.inference import TeacherRunner, resolve_precision
@@ -101,7 +102,7 @@ def test_compile_on_compiles_the_teacher_and_matches_eager(
     videos = tmp_path / "videos"
     videos.mkdir()
     make_index_video(videos / "v.mp4", 7, size=32)  # 7 frames: one full batch of 4, one padded
-    monkeypatch.setattr(extract_runner, "load_teacher", _tiny_teacher)
+    monkeypatch.setattr(teacher_setup, "load_teacher", _tiny_teacher)
     compiled_calls: list[type] = []
     real_call = TeacherRunner.run_views
 
