@@ -36,10 +36,10 @@ import torch
 
 from distinit.extract.divergence import embedding_storage, kl_divergence
 from distinit.extract.inference import TeacherRunner
+from distinit.extract.memory_bench import make_video, peak_rss_mb
 from distinit.extract.teachers import Teacher, load_teacher, spec_key
 from distinit.pipeline.bench import EXTRACT_BENCH_DURATION, Repeats, machine_description
 from distinit.pipeline.device import resolve_device
-from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
 from distinit.pipeline.frame_geometry import FrameGeometry
 from distinit.pipeline.shards import ShardSet, dequantize, quantize
 from distinit.pipeline.video import VideoReader
@@ -131,22 +131,6 @@ def naive_rate(teacher: Teacher, frames: np.ndarray, source: Path) -> float:
     return len(raw) / (time.perf_counter() - start)
 
 
-def peak_rss_mb(videos: Path, fps: float) -> float:
-    """Peak resident memory of a fresh process extracting ``videos`` (MB)."""
-    code = (
-        "import resource, sys, tempfile\n"
-        "from distinit.extract.config import ExtractConfig\n"
-        "from distinit.extract.runner import ExtractSummary, run_extract\n"
-        "out = tempfile.mkdtemp()\n"
-        f"run_extract(ExtractConfig(videos={str(videos)!r}, out=out, fps={fps}))\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    return int(result.stdout.strip().splitlines()[-1]) / 1024
-
-
 @dataclass(frozen=True)
 class EndToEnd:
     """What one ``distinit extract`` run reported and wrote."""
@@ -194,16 +178,6 @@ def embedding_storage_figures(
     key = spec_key(teacher.name, "embedding")
     fp32 = np.concatenate([runner(frames[i : i + 8])[key] for i in range(0, len(frames), 8)])
     return embedding_storage(fp32)
-
-
-def _make_video(path: Path, seconds: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [ffmpeg_binary(), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi",
-         "-i", f"testsrc=size=160x120:rate=25:duration={seconds}", "-c:v", "libx264",
-         "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path)],
-        check=True,
-    )  # fmt: skip
 
 
 @click.command(
@@ -391,9 +365,10 @@ def bench_extract(
     if not skip_memory:
         with tempfile.TemporaryDirectory() as tmp:
             short, long = Path(tmp) / "short", Path(tmp) / "long"
-            _make_video(short / "v.mp4", 10)
-            _make_video(long / "v.mp4", 600)
-            rss_short, rss_long = peak_rss_mb(short, 2.0), peak_rss_mb(long, 2.0)
+            make_video(short / "v.mp4", 10 / 60)
+            make_video(long / "v.mp4", 10)
+            rss_short, _ = peak_rss_mb(short, "--fps", "2")
+            rss_long, _ = peak_rss_mb(long, "--fps", "2")
         click.echo(f"memory: peak RSS {rss_long:.0f} MB for a 10-minute video vs "
                    f"{rss_short:.0f} MB for 10 seconds = {rss_long / rss_short:.2f}x "
                    "(target <= 1.2; --fps 2)")  # fmt: skip
