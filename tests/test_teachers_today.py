@@ -275,7 +275,7 @@ def test_targets_do_not_depend_on_the_batch_size_on_cpu(
     # oneDNN's kernels follow the batch dimension: calls of 3 and 8 frames gave other logits
     # (and other int8 rows) before every call had CPU_CALL_FRAMES frames. Two decode workers
     # also change which frames share a batch.
-    caplog.set_level("INFO", logger="distinit.extract.runner")
+    caplog.set_level("INFO", logger="distinit.extract.teacher_setup")
     logits = {}
     for batch_size, workers in ((None, 1), (3, 2)):
         out = tmp_path / f"batch{batch_size}"
