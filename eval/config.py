@@ -57,13 +57,10 @@ class EvalConfig:
     dataset: str = opt(  # packaged manifest name or path of a manifest .json
         flag="hmdb51, ucf101, folder, or the path of a manifest .json. folder: one sub-folder of "
         "videos per class; with --splits DIR its trainlist0N.txt/testlist0N.txt define split N, "
-        "else split N puts a fixed, hash-chosen 30% of each class's videos in test. "
-        + _REQUIRED
+        "else split N puts a fixed, hash-chosen 30% of each class's videos in test. " + _REQUIRED
     )
     root: Path = opt(flag=f"Dataset root (class folders). {_REQUIRED}")
-    out: Path = opt(
-        flag=f"Output folder (results.json, results.md, confusion PNGs). {_REQUIRED}"
-    )
+    out: Path = opt(flag=f"Output folder (results.json, results.md, confusion PNGs). {_REQUIRED}")
     store: Path | None = opt(  # a frame store of the dataset (extract --teacher none)
         None,
         "Frame store of the dataset (distinit extract --videos ROOT --teacher none --out DIR): "
@@ -72,9 +69,7 @@ class EvalConfig:
     splits_dir: Path | None = opt(
         None, "Folder where split files are looked for [default: --root].", name="--splits"
     )
-    split: str = opt(
-        "1", "Split to run; 'all' runs 1, 2, 3 and reports the mean.", choices=SPLITS
-    )
+    split: str = opt("1", "Split to run; 'all' runs 1, 2, 3 and reports the mean.", choices=SPLITS)
     checkpoint: Path | None = opt(
         None, "Distilled student RUN/final.pt (implies --init checkpoint)."
     )
@@ -99,9 +94,7 @@ class EvalConfig:
         help=f"{MODALITY.help} Flow has 2 channels; inflated averages the RGB first conv over "
         "colour [default: rgb; a checkpoint's own, which a different value contradicts].",
     )
-    inflate_weights: Path | None = opt(
-        None, "Local 2D ResNet-18 state dict for --init inflated."
-    )
+    inflate_weights: Path | None = opt(None, "Local 2D ResNet-18 state dict for --init inflated.")
     mode: str = opt(
         "finetune",
         "finetune: all layers and a new head; linear: frozen backbone, linear classifier.",

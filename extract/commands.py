@@ -236,9 +236,7 @@ def _verify(
             line.update(f"verify: {text}")
 
     try:
-        report = inspection.verify(
-            shard_set, rows, seed=seed, videos=videos_dir, progress=progress
-        )
+        report = inspection.verify(shard_set, rows, seed=seed, videos=videos_dir, progress=progress)
     finally:
         line.close()
     ok = report["ok"] = (

@@ -34,7 +34,7 @@ __all__ = [
     "AMP",
     "CLIP_BATCH",
     "CLIP_LEN",
-        "DEVICE",
+    "DEVICE",
     "FRAME_SIZE",
     "LOADER_WORKERS",
     "MODALITIES",
@@ -301,7 +301,7 @@ def config_from(
     saved = read_saved_config(config_file, cls) if config_file is not None else {}
     values: dict[str, Any] = dict(fixed or {})
     missing = []
-    for field in dataclasses.fields(cls):
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]  # C: a dataclass
         spec = field.metadata.get("cli")
         if spec is None or field.name not in params:
             continue
@@ -338,8 +338,7 @@ def read_saved_config(path: str, cls: type) -> dict[str, Any]:
     unknown = sorted(set(data) - set(hints))
     if unknown:
         raise ConfigError(
-            f"--config {path}: not a config of this command (unknown fields: "
-            f"{', '.join(unknown)})"
+            f"--config {path}: not a config of this command (unknown fields: {', '.join(unknown)})"
         )
     return {name: _from_json(path, name, hints[name], value) for name, value in data.items()}
 

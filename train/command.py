@@ -82,9 +82,7 @@ def _check_inputs(cfg: TrainConfig) -> tuple[dict[str, Any] | None, FrameSource]
         )
     if (out / LAST_NAME).is_file():
         teachers = [t.to_json() for t in shards.teachers]
-        resume_state = check_resume(
-            out / LAST_NAME, cfg, teachers, shard_set_fingerprint(shards)
-        )
+        resume_state = check_resume(out / LAST_NAME, cfg, teachers, shard_set_fingerprint(shards))
     if cfg.init_from is not None:
         from distinit.train.checkpoint import load_final
 

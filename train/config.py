@@ -108,9 +108,7 @@ class TrainConfig:
         help=f"{MODALITY.help} The teachers' targets are the same RGB-frame targets either way.",
     )
     clip_len: int = opt(16, CLIP_LEN)
-    frame_stride: int = opt(
-        1, "Extracted frames (shard rows) between consecutive clip frames."
-    )
+    frame_stride: int = opt(1, "Extracted frames (shard rows) between consecutive clip frames.")
     resize: tuple[int, int] = opt((171, 128), RESIZE)  # (width, height), video-ResNet convention
     crop: int = opt(112, "Square crop side in pixels (random for training).")
     batch_size: int = opt(8, CLIP_BATCH)
@@ -121,7 +119,9 @@ class TrainConfig:
     momentum: float = opt(0.9, "SGD momentum (unused by AdamW).")
     weight_decay: float = opt(1e-4, "Weight decay (L2 for SGD, decoupled for AdamW).")
     schedule: str = opt(
-        "cosine", "After warm-up: cosine to 0, or x0.1 at 50% and 75% of the run.", choices=SCHEDULES
+        "cosine",
+        "After warm-up: cosine to 0, or x0.1 at 50% and 75% of the run.",
+        choices=SCHEDULES,
     )
     warmup_steps: int = opt(0, "Steps of linear lr warm-up.")
     epochs: int = opt(
@@ -166,7 +166,9 @@ class TrainConfig:
         choices=TARGET_FRAMES,
     )
     grad_clip: float | None = opt(  # max global L2 norm of gradients; None: no clipping
-        5.0, "Clip the global gradient L2 norm to this; 0 disables.", type=click.FLOAT,
+        5.0,
+        "Clip the global gradient L2 norm to this; 0 disables.",
+        type=click.FLOAT,
         parse=_grad_clip,
     )
     amp: bool = opt(True, AMP)
