@@ -7,19 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from distinit.eval.inflate import INFLATABLE
+from distinit.pipeline import options
 from distinit.pipeline.errors import ConfigError
-from distinit.pipeline.options import (
-    AMP,
-    CLIP_LEN,
-    DEVICE,
-    LOADER_WORKERS,
-    MODALITIES,
-    MODALITY,
-    RESIZE,
-    STUDENT,
-    check_device,
-    opt,
-)
+from distinit.pipeline.options import opt
 from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
 from distinit.pipeline.video import format_size
 
@@ -82,17 +72,17 @@ class EvalConfig:
     )
     student: str = opt(  # for scratch / inflated; a checkpoint names its own student
         "r3d_18",
-        STUDENT,
-        help=f"{STUDENT.help} Only {_BASELINE}; inflated only for "
+        options.STUDENT,
+        help=f"{options.STUDENT.help} Only {_BASELINE}; inflated only for "
         f"{', '.join(INFLATABLE)} (they have a 2D ImageNet ResNet-18 counterpart).",
     )
     # The student's input. None: the checkpoint's, or rgb for scratch / inflated. Given with a
     # checkpoint it must agree with it (checked when the checkpoint is read).
     modality: str | None = opt(
         None,
-        MODALITY,
-        help=f"{MODALITY.help} Flow has 2 channels; inflated averages the RGB first conv over "
-        "colour [default: rgb; a checkpoint's own, which a different value contradicts].",
+        options.MODALITY,
+        help=f"{options.MODALITY.help} Flow has 2 channels; inflated averages the RGB first "
+        "conv over colour [default: rgb; a checkpoint's own, which a different value contradicts].",
     )
     inflate_weights: Path | None = opt(None, "Local 2D ResNet-18 state dict for --init inflated.")
     mode: str = opt(
@@ -124,10 +114,10 @@ class EvalConfig:
     # recipe, or BASELINE_INPUT for scratch / inflated (resolved in distinit.eval.recipe).
     clip_len: int | None = opt(
         None,
-        CLIP_LEN,
-        help=f"{CLIP_LEN.help} [default: the checkpoint's; {BASELINE_INPUT['clip_len']} "
-        f"{_BASELINE}]. Every input flag that changes a checkpoint's recipe is said on stderr "
-        "and recorded in results.json.",
+        options.CLIP_LEN,
+        help=f"{options.CLIP_LEN.help} [default: the checkpoint's; "
+        f"{BASELINE_INPUT['clip_len']} {_BASELINE}]. Every input flag that changes a "
+        "checkpoint's recipe is said on stderr and recorded in results.json.",
     )
     frame_step: int | None = opt(  # native frames between consecutive clip frames
         None,
@@ -138,8 +128,8 @@ class EvalConfig:
     clips_per_video: int = opt(10, "K uniformly spaced test clips per video.")
     resize: tuple[int, int] | None = opt(
         None,
-        RESIZE,
-        help=f"{RESIZE.help} [default: the checkpoint's; "
+        options.RESIZE,
+        help=f"{options.RESIZE.help} [default: the checkpoint's; "
         f"{format_size(BASELINE_INPUT['resize'])} {_BASELINE}].",
     )
     crop: int | None = opt(
@@ -147,13 +137,13 @@ class EvalConfig:
         "Square crop side, pixels (random while fine-tuning, centred for testing) "
         f"[default: the checkpoint's; {BASELINE_INPUT['crop']} {_BASELINE}].",
     )
-    device: str = opt("auto", DEVICE)
-    workers: int = opt(DEFAULT_LOADER_WORKERS, LOADER_WORKERS)
+    device: str = opt("auto", options.DEVICE)
+    workers: int = opt(DEFAULT_LOADER_WORKERS, options.LOADER_WORKERS)
     seed: int = opt(0, "Seeds the head and clip sampling.")
     allow_partial: bool = opt(
         False, "Accept missing classes/videos and other counts (recorded in results)."
     )
-    amp: bool = opt(True, AMP)
+    amp: bool = opt(True, options.AMP)
     precise_bn: bool = opt(  # finetune: re-estimate BatchNorm statistics before testing
         True, "Finetune: re-estimate BatchNorm statistics on training clips before testing."
     )
@@ -182,9 +172,9 @@ class EvalConfig:
                 f"--init inflated needs a student with ResNet-18 layers ({', '.join(INFLATABLE)}),"
                 f" got {self.student!r}"
             )
-        if self.modality is not None and self.modality not in MODALITIES:
+        if self.modality is not None and self.modality not in options.MODALITIES:
             raise ConfigError(
-                f"--modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}"
+                f"--modality must be one of {', '.join(options.MODALITIES)}, got {self.modality!r}"
             )
         if self.inflate_weights is not None and self.init != "inflated":
             raise ConfigError("--inflate-weights only applies to --init inflated")
@@ -196,7 +186,7 @@ class EvalConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.weight_decay is not None and self.weight_decay < 0:
             raise ConfigError("--weight-decay must be non-negative")
-        check_device(self.device)
+        options.check_device(self.device)
         if self.workers < 0:
             raise ConfigError("--workers must be non-negative")
         if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 1):

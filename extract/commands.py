@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from distinit.extract.config import ExtractConfig
+from distinit.extract.config import ExtractConfig, InspectConfig
 from distinit.pipeline import stopping
 from distinit.pipeline.errors import ConfigError, Interrupted
 from distinit.pipeline.options import config_from, config_options
@@ -97,125 +97,40 @@ def _report(cfg: ExtractConfig, summary: ExtractSummary) -> None:
 
 @click.command()
 @click.argument("shards", type=click.Path(exists=True, file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@click.option(
-    "--video",
-    "video_id",
-    default=None,
-    help="A video id: its path relative to the directory given to extract --videos.",
-)
-@click.option("--teacher", default=None, help="Teacher for --video [default: the first].")
-@click.option(
-    "--rows",
-    default=None,
-    metavar="A:B[:S]",
-    help="With --video and --save: rows A, A+S, ... < B (S defaults to 1), as a strided clip "
-    "reads them.",
-)
-@click.option(
-    "--save",
-    "save_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="With --video --rows: write the frames stage two decodes as DIR/<row>.png (the "
-    "store's size, uncropped).",
-)
-@click.option(
-    "--from",
-    "frames_from",
-    type=click.Choice(["auto", "store", "source"]),
-    default="auto",
-    show_default=True,
-    help="For --save: the frame store when present, or force the store / the source videos.",
-)
-@click.option("--top", type=int, default=5, show_default=True, help="Classes shown for --video.")
-@click.option(
-    "--plot",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="With --video: write a PNG timeline of the teacher's top classes.",
-)
-@click.option(
-    "--verify",
-    type=int,
-    default=None,
-    metavar="N",
-    help="Check every checksum and the store's GOP tables, then decode N distinct random rows "
-    "(all rows if fewer) from the store, compare them with the source videos (PSNR) and re-run "
-    "the teachers on them; exit 1 on damage or a mismatch. Source videos not found: those two "
-    "are skipped (see --videos).",
-)
-@click.option(
-    "--consistency",
-    type=int,
-    default=None,
-    metavar="N",
-    help="Draw N training clips with the real loader and re-run the teachers from the source "
-    "videos on exactly the crop each clip's student input covers; print how far the loader's "
-    "targets are (KL, cosine). Exit 1 if shards with views miss the cache's noise floor.",
-)
-@click.option(
-    "--tolerance",
-    type=float,
-    default=0.05,
-    show_default=True,
-    help="Largest allowed KL (nats) between cached and recomputed predictions for --verify.",
-)
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed choosing the --verify frames."
-)
-@click.option(
-    "--videos",
-    "videos_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Where the source videos are now, if they moved since extract [default: the "
-    "directory extract read]. Used by --verify (store PSNR, teacher recompute) and by --save "
-    "when the frames come from the source.",
-)
-def inspect(
-    shards: str,
-    as_json: bool,
-    video_id: str | None,
-    teacher: str | None,
-    rows: str | None,
-    save_dir: str | None,
-    frames_from: str,
-    top: int,
-    plot: str | None,
-    verify: int | None,
-    consistency: int | None,
-    tolerance: float,
-    seed: int,
-    videos_dir: str | None,
-) -> None:
+@config_options(InspectConfig)
+def inspect(shards: str, **params: Any) -> None:
     """Summarise a shard directory, show a video's top classes, or verify the cached targets."""
+    cfg = config_from(InspectConfig, params, fixed={"shards": shards})
+    _inspect(cfg)
+
+
+def _inspect(cfg: InspectConfig) -> None:
     from distinit.extract import inspection
     from distinit.pipeline.shards import ShardSet
 
-    shard_set = ShardSet(shards)
-    if consistency is not None:
-        _consistency(shard_set, consistency, seed, videos_dir, as_json)
-    elif verify is not None:
-        _verify(shard_set, verify, seed, tolerance, videos_dir, as_json)
-    elif rows is not None or save_dir is not None:
-        if rows is None or save_dir is None or video_id is None:
+    shard_set = ShardSet(cfg.shards)
+    if cfg.consistency is not None:
+        _consistency(shard_set, cfg.consistency, cfg.seed, cfg.videos_dir, cfg.as_json)
+    elif cfg.verify is not None:
+        _verify(shard_set, cfg.verify, cfg.seed, cfg.tolerance, cfg.videos_dir, cfg.as_json)
+    elif cfg.rows is not None or cfg.save_dir is not None:
+        if cfg.rows is None or cfg.save_dir is None or cfg.video_id is None:
             raise ConfigError("--rows A:B[:S] and --save DIR go together, with --video ID")
         written, where = inspection.save_rows(
-            shard_set, video_id, rows, save_dir, frames_from, videos=videos_dir
+            shard_set, cfg.video_id, cfg.rows, cfg.save_dir, cfg.frames_from, videos=cfg.videos_dir
         )
-        click.echo(f"wrote {len(written)} frames to {save_dir} (from the {where})")
-    elif video_id is not None:
-        if plot is not None:
-            inspection.plot_timeline(shard_set, video_id, teacher, top, plot)
-            click.echo(f"wrote {plot}", err=True)
-        result = inspection.video_top(shard_set, video_id, teacher, top)
-        click.echo(json.dumps(result) if as_json else inspection.format_top(result))
-    elif plot is not None:
+        click.echo(f"wrote {len(written)} frames to {cfg.save_dir} (from the {where})")
+    elif cfg.video_id is not None:
+        if cfg.plot is not None:
+            inspection.plot_timeline(shard_set, cfg.video_id, cfg.teacher, cfg.top, cfg.plot)
+            click.echo(f"wrote {cfg.plot}", err=True)
+        result = inspection.video_top(shard_set, cfg.video_id, cfg.teacher, cfg.top)
+        click.echo(json.dumps(result) if cfg.as_json else inspection.format_top(result))
+    elif cfg.plot is not None:
         raise ConfigError("--plot needs --video ID")
     else:
         summary = inspection.summary(shard_set)
-        click.echo(json.dumps(summary) if as_json else inspection.format_summary(summary))
+        click.echo(json.dumps(summary) if cfg.as_json else inspection.format_summary(summary))
 
 
 def _verify(

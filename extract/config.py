@@ -246,3 +246,70 @@ class ExtractConfig:
         d["teachers"] = list(self.teachers)
         d["videos"], d["out"] = os.path.abspath(self.videos), os.path.abspath(self.out)
         return d
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    """What ``distinit inspect SHARDS`` is asked; every field but ``shards`` is an option."""
+
+    shards: str
+    as_json: bool = opt(False, "Print one JSON object instead of text.", name="--json")
+    video_id: str | None = opt(
+        None,
+        "A video id: its path relative to the directory given to extract --videos.",
+        name="--video",
+    )
+    teacher: str | None = opt(None, "Teacher for --video [default: the first].")
+    rows: str | None = opt(
+        None,
+        "With --video and --save: rows A, A+S, ... < B (S defaults to 1), as a strided clip "
+        "reads them.",
+        metavar="A:B[:S]",
+    )
+    save_dir: str | None = opt(
+        None,
+        "With --video --rows: write the frames stage two decodes as DIR/<row>.png (the "
+        "store's size, uncropped).",
+        name="--save",
+        type=click.Path(file_okay=False),
+    )
+    frames_from: str = opt(
+        "auto",
+        "For --save: the frame store when present, or force the store / the source videos.",
+        name="--from",
+        choices=("auto", "store", "source"),
+    )
+    top: int = opt(5, "Classes shown for --video.")
+    plot: str | None = opt(
+        None,
+        "With --video: write a PNG timeline of the teacher's top classes.",
+        type=click.Path(dir_okay=False),
+    )
+    verify: int | None = opt(
+        None,
+        "Check every checksum and the store's GOP tables, then decode N distinct random rows "
+        "(all rows if fewer) from the store, compare them with the source videos (PSNR) and "
+        "re-run the teachers on them; exit 1 on damage or a mismatch. Source videos not found: "
+        "those two are skipped (see --videos).",
+        metavar="N",
+    )
+    consistency: int | None = opt(
+        None,
+        "Draw N training clips with the real loader and re-run the teachers from the source "
+        "videos on exactly the crop each clip's student input covers; print how far the "
+        "loader's targets are (KL, cosine). Exit 1 if shards with views miss the cache's noise "
+        "floor.",
+        metavar="N",
+    )
+    tolerance: float = opt(
+        0.05, "Largest allowed KL (nats) between cached and recomputed predictions for --verify."
+    )
+    seed: int = opt(0, "Seed choosing the --verify frames.")
+    videos_dir: str | None = opt(
+        None,
+        "Where the source videos are now, if they moved since extract [default: the "
+        "directory extract read]. Used by --verify (store PSNR, teacher recompute) and by "
+        "--save when the frames come from the source.",
+        name="--videos",
+        type=click.Path(file_okay=False),
+    )

@@ -157,7 +157,8 @@ CLIP_BATCH = Flag(
     help="Clips per process per step (global batch = this x processes).",
 )
 LOADER_WORKERS = Flag(
-    help="Clip-loading worker processes per process (0: load in the main process).",
+    help="Clip-loading worker processes per process (0: load in the main process; by default "
+    "one per core, at most 4)."
 )
 STUDENT = Flag(
     help="Student network: r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s (16x224x224 clips only: "

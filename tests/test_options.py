@@ -175,7 +175,8 @@ def test_a_saved_train_config_replays_to_the_same_config(
     result = CliRunner().invoke(train, ["--config", str(saved)])
     assert isinstance(result.exception, _Captured), result.output
     assert captured_train == [cfg]
-    flags = ["--lr", "0.05", "--no-tensorboard", "--out", str(tmp_path / "run2"), "--grad-clip", "1"]
+    flags = ["--lr", "0.05", "--no-tensorboard", "--out", str(tmp_path / "run2")]
+    flags += ["--grad-clip", "1"]
     result = CliRunner().invoke(train, ["--config", str(saved), *flags])
     assert isinstance(result.exception, _Captured), result.output
     changed = {"lr": 0.05, "tensorboard": False, "out": str(tmp_path / "run2"), "grad_clip": 1.0}
