@@ -41,7 +41,7 @@ from distinit.extract.teachers import Teacher, load_teacher, spec_key
 from distinit.pipeline.bench import EXTRACT_BENCH_DURATION, Repeats, machine_description
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.ffmpeg_binary import ffmpeg_binary
-from distinit.pipeline.options import DEVICE, flag_option
+from distinit.pipeline.options import DEVICE, flag_option, json_out_option
 from distinit.pipeline.shards import ShardSet, dequantize, quantize
 from distinit.pipeline.video import FrameGeometry, VideoReader
 from distinit.pipeline.views import DEFAULT_CROP, DEFAULT_POSITIONS, ViewSet
@@ -388,12 +388,7 @@ def _by_batch(rates: dict[int, float]) -> str:
     is_flag=True,
     help="Skip the memory figure (a 10-minute video extracted at --fps 2).",
 )
-@click.option(
-    "--json-out",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also write the figures as JSON.",
-)
+@json_out_option("the figures")
 def bench_extract(
     videos: str | None, teacher: str, device: str, skip_memory: bool, json_out: str | None
 ) -> None:

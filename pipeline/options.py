@@ -48,6 +48,7 @@ __all__ = [
     "config_from",
     "config_options",
     "flag_option",
+    "json_out_option",
     "opt",
     "read_saved_config",
 ]
@@ -179,6 +180,16 @@ def config_file_option(saved_in: str) -> Callable[[F], F]:
         default=None,
         help=f"Replay the config saved in {saved_in}: every option not given here takes its "
         "value from there.",
+    )
+
+
+def json_out_option(what: str) -> Callable[[F], F]:
+    """``--json-out FILE`` of a benchmark: also write ``what`` as JSON there."""
+    return click.option(
+        "--json-out",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help=f"Also write {what} as JSON to this file.",
     )
 
 

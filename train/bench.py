@@ -29,7 +29,8 @@ import click
 from distinit.pipeline.bench import machine_description
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.errors import ConfigError
-from distinit.pipeline.options import config_from, config_options
+from distinit.pipeline.options import config_from, config_options, json_out_option
+from distinit.pipeline.video import format_size
 from distinit.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -69,8 +70,8 @@ class StoreFigures:
         return figures
 
     def lines(self, cfg: TrainConfig) -> list[str]:
-        w, h = cfg.resize
-        what = f"{cfg.clip_len}-frame {w}x{h} clips (one process, one thread)"
+        size = format_size(cfg.resize)
+        what = f"{cfg.clip_len}-frame {size} clips (one process, one thread)"
         lines = []
         if self.source_not_measured is not None:
             lines.append(f"source path not measured: {self.source_not_measured}")
@@ -78,14 +79,14 @@ class StoreFigures:
         if store is not None:
             lines.append(f"loader from the frame store: {store:.1f} clips/s per core, {what}")
             quality = (
-                f", PSNR {self.store_psnr_db:.2f} dB vs the source at {w}x{h} "
+                f", PSNR {self.store_psnr_db:.2f} dB vs the source at {size} "
                 f"(pooled over {self.store_psnr_frames} frames)"
                 if self.store_psnr_db is not None
                 else ""
             )
             lines.append(f"frame store: {self.store_bytes_per_frame:.0f} bytes/frame{quality}")
         else:
-            lines.append(f"no frame store at {w}x{h} in these shards (extract --frames store)")
+            lines.append(f"no frame store at {size} in these shards (extract --frames store)")
         if source is not None:
             lines.append(f"loader from the source videos: {source:.1f} clips/s per core, {what}")
         if store is not None and source is not None:
@@ -108,15 +109,15 @@ class TrainBenchFigures:
     use_amp: bool
 
     def lines(self, cfg: TrainConfig) -> list[str]:
-        rates, (width, height) = self.loader_clips_per_s, cfg.resize
+        rates = self.loader_clips_per_s
         lines = [f"machine: {self.machine}", *self.store.lines(cfg)]
         lines += [
             f"loader, main process, {m}: {rate:.2f} clips/s (one worker's rate)"
             for m, rate in rates.items()
         ]
         lines.append(
-            f"flow cost per clip ({cfg.clip_len} frames at {width}x{height}, one thread): loader "
-            f"+{1000 * (1 / rates['flow'] - 1 / rates['rgb']):.1f} ms over RGB's "
+            f"flow cost per clip ({cfg.clip_len} frames at {format_size(cfg.resize)}, one "
+            f"thread): loader +{1000 * (1 / rates['flow'] - 1 / rates['rgb']):.1f} ms over RGB's "
             f"{1000 / rates['rgb']:.1f} ms; DIS alone on a moving texture "
             f"{1000 * self.dis_seconds_per_clip:.1f} ms"
         )
@@ -156,12 +157,7 @@ class TrainBenchFigures:
     help="Store frames compared with the source decoded at the same size: every row of videos "
     "taken in a seeded random order, up to this many.",
 )
-@click.option(
-    "--json-out",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also write the frame-store figures as JSON to this file.",
-)
+@json_out_option("the frame-store figures")
 def bench_train(
     clips: int, steps: int, psnr_frames: int, json_out: str | None, **params: Any
 ) -> None:
@@ -183,13 +179,15 @@ def bench_train(
     store = _store_figures(shards, cfg, psnr_frames, loaders)
     rates = {m: loaders.rate(0, m) for m in ("rgb", "flow")}
     width, height = cfg.resize
+    dis_s = flow_cost_per_clip(cfg.clip_len, (height, width), threads=1)
+    many = loaders.rate(cfg.workers) if cfg.workers > 0 else None
     real, synthetic, use_amp = _step_rates(cfg, shards, loaders, steps)
     figures = TrainBenchFigures(
         machine=machine_description(),
         store=store,
         loader_clips_per_s=rates,
-        dis_seconds_per_clip=flow_cost_per_clip(cfg.clip_len, (height, width), threads=1),
-        workers_clips_per_s=loaders.rate(cfg.workers) if cfg.workers > 0 else None,
+        dis_seconds_per_clip=dis_s,
+        workers_clips_per_s=many,
         real_steps_per_s=real,
         synthetic_steps_per_s=synthetic,
         device=str(loaders.device),
