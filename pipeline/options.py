@@ -100,6 +100,10 @@ class FrameSize(click.ParamType):
 FRAME_SIZE = FrameSize()
 
 
+# Flag.cli_default when the option's default is the field's.
+_FIELDS_OWN: Any = object()
+
+
 @dataclasses.dataclass(frozen=True)
 class Flag:
     """How one config field appears on the command line.
@@ -121,7 +125,7 @@ class Flag:
     replay: bool = True
     # The option's own default, when it differs from the field's (e.g. None, for ``parse`` to
     # take the value from the environment).
-    cli_default: Any = "<the field's>"
+    cli_default: Any = _FIELDS_OWN
 
     def flag(self, field_name: str) -> str:
         return self.name or "--" + field_name.replace("_", "-")
@@ -277,7 +281,7 @@ def config_options(
         if spec is None or (chosen is not None and field.name not in chosen):
             continue
         default = spec.cli_default
-        if default == Flag.cli_default:
+        if default is _FIELDS_OWN:
             default = _field_default(field)
         default = defaults.get(field.name, default)
         required = ""
