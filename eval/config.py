@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from distinit.eval.inflate import INFLATABLE
+from distinit.pipeline import options
 from distinit.pipeline.errors import ConfigError
+from distinit.pipeline.frame_geometry import format_size
+from distinit.pipeline.options import opt
 from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
 
 INITS = ("checkpoint", "scratch", "inflated")
 MODES = ("finetune", "linear")
 SPLITS = ("1", "2", "3", "all")
-MODALITIES = ("rgb", "flow")
 
 # Mode-specific defaults, used when --epochs / --lr are not given (stated in results.json).
 # finetune: SGD (momentum 0.9) on all layers, cosine schedule, one random clip per video per epoch.
@@ -34,43 +36,127 @@ BASELINE_INPUT: dict[str, Any] = {
 }
 
 
+_BASELINE = "for --init scratch/inflated"
+_REQUIRED = "[required unless --compare or --config]"
+
+
 @dataclass(frozen=True)
 class EvalConfig:
-    dataset: str  # packaged manifest name or path of a manifest .json
-    root: Path
-    out: Path
-    init: str = "checkpoint"
-    checkpoint: Path | None = None
-    student: str = "r3d_18"  # for scratch / inflated; a checkpoint names its own student
+    """Every field is an option of ``distinit eval`` (see :mod:`distinit.pipeline.options`)."""
+
+    dataset: str = opt(  # packaged manifest name or path of a manifest .json
+        flag="hmdb51, ucf101, folder, or the path of a manifest .json. folder: one sub-folder of "
+        "videos per class; with --splits DIR its trainlist0N.txt/testlist0N.txt define split N, "
+        "else split N puts a fixed, hash-chosen 30% of each class's videos in test. " + _REQUIRED
+    )
+    root: Path = opt(flag=f"Dataset root (class folders). {_REQUIRED}")
+    out: Path = opt(flag=f"Output folder (results.json, results.md, confusion PNGs). {_REQUIRED}")
+    store: Path | None = opt(  # a frame store of the dataset (extract --teacher none)
+        None,
+        "Frame store of the dataset (distinit extract --videos ROOT --teacher none --out DIR): "
+        "clips are read by row from it instead of decoding the source videos every epoch.",
+    )
+    splits_dir: Path | None = opt(
+        None, "Folder where split files are looked for [default: --root].", name="--splits"
+    )
+    split: str = opt("1", "Split to run; 'all' runs 1, 2, 3 and reports the mean.", choices=SPLITS)
+    checkpoint: Path | None = opt(
+        None, "Distilled student RUN/final.pt (implies --init checkpoint)."
+    )
+    init: str = opt(
+        "checkpoint",
+        "Baseline initialisation: scratch, or inflated (ImageNet ResNet-18, I3D-style) "
+        "[default: checkpoint when --checkpoint is given].",
+        choices=INITS,
+        show_default=False,
+    )
+    student: str = opt(  # for scratch / inflated; a checkpoint names its own student
+        "r3d_18",
+        options.STUDENT,
+        help=f"{options.STUDENT.help} Only {_BASELINE}; inflated only for "
+        f"{', '.join(INFLATABLE)} (they have a 2D ImageNet ResNet-18 counterpart).",
+    )
     # The student's input. None: the checkpoint's, or rgb for scratch / inflated. Given with a
     # checkpoint it must agree with it (checked when the checkpoint is read).
-    modality: str | None = None
-    inflate_weights: Path | None = None
-    splits_dir: Path | None = None
-    store: Path | None = None  # a frame store of the dataset (extract --teacher none)
-    split: str = "1"
-    mode: str = "finetune"
-    epochs: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    batch_size: int = 32
+    modality: str | None = opt(
+        None,
+        options.MODALITY,
+        help=f"{options.MODALITY.help} Flow has 2 channels; inflated averages the RGB first "
+        "conv over colour [default: rgb; a checkpoint's own, which a different value contradicts].",
+    )
+    inflate_weights: Path | None = opt(None, "Local 2D ResNet-18 state dict for --init inflated.")
+    mode: str = opt(
+        "finetune",
+        "finetune: all layers and a new head; linear: frozen backbone, linear classifier.",
+        choices=MODES,
+    )
+    epochs: int | None = opt(
+        None,
+        "Epochs of fine-tuning, or full-batch optimizer steps of the linear probe "
+        f"[default: {DEFAULTS['finetune']['epochs']} finetune, "
+        f"{DEFAULTS['linear']['epochs']} linear].",
+    )
+    lr: float | None = opt(
+        None,
+        f"Peak learning rate [default: {DEFAULTS['finetune']['lr']} finetune, "
+        f"{DEFAULTS['linear']['lr']} linear].",
+    )
+    weight_decay: float | None = opt(
+        None,
+        f"L2 weight decay [default: {DEFAULTS['finetune']['weight_decay']} finetune, "
+        f"{DEFAULTS['linear']['weight_decay']} linear].",
+    )
+    # Split evenly over the processes of a torchrun (see distinit.eval.finetune).
+    batch_size: int = opt(
+        32, "Clips per fine-tuning step, over all processes (each of N takes 1/N)."
+    )
     # The student's input (BASELINE_INPUT's fields). None: not given, so the checkpoint's
     # recipe, or BASELINE_INPUT for scratch / inflated (resolved in distinit.eval.recipe).
-    clip_len: int | None = None
-    frame_step: int | None = None  # native frames between consecutive clip frames
-    resize: tuple[int, int] | None = None
-    crop: int | None = None
-    clips_per_video: int = 10
-    device: str = "auto"
-    workers: int = DEFAULT_LOADER_WORKERS
-    seed: int = 0
-    allow_partial: bool = False
-    amp: bool = True  # only has an effect on CUDA
-    precise_bn: bool = True  # finetune: re-estimate BatchNorm statistics before testing
-    tensorboard: bool = False  # also write each split's accuracies as TensorBoard events
-    # Delete each split's finetune.pt once its results are written (254 MB for r3d_18); a re-run
-    # of the same command then fine-tunes again instead of reusing it.
-    drop_resume_state: bool = False
+    clip_len: int | None = opt(
+        None,
+        options.CLIP_LEN,
+        help=f"{options.CLIP_LEN.help} [default: the checkpoint's; "
+        f"{BASELINE_INPUT['clip_len']} {_BASELINE}]. Every input flag that changes a "
+        "checkpoint's recipe is said on stderr and recorded in results.json.",
+    )
+    frame_step: int | None = opt(  # native frames between consecutive clip frames
+        None,
+        "Native frames between consecutive clip frames [default: the checkpoint's (its "
+        f"--frame-stride, when its shards held every native frame); "
+        f"{BASELINE_INPUT['frame_step']} {_BASELINE}].",
+    )
+    clips_per_video: int = opt(10, "K uniformly spaced test clips per video.")
+    resize: tuple[int, int] | None = opt(
+        None,
+        options.RESIZE,
+        help=f"{options.RESIZE.help} [default: the checkpoint's; "
+        f"{format_size(BASELINE_INPUT['resize'])} {_BASELINE}].",
+    )
+    crop: int | None = opt(
+        None,
+        "Square crop side, pixels (random while fine-tuning, centred for testing) "
+        f"[default: the checkpoint's; {BASELINE_INPUT['crop']} {_BASELINE}].",
+    )
+    device: str = opt("auto", options.DEVICE)
+    workers: int = opt(DEFAULT_LOADER_WORKERS, options.LOADER_WORKERS)
+    seed: int = opt(0, "Seeds the head and clip sampling.")
+    allow_partial: bool = opt(
+        False, "Accept missing classes/videos and other counts (recorded in results)."
+    )
+    amp: bool = opt(True, options.AMP)
+    precise_bn: bool = opt(  # finetune: re-estimate BatchNorm statistics before testing
+        True, "Finetune: re-estimate BatchNorm statistics on training clips before testing."
+    )
+    tensorboard: bool = opt(
+        False,
+        "Also write each split's accuracies as TensorBoard event files into --out; needs "
+        "pip install 'distinit[tensorboard]'.",
+    )
+    drop_resume_state: bool = opt(
+        False,
+        "Finetune: delete each split's finetune.pt once its results are written (~254 MB for "
+        "r3d_18); running the same command again then fine-tunes again.",
+    )
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -86,9 +172,9 @@ class EvalConfig:
                 f"--init inflated needs a student with ResNet-18 layers ({', '.join(INFLATABLE)}),"
                 f" got {self.student!r}"
             )
-        if self.modality is not None and self.modality not in MODALITIES:
+        if self.modality is not None and self.modality not in options.MODALITIES:
             raise ConfigError(
-                f"--modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}"
+                f"--modality must be one of {', '.join(options.MODALITIES)}, got {self.modality!r}"
             )
         if self.inflate_weights is not None and self.init != "inflated":
             raise ConfigError("--inflate-weights only applies to --init inflated")
@@ -100,6 +186,7 @@ class EvalConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.weight_decay is not None and self.weight_decay < 0:
             raise ConfigError("--weight-decay must be non-negative")
+        options.check_device(self.device)
         if self.workers < 0:
             raise ConfigError("--workers must be non-negative")
         if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 1):

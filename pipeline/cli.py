@@ -51,31 +51,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class FrameSize(click.ParamType):
-    """``WxH`` on the command line -> ``(width, height)``; a malformed value is reported by
-    click against the option that got it (``Invalid value for '--resize': ...``)."""
-
-    name = "WxH"
-
-    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return "WxH"  # click would upper-case the name
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[int, int]:
-        if isinstance(value, tuple):
-            return value
-        from distinit.pipeline.frame_geometry import parse_size
-
-        try:
-            return parse_size(str(value))
-        except DistinitError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-FRAME_SIZE = FrameSize()
-
-
 class LazyGroup(click.Group):
     """A click group whose commands are imported on first use.
 
@@ -115,15 +90,18 @@ def _set_verbosity(ctx: click.Context, param: click.Parameter, verbose: int) -> 
     root.setLevel(min(root.level, level))
 
 
+# -v, on the group and on every sub-command.
+_VERBOSE: dict[str, Any] = {
+    "count": True,
+    "expose_value": False,
+    "is_eager": True,
+    "callback": _set_verbosity,
+    "help": "More log output (-v info, -vv debug).",
+}
+
+
 def _verbose_option() -> click.Option:
-    return click.Option(
-        ["-v", "--verbose"],
-        count=True,
-        expose_value=False,
-        is_eager=True,
-        callback=_set_verbosity,
-        help="More log output (-v info, -vv debug).",
-    )
+    return click.Option(["-v", "--verbose"], **_VERBOSE)
 
 
 def _add_verbose(command: click.Command) -> None:
@@ -137,15 +115,7 @@ def _add_verbose(command: click.Command) -> None:
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "-v",
-    "--verbose",
-    count=True,
-    expose_value=False,
-    is_eager=True,
-    callback=_set_verbosity,
-    help="More log output (-v info, -vv debug).",
-)
+@click.option("-v", "--verbose", **_VERBOSE)
 @click.version_option(package_name="distinit")
 def cli() -> None:
     """distinit: learn video representations from image teachers, without video labels.

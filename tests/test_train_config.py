@@ -76,7 +76,8 @@ def test_a_malformed_frame_size_is_one_line_naming_its_option(
 ) -> None:
     from click.testing import CliRunner
 
-    from distinit.pipeline.cli import FRAME_SIZE, cli
+    from distinit.pipeline.cli import cli
+    from distinit.pipeline.options import FRAME_SIZE
 
     assert FRAME_SIZE.convert(" 171 x 128 ", None, None) == (171, 128)
     for bad in ("171", "171*128", "wide"):

@@ -92,6 +92,8 @@ def test_cli_run_writes_final_log_and_curve(shards: Path, tmp_path: Path) -> Non
     assert ckpt.code_version == version("distinit")
     cfg = TrainConfig.from_json(ckpt.config)
     assert cfg.student == "mc3_18" and cfg.weight_of("scenes") == 0.5
+    # RUN/config.json, what `train --config` replays, is the config the run recorded.
+    assert json.loads((out / "config.json").read_text()) == ckpt.config
     net = ckpt.build_student().eval()
     with torch.no_grad():
         y = net(net.normalize(torch.zeros(1, 4, 32, 32, 3, dtype=torch.uint8)))

@@ -6,23 +6,35 @@ The whole config is stored in ``last.pt`` (to refuse resuming with a different r
 
 from __future__ import annotations
 
-import re
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+import click
 
 from distinit.pipeline.errors import ConfigError, UnknownNameError
 from distinit.pipeline.frame_geometry import format_size
 from distinit.pipeline.frame_source import FRAME_SOURCES
+from distinit.pipeline.options import (
+    AMP,
+    CLIP_BATCH,
+    CLIP_LEN,
+    DEVICE,
+    LOADER_WORKERS,
+    MODALITIES,
+    MODALITY,
+    RESIZE,
+    STUDENT,
+    check_device,
+    opt,
+)
 from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
 
-__all__ = ["TrainConfig", "parse_teacher_weight"]
+__all__ = ["MODALITIES", "TrainConfig", "parse_teacher_weight"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
 TARGET_FRAMES = ("mean", "random")
-# What the student sees: RGB frames, or the optical flow between them (the teacher always sees
-# RGB; see distinit.pipeline.flow).
-MODALITIES = ("rgb", "flow")
 # Milestones of the step schedule, as fractions of the run: lr x0.1 at each.
 STEP_MILESTONES = (0.5, 0.75)
 
@@ -49,52 +61,141 @@ RESUMABLE_CHANGES = frozenset(
 # schedule is then recomputed for the new length from the current step on (see train.loop).
 LENGTH_FIELDS = frozenset({"max_steps", "epochs"})
 
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
 EMBEDDING_LOSSES = ("cosine", "smooth_l1")
+
+
+def _grad_clip(value: float | None, _: object) -> float | None:
+    return value if value is not None and value > 0 else None  # --grad-clip 0: no clipping
+
+
+def _absolute(path: str | None, _: object) -> str | None:
+    return None if path is None else os.path.abspath(path)  # a re-run from elsewhere matches
+
+
+def _teacher_weights(given: tuple[str, ...], _: object) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted(parse_teacher_weight(t) for t in given))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    targets: str
-    out: str
-    videos: str | None = None  # None: the videos_root recorded in the shards' provenance
-    frames: str = "auto"  # where clip frames come from: auto (store if any), store, source
-    student: str = "r3d_18"
-    modality: str = "rgb"  # the student's input: "rgb" frames or "flow" between them
-    clip_len: int = 16  # frames per clip
-    frame_stride: int = 1  # shard rows between consecutive clip frames
-    resize: tuple[int, int] = (171, 128)  # (width, height), stretched, video-ResNet convention
-    crop: int = 112  # square crop side, pixels
-    batch_size: int = 8  # clips per process and step
-    # DataLoader worker processes per training process; never more than the cores.
-    workers: int = DEFAULT_LOADER_WORKERS
-    optimizer: str = "sgd"
-    lr: float = 0.01  # peak learning rate for the global batch
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    epochs: int = 10  # one epoch = one clip from every video
-    max_steps: int | None = None  # when set, the run length in steps (overrides epochs)
-    temperature: float = 1.0
-    embedding_loss: str = "cosine"  # for embedding targets: "cosine" (2 - 2cos) or "smooth_l1"
-    teacher_weights: tuple[tuple[str, float], ...] = ()  # unlisted teachers weigh 1
-    target_frames: str = "mean"
-    grad_clip: float | None = 5.0  # max global L2 norm of gradients; None: no clipping
-    amp: bool = True  # mixed precision, only ever used on CUDA
-    device: str = "auto"
-    seed: int = 0
-    log_every: int = 1
-    tensorboard: bool = False  # also write log.jsonl's entries as TensorBoard event files
-    save_every: int = 10
-    # Delete last.pt once final.pt is written: frees its disk (270 MB for r3d_18) but the run
-    # can then no longer be extended with a larger --max-steps / --epochs.
-    drop_resume_state: bool = False
-    stop_after: int | None = None  # exit (resumable) after this many steps of one invocation
-    init_from: str | None = None  # a final.pt whose weights start the run (new optimizer, schedule)
-    max_bad_clips: int = 10  # clips whose video cannot be decoded, skipped before the run stops
+    """Every field is an option of ``distinit train`` (see :mod:`distinit.pipeline.options`)."""
+
+    targets: str = opt(
+        flag="Shard directory written by `distinit extract`.", type=click.Path(file_okay=False)
+    )
+    out: str = opt(
+        flag="Run directory (config.json, log.jsonl, loss.png, last.pt, final.pt). An existing "
+        "last.pt there is resumed (same options; --max-steps may grow).",
+        type=click.Path(file_okay=False),
+    )
+    videos: str | None = opt(  # None: the videos_root recorded in the shards' provenance
+        None,
+        "Videos directory the shard ids are relative to. Default: the one recorded by extract. "
+        "Only read when the shards have no frame store (or with --frames source).",
+        type=click.Path(file_okay=False),
+    )
+    frames: str = opt(
+        "auto",
+        "Where clip frames come from: the shards' frame store (by row, no source videos "
+        "needed), the source videos (decoded by stored timestamps), or auto: the store when the "
+        "shards have one at --resize.",
+        choices=FRAME_SOURCES,
+    )
+    student: str = opt("r3d_18", STUDENT)
+    modality: str = opt(
+        "rgb",
+        MODALITY,
+        help=f"{MODALITY.help} The teachers' targets are the same RGB-frame targets either way.",
+    )
+    clip_len: int = opt(16, CLIP_LEN)
+    frame_stride: int = opt(1, "Extracted frames (shard rows) between consecutive clip frames.")
+    resize: tuple[int, int] = opt((171, 128), RESIZE)  # (width, height), video-ResNet convention
+    crop: int = opt(112, "Square crop side in pixels (random for training).")
+    batch_size: int = opt(8, CLIP_BATCH)
+    # Never more than the cores.
+    workers: int = opt(DEFAULT_LOADER_WORKERS, LOADER_WORKERS)
+    optimizer: str = opt("sgd", "SGD with momentum, or AdamW.", choices=OPTIMIZERS)
+    lr: float = opt(0.01, "Peak learning rate (per global batch).")
+    momentum: float = opt(0.9, "SGD momentum (unused by AdamW).")
+    weight_decay: float = opt(1e-4, "Weight decay (L2 for SGD, decoupled for AdamW).")
+    schedule: str = opt(
+        "cosine",
+        "After warm-up: cosine to 0, or x0.1 at 50% and 75% of the run.",
+        choices=SCHEDULES,
+    )
+    warmup_steps: int = opt(0, "Steps of linear lr warm-up.")
+    epochs: int = opt(
+        10, "Run length in epochs (one clip per video each); ignored with --max-steps."
+    )
+    max_steps: int | None = opt(
+        None,
+        "Run length in optimizer steps; overrides --epochs. Default: from --epochs. "
+        "On an existing run (RUN/last.pt, even a finished one) a new length continues it from the "
+        "steps done to the new end: the lr schedule is recomputed for the new length from that "
+        "step on (cosine: lr rises to the new curve's value there, then decays to 0 at the new "
+        "end) and final.pt is rewritten; fewer steps than already done is refused.",
+    )
+    init_from: str | None = opt(  # a final.pt whose weights start the run
+        None,
+        "Start from the weights of another run's final.pt (same --student and --modality; "
+        "heads of the same teachers are kept, others start fresh). Weights only: a new optimizer "
+        "and schedule. Recorded in the run's config.",
+        type=click.Path(dir_okay=False),
+        parse=_absolute,
+    )
+    temperature: float = opt(
+        1.0, "Softmax temperature T of teacher and student; the loss is scaled by T²."
+    )
+    embedding_loss: str = opt(
+        "cosine",
+        "Loss on embedding targets: 2 - 2cos of the L2-normalised projection and target, or "
+        "smooth L1 between them scaled to unit variance per dimension.",
+        choices=EMBEDDING_LOSSES,
+    )
+    teacher_weights: tuple[tuple[str, float], ...] = opt(  # unlisted teachers weigh 1
+        (),
+        "Weight of one target's loss (repeatable; NAME as the shards key it: the teacher for "
+        "logits, NAME:embedding for an embedding). Default: 1 for every target.",
+        name="--teacher-weight",
+        metavar="NAME=W",
+        parse=_teacher_weights,
+    )
+    target_frames: str = opt(
+        "mean",
+        "Clip target: mean of the frames' tempered teacher distributions, or one random frame's.",
+        choices=TARGET_FRAMES,
+    )
+    grad_clip: float | None = opt(  # max global L2 norm of gradients; None: no clipping
+        5.0,
+        "Clip the global gradient L2 norm to this; 0 disables.",
+        type=click.FLOAT,
+        parse=_grad_clip,
+    )
+    amp: bool = opt(True, AMP)
+    device: str = opt("auto", DEVICE)
+    seed: int = opt(0, "Seeds initial weights and every clip draw; a CPU run is repeatable.")
+    log_every: int = opt(1, "Write a log.jsonl line every this many steps.")
+    tensorboard: bool = opt(
+        False,
+        "Also write TensorBoard event files into RUN (losses, lr, clips/s, data and compute "
+        "time, as log.jsonl has them); needs pip install 'distinit[tensorboard]'.",
+    )
+    save_every: int = opt(10, "Write RUN/last.pt every this many steps (and at the end).")
+    drop_resume_state: bool = opt(
+        False,
+        "Delete RUN/last.pt once final.pt is written (frees ~270 MB for r3d_18; the run then "
+        "cannot be extended with a larger --max-steps/--epochs).",
+    )
+    stop_after: int | None = opt(  # exit (resumable) after this many steps of one invocation
+        None,
+        "Train at most this many steps in this invocation, save last.pt and exit; rerunning "
+        "the same command trains the next ones (for time-limited jobs). Default: run to the end.",
+    )
+    max_bad_clips: int = opt(
+        10,
+        "Clips whose video does not decode (under --frames source) that are replaced by "
+        "another clip and counted; one more stops the run in one line. 0: stop at the first.",
+    )
 
     def __post_init__(self) -> None:
         # Imported here: the registry pulls in torch, and `distinit train --help` should not.
@@ -146,8 +247,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"grad_clip must be positive, got {self.grad_clip}")
-        if not _DEVICE.match(self.device):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)
         names = [n for n, _ in self.teacher_weights]
         if len(set(names)) != len(names):
             raise ConfigError(f"a teacher is weighted twice: {names}")
