@@ -188,7 +188,7 @@ class _Epochs:
             group["lr"] = lr
         return lr
 
-    def loader(self, epoch: int) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    def loader(self, epoch: int) -> DataLoader[tuple[torch.Tensor, int]]:  # collated: 2 tensors
         self.dataset.set_epoch(epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)

@@ -283,16 +283,15 @@ def _linear(
             final=done == total,
         )
 
-    kwargs = {
-        "device": job.device,
-        "videos_per_batch": videos_per_batch,
-        "workers": cfg.workers,
-        "progress": progress,
-    }
+    def features(items: list[VideoItem]) -> torch.Tensor:  # (V, K, D)
+        return compute_features(
+            student, items, protocol, cache, device=job.device,
+            videos_per_batch=videos_per_batch, workers=cfg.workers, progress=progress,
+        )  # fmt: skip
+
     echo(f"features: {len(data.train) + len(data.test)} videos (cached in {cache.path})")
     try:
-        train_feats = compute_features(student, data.train, protocol, cache, **kwargs)  # (V,K,D)
-        test_feats = compute_features(student, data.test, protocol, cache, **kwargs)
+        train_feats, test_feats = features(data.train), features(data.test)
     finally:
         line.close()
     k = train_feats.shape[1]

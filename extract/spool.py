@@ -67,7 +67,9 @@ class VideoSpool:
                     gops = [(int(arrays[2][0]), arrays[3].tobytes())] if len(arrays) > 2 else None
                     writer.append_frames(video_id, arrays[0], arrays[1], gops)
                 else:
-                    triples = [tuple(arrays[i : i + 3]) for i in range(0, len(arrays), 3)]
+                    triples = [
+                        (arrays[i], arrays[i + 1], arrays[i + 2]) for i in range(0, len(arrays), 3)
+                    ]
                     writer.append_targets(video_id, dict(zip(self.keys, triples, strict=True)))
 
     def remove(self) -> None:
