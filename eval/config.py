@@ -8,6 +8,7 @@ from typing import Any
 
 from distinit.eval.inflate import INFLATABLE
 from distinit.pipeline import options
+from distinit.pipeline.device import check_device
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.frame_geometry import format_size
 from distinit.pipeline.options import opt
@@ -106,10 +107,7 @@ class EvalConfig:
         f"L2 weight decay [default: {DEFAULTS['finetune']['weight_decay']} finetune, "
         f"{DEFAULTS['linear']['weight_decay']} linear].",
     )
-    # Split evenly over the processes of a torchrun (see distinit.eval.finetune).
-    batch_size: int = opt(
-        32, "Clips per fine-tuning step, over all processes (each of N takes 1/N)."
-    )
+    batch_size: int = opt(32, options.CLIP_BATCH)
     # The student's input (BASELINE_INPUT's fields). None: not given, so the checkpoint's
     # recipe, or BASELINE_INPUT for scratch / inflated (resolved in distinit.eval.recipe).
     clip_len: int | None = opt(
@@ -186,7 +184,7 @@ class EvalConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.weight_decay is not None and self.weight_decay < 0:
             raise ConfigError("--weight-decay must be non-negative")
-        options.check_device(self.device)
+        check_device(self.device)
         if self.workers < 0:
             raise ConfigError("--workers must be non-negative")
         if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 1):

@@ -6,7 +6,8 @@ configuration it belongs to) is written atomically after every epoch and read ba
 Training randomness is keyed by (seed, epoch), so a resumed run sees the clips an uninterrupted
 one would. AMP (float16 autocast with a gradient scaler) is used on CUDA. Under ``torchrun`` or
 ``srun`` the model is wrapped in DistributedDataParallel and each rank sees its share of the
-videos; ``batch_size`` is the global batch, split evenly over ranks; rank 0 writes the state.
+videos; ``batch_size`` is per rank, as in ``distinit train`` (the global batch is it times the
+ranks); rank 0 writes the state.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class FinetuneSettings:
     epochs: int
     lr: float
     weight_decay: float
-    batch_size: int  # global, over all ranks
+    batch_size: int  # per rank (distinit.pipeline.options.CLIP_BATCH)
     workers: int
     seed: int
     amp: bool
@@ -67,7 +68,7 @@ class FinetuneSettings:
             "epochs": self.epochs,
             "lr": self.lr,
             "weight_decay": self.weight_decay,
-            "batch_size": self.batch_size,
+            "batch_size": self.batch_size,  # per process
             "layers_trained": "all, new action head",
         }
 
@@ -175,7 +176,7 @@ class _Epochs:
             if proc.distributed
             else None
         )
-        self.per_rank = max(settings.batch_size // proc.world_size, 1)
+        self.per_rank = settings.batch_size
         shown = self.sampler if self.sampler is not None else dataset
         self.steps_per_epoch = math.ceil(len(shown) / self.per_rank)
         # Flow workers run OpenCV; its thread count can only be lowered here, before they fork.

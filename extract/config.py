@@ -9,9 +9,10 @@ from typing import Any
 
 import click
 
+from distinit.pipeline.device import check_device
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.frame_geometry import format_size
-from distinit.pipeline.options import DEVICE, FRAME_SIZE, check_device, opt
+from distinit.pipeline.options import DEVICE, FRAME_SIZE, opt
 from distinit.pipeline.views import DEFAULT_POSITIONS, ViewSet, default_crop
 
 FRAME_MODES = ("store", "none")

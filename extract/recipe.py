@@ -12,7 +12,7 @@ from distinit.extract.inference import TeacherRunner
 from distinit.extract.teachers import target_keys
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.ffmpeg_binary import ffmpeg_version
-from distinit.pipeline.frame_geometry import FrameGeometry
+from distinit.pipeline.frame_geometry import FrameGeometry, format_size
 from distinit.pipeline.framestore import StoreFormat
 from distinit.pipeline.shards import ShardHeader, TeacherInfo
 from distinit.pipeline.views import ViewSet
@@ -21,10 +21,10 @@ from distinit.pipeline.views import ViewSet
 def check_same_recipe(cfg: ExtractConfig, shard: ShardHeader) -> None:
     """Shards of one directory must agree: refuse to add frames made another way."""
     before = shard.provenance.get("config", {})
-    store = f"{cfg.store_size[0]}x{cfg.store_size[1]}" if cfg.frames == "store" else None
+    store = format_size(cfg.store_size) if cfg.frames == "store" else None
     views = cfg.view_set()
     asked = (target_keys(cfg.teacher_names), cfg.fps, store, _views_text(views))
-    had_store = f"{shard.store.width}x{shard.store.height}" if shard.store else None
+    had_store = format_size((shard.store.width, shard.store.height)) if shard.store else None
     had_views = _views_text(shard.views) if shard.teachers else _views_text(None)
     if not cfg.teacher_names:  # a frames-only store has no views to agree on
         asked = (*asked[:3], had_views)

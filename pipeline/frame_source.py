@@ -68,7 +68,7 @@ class SourceFrames:
     def describe(self) -> str:
         return (
             f"source videos under {self.videos_root}, decoded by stored timestamps at "
-            f"{self.size[0]}x{self.size[1]}"
+            + format_size(self.size)
         )
 
 

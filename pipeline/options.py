@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -43,7 +42,6 @@ __all__ = [
     "STUDENT",
     "Flag",
     "FrameSize",
-    "check_device",
     "config_file_option",
     "config_from",
     "config_options",
@@ -56,18 +54,8 @@ __all__ = [
 C = TypeVar("C")
 F = TypeVar("F", bound=Callable[..., Any])
 
-# How a --device is written; which device it then is (local rank, CUDA present) is decided by
-# distinit.pipeline.device.resolve_device when the command runs.
-_DEVICE_FORM = re.compile(r"auto|cpu|cuda(:\d+)?")
-
 # What a student may see: RGB frames, or the optical flow between them.
 MODALITIES = ("rgb", "flow")
-
-
-def check_device(device: str) -> None:
-    """Refuse, in one line, a ``--device`` that is not auto, cpu, cuda or cuda:N."""
-    if not _DEVICE_FORM.fullmatch(device):
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
 class FrameSize(click.ParamType):

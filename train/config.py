@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from distinit.pipeline.device import check_device
 from distinit.pipeline.errors import ConfigError, UnknownNameError
 from distinit.pipeline.frame_geometry import format_size
 from distinit.pipeline.frame_source import FRAME_SOURCES
@@ -25,7 +26,6 @@ from distinit.pipeline.options import (
     MODALITY,
     RESIZE,
     STUDENT,
-    check_device,
     opt,
 )
 from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
