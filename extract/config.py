@@ -127,7 +127,8 @@ class ExtractConfig:
     )
     compile: str = opt(  # torch.compile the teachers: auto = when there are many videos
         "auto",
-        "torch.compile the teachers: ~2x faster on CPU after a one-off ~30 s; "
+        "torch.compile the teachers (a one-off compile at start-up, faster calls after; "
+        "`distinit bench extract` measures both); "
         f"auto = on from {COMPILE_AUTO_MIN_VIDEOS} videos.",
         choices=COMPILE_MODES,
     )
