@@ -4,7 +4,7 @@ Stage one keeps every cached row's frame at the student's size (default 171x128)
 reads clips *by row*, without the source videos and without a subprocess per clip. Rows are coded
 in GOPs of at most ``gop`` consecutive rows of one video; each GOP is a self-contained H.264
 bitstream (its own encoder, so it starts with SPS/PPS and an IDR frame and references nothing
-outside itself), stored as bytes in the shard (see ``pipeline/shards.py``). Reading row r decodes
+outside itself), stored as bytes in the shard (see ``pipeline/shards/``). Reading row r decodes
 its GOP from the start up to r.
 
 Format choice (the README's benchmark table has the figures): 4:2:0 chroma alone caps RGB PSNR

@@ -97,7 +97,7 @@ def test_too_many_open_files_is_not_called_damage(
     many_shards: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = ShardSet(many_shards)
-    monkeypatch.setattr(shards_module.h5py, "File", _emfile)
+    monkeypatch.setattr(h5py, "File", _emfile)
     reads = (lambda: s.logits("v03.mp4", [0]), lambda: ShardSet(many_shards), s.verify_checksums)
     for read in reads:
         with pytest.raises(MachineFaultError) as caught:

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from distinit.pipeline import shards as shards_module
 from distinit.pipeline.errors import CheckpointError, NonFiniteLossError
+from distinit.pipeline.shards import reader as shard_reader
 from distinit.train import loop
 from distinit.train.checkpoint import load_final
 from distinit.train.command import train
@@ -208,7 +209,7 @@ def test_a_run_reads_each_shard_header_once(
     """Reading the headers costs time linear in the videos: once per run, not once per check."""
     read: list[Path] = []
     real = shards_module.read_shard_header
-    monkeypatch.setattr(shards_module, "read_shard_header", lambda p: read.append(p) or real(p))
+    monkeypatch.setattr(shard_reader, "read_shard_header", lambda p: read.append(p) or real(p))
     args = ["--targets", str(shards), "--out", str(tmp_path / "run"), *COMMON, "--batch-size", "2"]
     result = CliRunner().invoke(train, [*args, "--max-steps", "1", "--workers", "0"])
     assert result.exit_code == 0, result.output
