@@ -89,7 +89,7 @@ def check_consistency(
 ) -> ConsistencyReport:
     """Recompute the teachers on the student inputs of ``clips`` training clips (see the module
     docstring). Needs the source videos (``videos`` if they moved)."""
-    from distinit.extract.inspection import recorded_teachers
+    from distinit.extract.verification import recorded_teachers
     from distinit.pipeline.frame_source import open_frame_source, resolve_videos_root
     from distinit.pipeline.timestamp_match import decode_at_times
     from distinit.train.clips import ClipDataset, ClipSpec

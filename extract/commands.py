@@ -142,7 +142,7 @@ def _verify(
     as_json: bool,
 ) -> None:
     """inspect --verify: print the report; exit 1 on damage or a mismatch."""
-    from distinit.extract import inspection
+    from distinit.extract import verification
 
     line, started = ProgressLine(), time.monotonic()
 
@@ -151,7 +151,9 @@ def _verify(
             line.update(f"verify: {text}")
 
     try:
-        report = inspection.verify(shard_set, rows, seed=seed, videos=videos_dir, progress=progress)
+        report = verification.verify(
+            shard_set, rows, seed=seed, videos=videos_dir, progress=progress
+        )
     finally:
         line.close()
     ok = report["ok"] = (
@@ -160,7 +162,7 @@ def _verify(
         and report.get("embedding_mean_cosine", 1.0) >= EMBEDDING_MIN_COSINE
     )
     report["tolerance"] = tolerance
-    click.echo(json.dumps(report) if as_json else inspection.format_verify(report))
+    click.echo(json.dumps(report) if as_json else verification.format_verify(report))
     if not ok:
         sys.exit(1)
 

@@ -393,10 +393,10 @@ def test_inspect_verify_reports_a_flipped_byte_as_damage(
 def test_inspect_verify_draws_distinct_rows_capped_at_the_row_count(
     teacher_store: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from distinit.extract import inspection
-    from distinit.extract.inspection import draw_rows
+    from distinit.extract import verification
+    from distinit.extract.verification import draw_rows
 
-    monkeypatch.setattr(inspection, "SPAN_ROWS", 16)  # a 40-row video: decoded in three spans
+    monkeypatch.setattr(verification, "SPAN_ROWS", 16)  # a 40-row video: decoded in three spans
 
     _, shards = teacher_store
     shard_set = ShardSet(shards)

@@ -64,7 +64,7 @@ def test_a_function_level_import_is_seen(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("stage", "forbidden"), [("extract", "train"), ("train", "extract")])
 def test_stages_meet_only_in_pipeline(stage: str, forbidden: str) -> None:
     modules = {
-        "extract": ["runner", "commands", "inspection", "bench"],
+        "extract": ["runner", "commands", "inspection", "verification", "bench"],
         "train": ["loop", "command", "clips", "agreement", "bench"],
     }[stage]
     imports = "; ".join(f"import distinit.{stage}.{m}" for m in modules)

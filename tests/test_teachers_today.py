@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from distinit.extract.config import ExtractConfig
 from distinit.extract.divergence import cosine_rows, embedding_storage
 from distinit.extract.inference import CPU_CALL_FRAMES, TeacherRunner, split_classifier
-from distinit.extract.inspection import verify
 from distinit.extract.runner import run_extract
 from distinit.extract.teachers import load_teacher
+from distinit.extract.verification import verify
 from distinit.pipeline.errors import ConfigError, WeightsError
 from distinit.pipeline.frame_geometry import FrameGeometry
 from distinit.pipeline.shards import ShardSet
