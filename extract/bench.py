@@ -37,12 +37,12 @@ import torch
 from distinit.extract.divergence import embedding_storage, kl_divergence
 from distinit.extract.inference import TeacherRunner
 from distinit.extract.memory_bench import make_video, peak_rss_mb
-from distinit.extract.teachers import Teacher, load_teacher, spec_key
+from distinit.extract.teachers import Teacher, load_teacher
 from distinit.pipeline.bench import EXTRACT_BENCH_DURATION, Repeats, machine_description
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.frame_geometry import FrameGeometry
 from distinit.pipeline.options import DEVICE, flag_option, json_out_option
-from distinit.pipeline.shards import ShardSet, dequantize, quantize
+from distinit.pipeline.shards import ShardSet, dequantize, quantize, target_key
 from distinit.pipeline.video import VideoReader
 from distinit.pipeline.video_files import find_videos
 from distinit.pipeline.views import DEFAULT_CROP, DEFAULT_POSITIONS, ViewSet
@@ -176,7 +176,7 @@ def embedding_storage_figures(
 ) -> dict[str, float]:
     """Bytes and cosine of the shard encoding of the teacher's embedding on real frames."""
     runner = TeacherRunner([teacher], dev, "fp32", kinds={teacher.name: ("embedding",)})
-    key = spec_key(teacher.name, "embedding")
+    key = target_key(teacher.name, "embedding")
     fp32 = np.concatenate([runner(frames[i : i + 8])[key] for i in range(0, len(frames), 8)])
     return embedding_storage(fp32)
 

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distinit.extract.teachers import Teacher, spec_key
+from distinit.extract.teachers import Teacher
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.frame_geometry import INTERPOLATIONS, FrameGeometry
-from distinit.pipeline.shards import TeacherInfo
+from distinit.pipeline.shards import TeacherInfo, target_key
 from distinit.pipeline.views import View, ViewSet, canvas_geometry, canvas_scale
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class _TeacherOnFrames(nn.Module):
 
 class TeacherRunner:
     """Holds teachers on a device and maps uint8 frame batches to float32 targets, keyed by
-    target (:func:`~distinit.extract.teachers.spec_key`: the teacher's name for logits,
+    target (:func:`~distinit.pipeline.shards.target_key`: the teacher's name for logits,
     ``name:embedding`` for its embedding).
 
     ``kinds`` names the target kinds wanted of each teacher (logits when not listed). With
@@ -419,7 +419,7 @@ class TeacherRunner:
             if logits is not None:
                 out[name] = _by_view(logits, k)
             if embedding is not None:
-                out[spec_key(name, "embedding")] = _by_view(embedding, k)
+                out[target_key(name, "embedding")] = _by_view(embedding, k)
         return out
 
     def _forward_once(

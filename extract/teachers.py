@@ -24,7 +24,7 @@ from pathlib import Path
 from torch import nn
 
 from distinit.pipeline.errors import ConfigError, UnknownNameError, WeightsError
-from distinit.pipeline.shards import TeacherInfo
+from distinit.pipeline.shards import TeacherInfo, target_key
 from distinit.pipeline.weights import (
     file_sha256,
     load_weights_only,
@@ -124,12 +124,7 @@ def group_specs(specs: Sequence[str]) -> dict[str, tuple[str, ...]]:
 
 def target_keys(specs: Sequence[str]) -> list[str]:
     """The targets a run with these specs writes, in shard order."""
-    return [spec_key(n, k) for n, kinds in group_specs(specs).items() for k in kinds]
-
-
-def spec_key(name: str, kind: str) -> str:
-    """A target's key, as :attr:`distinit.pipeline.shards.TeacherInfo.key` spells it."""
-    return name if kind == "logits" else f"{name}:{kind}"
+    return [target_key(n, k) for n, kinds in group_specs(specs).items() for k in kinds]
 
 
 def fmt(values: tuple[float, ...]) -> str:

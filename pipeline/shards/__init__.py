@@ -61,6 +61,7 @@ from distinit.pipeline.shards.contract import (
     Targets,
     TeacherInfo,
     VideoRecord,
+    target_key,
 )
 from distinit.pipeline.shards.handles import MAX_OPEN_SHARDS, default_max_open
 from distinit.pipeline.shards.header import (
@@ -97,6 +98,7 @@ __all__ = [
     "quantize",
     "read_failure",
     "read_shard_header",
+    "target_key",
     "video_records",
     "write_manifest",
 ]

@@ -20,6 +20,12 @@ VIDEO_FLOAT_FIELDS = ("duration", "fps")
 VIDEO_STR_FIELDS = ("id", "status", "error")
 
 
+def target_key(name: str, kind: str) -> str:
+    """A teacher target's name in a run, on the CLI (``--teacher NAME:embedding``) and in the
+    shards: the teacher's name for logits, ``name:kind`` otherwise."""
+    return name if kind == "logits" else f"{name}:{kind}"
+
+
 @dataclass(frozen=True)
 class TeacherInfo:
     """A teacher's identity as recorded in shards: enough to trust and reuse its targets."""
@@ -35,7 +41,7 @@ class TeacherInfo:
     @property
     def key(self) -> str:
         """The target's name in a run: the teacher's name for logits, ``name:kind`` otherwise."""
-        return self.name if self.kind == "logits" else f"{self.name}:{self.kind}"
+        return target_key(self.name, self.kind)
 
     @property
     def group(self) -> str:

@@ -167,7 +167,7 @@ class ShardSet:
             x = dequantize(q[pick], scale[pick], offset[pick])
             if not np.isfinite(x).all():
                 raise ShardError(f"{r.shard}: non-finite {t.group} for {video_id}")
-            out[t.key if kind != "logits" else t.name] = x
+            out[t.key] = x
         return out
 
     def _has_view_axis(self, shard: str, q_path: str) -> bool:
