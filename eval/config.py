@@ -13,6 +13,7 @@ from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.frame_geometry import format_size
 from distinit.pipeline.options import opt
 from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
+from distinit.train.config import STUDENT
 
 INITS = ("checkpoint", "scratch", "inflated")
 MODES = ("finetune", "linear")
@@ -73,8 +74,8 @@ class EvalConfig:
     )
     student: str = opt(  # for scratch / inflated; a checkpoint names its own student
         "r3d_18",
-        options.STUDENT,
-        help=f"{options.STUDENT.help} Only {_BASELINE}; inflated only for "
+        STUDENT,
+        help=f"{STUDENT.help} Only {_BASELINE}; inflated only for "
         f"{', '.join(INFLATABLE)} (they have a 2D ImageNet ResNet-18 counterpart).",
     )
     # The student's input. None: the checkpoint's, or rgb for scratch / inflated. Given with a

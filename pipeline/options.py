@@ -39,7 +39,6 @@ __all__ = [
     "MODALITIES",
     "MODALITY",
     "RESIZE",
-    "STUDENT",
     "Flag",
     "FrameSize",
     "config_file_option",
@@ -152,10 +151,6 @@ CLIP_BATCH = Flag(
 LOADER_WORKERS = Flag(
     help="Clip-loading worker processes per process (0: load in the main process; by default "
     "one per core, at most 4)."
-)
-STUDENT = Flag(
-    help="Student network: r3d_18, mc3_18, r2plus1d_18, s3d, mvit_v2_s (16x224x224 clips only: "
-    "--clip-len 16 --crop 224 --resize 298x224) or swin3d_t."
 )
 MODALITY = Flag(
     choices=MODALITIES,

@@ -102,3 +102,30 @@ def test_command_module_is_light_and_train_never_imports_extract() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_every_student_network_has_an_input_rule_and_a_line_in_the_help() -> None:
+    from distinit.train.config import STUDENT
+    from distinit.train.student_inputs import STUDENT_INPUTS
+    from distinit.train.students import STUDENTS
+
+    assert list(STUDENTS) == list(STUDENT_INPUTS)
+    assert all(name in STUDENT.help for name in STUDENTS)
+
+
+def test_a_config_is_checked_without_torch() -> None:
+    # The student's clip rule included: a wrong clip size is refused before torch loads.
+    code = (
+        "import sys\n"
+        "from distinit.pipeline.errors import ConfigError\n"
+        "from distinit.train.config import TrainConfig\n"
+        "try:\n"
+        "    TrainConfig(targets='t', out='o', student='mvit_v2_s', clip_len=8)\n"
+        "except ConfigError as exc:\n"
+        "    assert 'mvit_v2_s takes only 16x224x224' in str(exc), exc\n"
+        "else:\n"
+        "    raise AssertionError('accepted')\n"
+        "assert 'torch' not in sys.modules, 'torch'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -31,7 +31,7 @@ from distinit.pipeline.bench import machine_description
 from distinit.pipeline.device import resolve_device
 from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.frame_geometry import format_size
-from distinit.pipeline.options import config_from, config_options, json_out_option
+from distinit.pipeline.options import MODALITIES, config_from, config_options, json_out_option
 from distinit.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def bench_train(
     # the train step runs no OpenCV.
     set_flow_threads(1)
     store = _store_figures(shards, cfg, psnr_frames, loaders)
-    rates = {m: loaders.rate(0, m) for m in ("rgb", "flow")}
+    rates = {m: loaders.rate(0, m) for m in MODALITIES}
     width, height = cfg.resize
     dis_s = flow_cost_per_clip(cfg.clip_len, (height, width), threads=1)
     many = loaders.rate(cfg.workers) if cfg.workers > 0 else None

@@ -25,12 +25,16 @@ from distinit.pipeline.options import (
     MODALITIES,
     MODALITY,
     RESIZE,
-    STUDENT,
+    Flag,
     opt,
 )
 from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
+from distinit.train.student_inputs import student_input, students_help
 
-__all__ = ["MODALITIES", "TrainConfig", "parse_teacher_weight"]
+__all__ = ["MODALITIES", "STUDENT", "TrainConfig", "parse_teacher_weight"]
+
+# --student, for train and for eval's baselines (the networks are distinit.train.students).
+STUDENT = Flag(help=students_help())
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
@@ -198,16 +202,13 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        # Imported here: the registry pulls in torch, and `distinit train --help` should not.
-        from distinit.train.students import student_spec
-
         try:
-            spec = student_spec(self.student)
+            inputs = student_input(self.student)
         except UnknownNameError as exc:
             raise ConfigError(str(exc)) from exc
         _positive(self, "clip_len", "frame_stride", "crop", "batch_size", "epochs")
         _positive(self, "log_every", "save_every")
-        spec.check_input(self.clip_len, self.crop)
+        inputs.check(self.student, self.clip_len, self.crop)
         if self.embedding_loss not in EMBEDDING_LOSSES:
             raise ConfigError(
                 f"embedding_loss must be one of {', '.join(EMBEDDING_LOSSES)}, "

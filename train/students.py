@@ -7,8 +7,8 @@ an embedding); fine-tuning puts a fresh head for the action classes.
 
 The video transformers ``mvit_v2_s`` (fixed 16x224x224 input: its positional embeddings are
 learnt for that grid) and ``swin3d_t`` (any size: it pads to its 2x4x4 patches and 8x7x7
-windows) sit beside the 3D ResNets and S3D; their input-size rules are checked up front by
-:meth:`StudentSpec.check_input`.
+windows) sit beside the 3D ResNets and S3D; their input-size rules
+(:mod:`distinit.train.student_inputs`) are checked up front by :meth:`StudentSpec.check_input`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from torchvision.models import video as tv_video
 
-from distinit.pipeline.errors import ConfigError, UnknownNameError
+from distinit.pipeline.errors import UnknownNameError
+from distinit.train.student_inputs import student_input
 
 # torchvision's video models expect Kinetics-normalised RGB in [0, 1].
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -36,9 +37,6 @@ class StudentSpec:
     feature_dim: int
     mean: tuple[float, float, float] = KINETICS_MEAN
     std: tuple[float, float, float] = KINETICS_STD
-    min_clip_len: int = 1
-    fixed_input: tuple[int, int] | None = None  # (clip_len, crop) the network only takes
-    min_crop: int = 1
     # How the backbone differs from torchvision's network of the same name (what `distinit
     # export` tells a user who loads the weights into plain torchvision): the attribute of
     # torchvision's classifier, which the backbone lacks, and the attribute of a fixed-size
@@ -48,16 +46,7 @@ class StudentSpec:
 
     def check_input(self, clip_len: int, crop: int) -> None:
         """Refuse, in one line, a clip size this network cannot take."""
-        if self.fixed_input is not None and (clip_len, crop) != self.fixed_input:
-            frames, side = self.fixed_input
-            raise ConfigError(
-                f"{self.name} takes only {frames}x{side}x{side} clips (--clip-len {frames} "
-                f"--crop {side}), got {clip_len}x{crop}x{crop}"
-            )
-        if clip_len < self.min_clip_len:
-            raise ConfigError(f"{self.name} needs --clip-len >= {self.min_clip_len}")
-        if crop < self.min_crop:
-            raise ConfigError(f"{self.name} needs --crop >= {self.min_crop}, got {crop}")
+        student_input(self.name).check(self.name, clip_len, crop)
 
 
 def _resnet3d(builder: Callable[..., nn.Module]) -> Callable[[], nn.Module]:
@@ -108,7 +97,6 @@ STUDENTS: dict[str, StudentSpec] = {
         1024,
         S3D_MEAN,
         S3D_STD,
-        min_clip_len=8,
         torchvision_head="classifier",
         torchvision_pool="avgpool",
     ),
@@ -116,16 +104,12 @@ STUDENTS: dict[str, StudentSpec] = {
         "mvit_v2_s",
         _video_transformer(tv_video.mvit_v2_s),
         768,
-        fixed_input=(16, 224),
         torchvision_head="head",
     ),
-    # Three 2x patch merges after the 4x patch embedding: below 32 px the last stage is empty.
     "swin3d_t": StudentSpec(
         "swin3d_t",
         _video_transformer(tv_video.swin3d_t),
         768,
-        min_clip_len=2,
-        min_crop=32,
         torchvision_head="head",
     ),
 }
