@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,12 +32,11 @@ from distinit.pipeline.atomic import atomic_torch_save
 from distinit.pipeline.errors import (
     CheckpointError,
     ConfigError,
-    Interrupted,
     NonFiniteLossError,
 )
 from distinit.pipeline.progress import eta_seconds, format_duration
 from distinit.pipeline.runtime import Process
-from distinit.pipeline.stopping import ShieldedWorkerInit, StopSignals
+from distinit.pipeline.stopping import ShieldedWorkerInit, StopSignals, interrupted
 from distinit.pipeline.weights import load_weights_only
 from distinit.train import distributed
 from distinit.train.clips import prepare_workers
@@ -146,7 +144,11 @@ def finetune(
             while True:
                 batch, signum = next_batch(batches, proc, signals)
                 if signum is not None:
-                    raise _interrupted(signum, epoch, settings.epochs, state_path)
+                    raise interrupted(
+                        f" in fine-tuning epoch {epoch + 1} of {settings.epochs}",
+                        f"finished epochs ({epoch}) are kept in {state_path}",
+                        signum,
+                    )
                 if batch is None:
                     break
                 loss_sum, seen, done = loss_sum + step(*batch), seen + len(batch[1]), done + 1
@@ -234,14 +236,6 @@ class _Step:
         loss = agreed(loss_of, self.proc)
         self.trainee.step(loss)
         return loss.item() * len(labels)
-
-
-def _interrupted(signum: int, epoch: int, epochs: int, state_path: Path) -> Interrupted:
-    return Interrupted(
-        f"{signal.Signals(signum).name} in fine-tuning epoch {epoch + 1} of {epochs}: finished "
-        f"epochs ({epoch}) are kept in {state_path}; run the same command again to resume",
-        signum,
-    )
 
 
 def recompute_bn_stats(

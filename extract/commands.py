@@ -7,7 +7,6 @@ runs.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,7 @@ import click
 
 from distinit.extract.config import ExtractConfig, InspectConfig
 from distinit.pipeline import stopping
-from distinit.pipeline.errors import ConfigError, Interrupted
+from distinit.pipeline.errors import ConfigError
 from distinit.pipeline.options import config_from, config_options
 from distinit.pipeline.progress import ProgressLine, format_duration
 
@@ -51,12 +50,7 @@ def extract(**params: Any) -> None:
         line.close()
     _report(cfg, summary)
     if summary.interrupted:
-        signum = stopping.received_signal() or signal.SIGINT
-        raise Interrupted(
-            f"{signal.Signals(signum).name}: finished videos are saved. Run the same command "
-            "again to resume.",
-            signum,
-        )
+        raise stopping.interrupted("", "finished videos are saved")
     if cfg.strict and (summary.failed or summary.failed_earlier):
         sys.exit(1)
 

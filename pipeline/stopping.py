@@ -27,7 +27,7 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from distinit.pipeline.errors import DistinitError, one_line
+from distinit.pipeline.errors import DistinitError, Interrupted, one_line
 
 if TYPE_CHECKING:
     from distinit.pipeline.runtime import Process
@@ -45,6 +45,16 @@ def exit_code(signum: int) -> int:
 def received_signal() -> int | None:
     """The last stop signal this process received inside :class:`StopSignals`, if any."""
     return _received
+
+
+def interrupted(where: str, kept: str, signum: int | None = None) -> Interrupted:
+    """The error of a run that stopped at a safe point, for every command alike: the signal,
+    where the run was, what it kept, and that the same command resumes. ``signum`` None: this
+    process's last stop signal; a rank that stopped because another rank got one has none of
+    its own and reports SIGTERM, what launchers and Slurm send a job."""
+    signum = signum or received_signal() or signal.SIGTERM
+    name = signal.Signals(signum).name
+    return Interrupted(f"{name}{where}: {kept}; run the same command again to resume", signum)
 
 
 class StopNow(KeyboardInterrupt):

@@ -37,7 +37,7 @@ def test_sigterm_stops_extract_cleanly_and_it_resumes(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr  # as for any command (stopping.py)
-    assert "Run the same command again to resume" in stderr
+    assert "SIGTERM: finished videos are saved; run the same command again to resume" in stderr
     assert "Traceback" not in stderr
     kept = len(ShardSet(out).ok_videos())
     assert 1 <= kept < 10

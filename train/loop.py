@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,12 +27,11 @@ from distinit.pipeline.directory_lock import lock_run_directory
 from distinit.pipeline.errors import (
     CheckpointError,
     ConfigError,
-    Interrupted,
     NonFiniteLossError,
 )
 from distinit.pipeline.frame_source import FrameSource, open_frame_source
 from distinit.pipeline.shards import ShardSet
-from distinit.pipeline.stopping import ShieldedWorkerInit, StopSignals
+from distinit.pipeline.stopping import ShieldedWorkerInit, StopSignals, interrupted
 from distinit.pipeline.views import ViewSet
 from distinit.train import distributed
 from distinit.train.bad_clips import BadClipCount, TolerantClips, failures
@@ -340,11 +338,8 @@ def _train(
                 _save(cfg, ctx, run, done)
         if done < end:  # stopped by a signal (here or on another rank): keep every finished step
             _save(cfg, ctx, run, done)
-            signum = signals.received or signal.SIGTERM
-            raise Interrupted(
-                f"{signal.Signals(signum).name} at step {done} of {total}: saved "
-                f"{out / LAST_NAME}; run the same command again to resume",
-                signum,
+            raise interrupted(
+                f" at step {done} of {total}", f"saved {out / LAST_NAME}", signals.received
             )
         if ctx.process.is_main and end > start:
             plot_loss(out / LOG_NAME, out / CURVE_NAME)
