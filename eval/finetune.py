@@ -120,11 +120,8 @@ def finetune(
     starting weights by content (a state fine-tuned from other weights is discarded).
     """
     student.to(device)
-    optimizer = torch.optim.SGD(
-        student.parameters(), lr=settings.lr, momentum=MOMENTUM, weight_decay=settings.weight_decay
-    )
-    use_amp = amp_enabled(settings.amp, device)
-    trainee = Trainee(student, optimizer, torch.amp.GradScaler("cuda", enabled=use_amp))
+    trainee, use_amp = _trainee(student, settings, device)
+    optimizer = trainee.optimizer
     state_path = state_dir / STATE_NAME
     identity = {"fingerprint": fingerprint, "init_weights": init_weights}
     start_epoch = _resume(state_path, trainee, identity, progress)
@@ -164,6 +161,17 @@ def finetune(
             if proc.distributed:
                 dist.barrier()
     return student
+
+
+def _trainee(
+    student: Student, settings: FinetuneSettings, device: torch.device
+) -> tuple[Trainee, bool]:
+    """SGD with momentum over every layer, and whether it steps under AMP (CUDA only)."""
+    optimizer = torch.optim.SGD(
+        student.parameters(), lr=settings.lr, momentum=MOMENTUM, weight_decay=settings.weight_decay
+    )
+    use_amp = amp_enabled(settings.amp, device)
+    return Trainee(student, optimizer, torch.amp.GradScaler("cuda", enabled=use_amp)), use_amp
 
 
 class _Epochs:
