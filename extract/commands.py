@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
 
 # inspect --verify: cached embeddings must point where freshly computed ones do.
 EMBEDDING_MIN_COSINE = 0.999
+CHECK_QUIET_S = 2.0  # inspect's checks: a quick one prints only its result, no progress line
 
 
 @click.command()
@@ -138,16 +138,12 @@ def _verify(
     """inspect --verify: print the report; exit 1 on damage or a mismatch."""
     from distinit.extract import verification
 
-    line, started = ProgressLine(), time.monotonic()
-
-    def progress(text: str) -> None:
-        if time.monotonic() - started > 2.0:  # a quick check prints only its result
-            line.update(f"verify: {text}")
-
+    line = ProgressLine(quiet_for=CHECK_QUIET_S)
     try:
         report = verification.verify(
-            shard_set, rows, seed=seed, videos=videos_dir, progress=progress
-        )
+            shard_set, rows, seed=seed, videos=videos_dir,
+            progress=lambda text: line.update(f"verify: {text}"),
+        )  # fmt: skip
     finally:
         line.close()
     ok = report["ok"] = (
@@ -168,16 +164,12 @@ def _consistency(
     teacher's output on the crops (a broken view mapping)."""
     from distinit.apps import consistency as check
 
-    line, started = ProgressLine(), time.monotonic()
-
-    def progress(text: str) -> None:
-        if time.monotonic() - started > 2.0:
-            line.update(f"consistency: {text}")
-
+    line = ProgressLine(quiet_for=CHECK_QUIET_S)
     try:
         report = check.check_consistency(
-            shard_set, clips, videos=videos_dir, seed=seed, progress=progress
-        )
+            shard_set, clips, videos=videos_dir, seed=seed,
+            progress=lambda text: line.update(f"consistency: {text}"),
+        )  # fmt: skip
     finally:
         line.close()
     ok = shard_set.views is None or report.consistent()

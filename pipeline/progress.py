@@ -72,22 +72,29 @@ class ProgressLine:
     """One progress line on ``stream`` (stderr by default): in place on a TTY, else plain lines.
 
     ``every`` is the least time between plain lines (a terminal line is cheap to rewrite and is
-    redrawn at most every 0.2 s); ``final=True`` forces the update through.
+    redrawn at most every 0.2 s); ``final=True`` forces the update through. ``quiet_for``: no
+    line in the first seconds, so work that ends quickly prints only its result.
     """
 
     def __init__(
-        self, stream: TextIO | None = None, *, every: float = 5.0, tty: bool | None = None
+        self,
+        stream: TextIO | None = None,
+        *,
+        every: float = 5.0,
+        tty: bool | None = None,
+        quiet_for: float = 0.0,
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.every = 0.2 if self.tty else every
         self._last = -math.inf
+        self._quiet_until = time.monotonic() + quiet_for
         self._open = False  # a TTY line is drawn and not yet ended
         self._gone = False  # the stream broke (a closed pipe): progress is no longer shown
 
     def update(self, text: str, *, final: bool = False) -> None:
         now = time.monotonic()
-        if not final and now - self._last < self.every:
+        if not final and (now - self._last < self.every or now < self._quiet_until):
             return
         self._last = now
         if self.tty:

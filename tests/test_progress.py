@@ -80,3 +80,21 @@ def test_plain_lines_when_not_a_tty_and_in_place_on_one() -> None:
     line.update("b", final=True)
     line.close()
     assert term.getvalue() == "\r\x1b[Ka\r\x1b[Kb\n"
+
+
+def test_a_quiet_line_says_nothing_until_its_quiet_time_has_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from distinit.pipeline import progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    plain = _Stream(tty=False)
+    line = ProgressLine(plain, every=0.0, quiet_for=2.0)
+    line.update("early")
+    clock[0] = 101.9
+    line.update("still early")
+    clock[0] = 102.1
+    line.update("late")
+    line.close()
+    assert plain.getvalue() == "late\n"
