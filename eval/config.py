@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -220,4 +221,5 @@ class EvalConfig:
 
     def to_json(self) -> dict[str, Any]:
         raw = asdict(self)
-        return {k: str(v) if isinstance(v, Path) else v for k, v in raw.items()}
+        # Paths absolute: `--config OUT/results.json` replays the run from any directory.
+        return {k: os.path.abspath(v) if isinstance(v, Path) else v for k, v in raw.items()}

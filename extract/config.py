@@ -315,3 +315,10 @@ class InspectConfig:
         name="--videos",
         type=click.Path(file_okay=False),
     )
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--verify", self.verify), ("--consistency", self.consistency)):
+            if value is not None and value < 0:
+                raise ConfigError(f"{flag} must be 0 or more, got {value}")
+        if self.tolerance < 0:
+            raise ConfigError(f"--tolerance must not be negative, got {self.tolerance}")

@@ -44,6 +44,7 @@ __all__ = [
     "config_file_option",
     "config_from",
     "config_options",
+    "flag_of",
     "flag_option",
     "json_out_option",
     "opt",
@@ -282,6 +283,15 @@ def config_options(
         return command
 
     return decorate
+
+
+def flag_of(cls: type, field_name: str) -> str:
+    """The command-line flag of a config field (``batch_size`` -> ``--batch-size``), for
+    messages that name what the user typed."""
+    for field in dataclasses.fields(cls):
+        if field.name == field_name and "cli" in field.metadata:
+            return field.metadata["cli"].flag(field_name)
+    return field_name
 
 
 def _is_required(field: dataclasses.Field[Any]) -> bool:

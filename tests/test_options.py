@@ -183,6 +183,26 @@ def test_a_saved_train_config_replays_to_the_same_config(
     assert captured_train[1] == dataclasses.replace(cfg, **changed)
 
 
+def test_a_train_config_made_with_relative_paths_replays_from_another_directory(
+    tmp_path: Path, captured_train: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distinit.train.command import train
+
+    (tmp_path / "work").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    cfg = dataclasses.replace(_train_config(tmp_path), targets="shards", out="run", videos="v")
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps(cfg.replayable_json()))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = CliRunner().invoke(train, ["--config", str(saved)])
+    assert isinstance(result.exception, _Captured), result.output
+    work = tmp_path / "work"
+    assert (captured_train[0].targets, captured_train[0].out, captured_train[0].videos) == (
+        str(work / "shards"), str(work / "run"), str(work / "v"),
+    )  # fmt: skip
+
+
 def test_train_flags_alone_give_the_config_they_say(
     tmp_path: Path, captured_train: list[Any]
 ) -> None:

@@ -145,7 +145,7 @@ def test_student_input_routing() -> None:
 
 
 def test_config_modality() -> None:
-    with pytest.raises(ConfigError, match="modality must be one of"):
+    with pytest.raises(ConfigError, match="--modality must be one of"):
         TrainConfig(targets="S", out="R", modality="depth")
     with pytest.raises(ConfigError, match="flow needs --clip-len >= 2"):
         TrainConfig(targets="S", out="R", modality="flow", clip_len=1)

@@ -124,7 +124,7 @@ def _announce(cfg: TrainConfig, frames: FrameSource, start: int, total: int) -> 
     from distinit.train.resume import LAST_NAME
 
     out = Path(cfg.out)
-    atomic_write(out / CONFIG_NAME, cfg.to_json())
+    atomic_write(out / CONFIG_NAME, cfg.replayable_json())
     warm = f", starting from the weights of {cfg.init_from}" if cfg.init_from else ""
     click.echo(f"training {cfg.student} ({cfg.modality}) into {cfg.out}{warm}", err=True)
     click.echo(f"frames: {frames.describe()}", err=True)

@@ -26,6 +26,7 @@ from distinit.pipeline.options import (
     MODALITY,
     RESIZE,
     Flag,
+    flag_of,
     opt,
 )
 from distinit.pipeline.runtime import DEFAULT_LOADER_WORKERS
@@ -202,6 +203,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if os.path.abspath(self.out) == os.path.abspath(self.targets):
+            raise ConfigError("--out must not be the --targets directory: give the run its own")
         try:
             inputs = student_input(self.student)
         except UnknownNameError as exc:
@@ -211,7 +214,7 @@ class TrainConfig:
         inputs.check(self.student, self.clip_len, self.crop)
         if self.embedding_loss not in EMBEDDING_LOSSES:
             raise ConfigError(
-                f"embedding_loss must be one of {', '.join(EMBEDDING_LOSSES)}, "
+                f"--embedding-loss must be one of {', '.join(EMBEDDING_LOSSES)}, "
                 f"got {self.embedding_loss!r}"
             )
         if len(self.resize) != 2 or min(self.resize) < 1:
@@ -223,14 +226,14 @@ class TrainConfig:
                 f"--crop {self.crop} is larger than the resized frame "
                 f"(--resize {format_size(self.resize)})"
             )
-        if min(self.workers, self.warmup_steps, self.weight_decay, self.max_bad_clips) < 0:
-            raise ConfigError(
-                "workers, warmup_steps, weight_decay and max_bad_clips must not be negative"
-            )
-        if not self.lr > 0 or not self.temperature > 0:
-            raise ConfigError("lr and temperature must be positive")
+        for name in ("workers", "warmup_steps", "weight_decay", "max_bad_clips"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_flag(name)} must not be negative, got {getattr(self, name)}")
+        for name in ("lr", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{_flag(name)} must be positive, got {getattr(self, name)}")
         if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         for name, allowed in (
             ("optimizer", OPTIMIZERS),
             ("schedule", SCHEDULES),
@@ -238,16 +241,17 @@ class TrainConfig:
             ("modality", MODALITIES),
             ("frames", FRAME_SOURCES),
         ):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+            if (value := getattr(self, name)) not in allowed:
+                choices = ", ".join(allowed)
+                raise ConfigError(f"{_flag(name)} must be one of {choices}, got {value!r}")
         if self.modality == "flow" and self.clip_len < 2:
             raise ConfigError("flow needs --clip-len >= 2: one frame has no motion")
         for name in ("max_steps", "stop_after"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"{name} must be at least 1, got {value}")
+                raise ConfigError(f"{_flag(name)} must be at least 1, got {value}")
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"grad_clip must be positive, got {self.grad_clip}")
+            raise ConfigError(f"--grad-clip must be positive, got {self.grad_clip}")
         check_device(self.device)
         names = [n for n, _ in self.teacher_weights]
         if len(set(names)) != len(names):
@@ -262,6 +266,14 @@ class TrainConfig:
         d = asdict(self)
         d["resize"] = list(self.resize)
         d["teacher_weights"] = {n: w for n, w in self.teacher_weights}
+        return d
+
+    def replayable_json(self) -> dict[str, Any]:
+        """What ``RUN/config.json`` holds: :meth:`to_json` with its directories absolute, as
+        extract's manifest has them, so ``--config`` replays the run from any directory."""
+        d = self.to_json()
+        for name in ("targets", "out", "videos"):
+            d[name] = _absolute(d[name], None)
         return d
 
     @classmethod
@@ -283,10 +295,14 @@ class TrainConfig:
         )
 
 
+def _flag(field_name: str) -> str:
+    return flag_of(TrainConfig, field_name)
+
+
 def _positive(cfg: TrainConfig, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+            raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(cfg, name)}")
 
 
 def parse_teacher_weight(text: str) -> tuple[str, float]:
