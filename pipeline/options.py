@@ -346,8 +346,11 @@ def read_saved_config(path: str, cls: type) -> dict[str, Any]:
     hints = _hints(cls)
     unknown = sorted(set(data) - set(hints))
     if unknown:
+        more = f" and {len(unknown) - 4} more" if len(unknown) > 4 else ""
         raise ConfigError(
-            f"--config {path}: not a config of this command (unknown fields: {', '.join(unknown)})"
+            f"--config {path}: not a config of this command (unknown fields: "
+            f"{', '.join(unknown[:4])}{more}); extract replays SHARDS/manifest.json, "
+            "train RUN/config.json, eval OUT/results.json"
         )
     return {name: _from_json(path, name, hints[name], value) for name, value in data.items()}
 

@@ -43,7 +43,9 @@ def load_weights_only(
                 f"{path}: not a safe weights-only file: it holds objects other than tensors and "
                 "plain containers, which could run code when loaded"
             ) from exc
-        text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        if isinstance(exc, pickle.UnpicklingError):  # torch's text is about weights_only
+            raise error(f"{path}: not a PyTorch weights file") from exc
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         raise error(f"{path}: not a PyTorch weights file ({detail})") from exc
 

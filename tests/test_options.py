@@ -282,7 +282,8 @@ def test_a_config_of_another_command_is_one_line_naming_the_file(tmp_path: Path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"Error: --config {manifest}: not a config of this command (unknown fields: "
-        "videos_per_shard)"
+        "videos_per_shard); extract replays SHARDS/manifest.json, train RUN/config.json, "
+        "eval OUT/results.json"
     ]
 
 

@@ -11,13 +11,14 @@ from distinit.train.config import TrainConfig, parse_teacher_weight
 
 
 def _cfg(**kw: object) -> TrainConfig:
-    return TrainConfig(targets="S", out="R", **kw)  # type: ignore[arg-type]
+    return TrainConfig(**{"targets": "S", "out": "R", **kw})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
         ({"student": "resnet50"}, "unknown student"),
+        ({"targets": "R/"}, "--out must not be the --targets directory"),
         ({"clip_len": 0}, "--clip-len must be at least 1, got 0"),
         ({"student": "s3d", "clip_len": 4}, "s3d needs --clip-len >= 8"),
         ({"crop": 200}, "larger than the resized frame"),
