@@ -30,16 +30,25 @@ def check_same_recipe(cfg: ExtractConfig, shard: ShardHeader) -> None:
         asked = (*asked[:3], had_views)
     had = ([t.key for t in shard.teachers], before.get("fps"), had_store, had_views)
     if asked != had:
-
-        def recipe(teachers: list[str], fps: float | None, store: str | None, views: str) -> str:
-            rate = "every frame" if fps is None else f"{fps:g} fps"
-            frames = f"a {store} frame store" if store else "no frame store"
-            return f"teachers {', '.join(teachers) or 'none'} at {rate} with {frames}, {views}"
-
+        # Only what differs, as the user would set it: a whole recipe hides a changed --fps.
+        pairs = zip(_recipe_parts(*had), _recipe_parts(*asked), strict=True)
+        changes = [f"{name}: {old} -> {new}" for (name, old), (_, new) in pairs if old != new]
         raise ConfigError(
-            f"{cfg.out} holds shards made with {recipe(*had)}; this run asks for "
-            f"{recipe(*asked)}. Use a new --out (the shards of one directory must agree)."
+            f"{cfg.out} holds shards made another way ({'; '.join(changes)}). Use a new --out "
+            "(the shards of one directory must agree)."
         )
+
+
+def _recipe_parts(
+    teachers: list[str], fps: float | None, store: str | None, views: str
+) -> list[tuple[str, str]]:
+    """A shard directory's recipe, part by part, as a mismatch names it."""
+    return [
+        ("--teacher", ", ".join(teachers) or "none"),
+        ("--fps", "every frame" if fps is None else f"{fps:g}"),
+        ("frame store", store or "none"),
+        ("views", views),
+    ]
 
 
 def _views_text(views: ViewSet | None) -> str:

@@ -270,3 +270,4 @@ def test_changed_recipe_into_same_directory_is_refused(
     r = distinit("extract", "--videos", str(sample_clips), "--out", str(real_shards), "--fps", "5")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "Use a new --out" in r.stderr
+    assert "made another way (--fps: every frame -> 5" in r.stderr  # what changed, not it all
