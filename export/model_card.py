@@ -99,7 +99,7 @@ def model_card(config: dict[str, Any], results: dict[str, Any] | None) -> str:
         "## Input",
         "",
         f"* {recipe['clip_len']} frames, {recipe['frame_stride']} stored frame(s) apart "
-        "(every native frame, unless the shards were extracted with `--fps`)",
+        + _stored_frames(recipe["shard_fps"]),
         f"* resized to {size['width']}x{size['height']} (aspect not kept), then a "
         f"{recipe['crop']}x{recipe['crop']} crop ({recipe['test_crop']} at test time)",
         f"* {values}",
@@ -124,3 +124,11 @@ def _results_section(results: dict[str, Any]) -> list[str]:
         "|" + "---|" * len(METRICS),
         "| " + " | ".join(f"{100 * results[m]:.1f}%" for m in METRICS) + " |",
     ]
+
+
+def _stored_frames(shard_fps: float | None) -> str:
+    """What one stored frame is: the shards' ``--fps`` sampling when the checkpoint recorded
+    it; otherwise every native frame (or, for checkpoints that predate the record, unknown)."""
+    if shard_fps is not None:
+        return f"(the shards kept {shard_fps:g} frames per second of video)"
+    return "(every native frame, unless the shards were extracted with `--fps`)"
