@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import click
 
 from distinit.pipeline.errors import ConfigError
+from distinit.train.config import STUDENT
 
 if TYPE_CHECKING:
     from distinit.pipeline.shards import ShardSet
@@ -82,12 +83,12 @@ def _link_tree(root: Path, ids: list[str], dest: Path) -> None:
 @click.option(
     "--quick",
     is_flag=True,
-    help="A few minutes on 2 CPU cores (about 240 CPU-seconds): 10 frames/s, 30 steps.",
+    help="A smaller demo (10 frames/s, 30 steps); the README says how long each takes.",
 )
 @click.option(
     "--steps", type=int, default=None, help="Training steps [default: 150, or 30 with --quick]."
 )
-@click.option("--student", default="r3d_18", show_default=True, help="3D student network.")
+@click.option("--student", default="r3d_18", show_default=True, help=STUDENT.help)
 def demo(out: str, videos: str | None, holdout: str | None, quick: bool, steps: int | None,
          student: str) -> None:  # fmt: skip
     """Run extract -> train -> held-out agreement on real clips with a real ImageNet teacher."""
