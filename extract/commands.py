@@ -43,11 +43,8 @@ def extract(**params: Any) -> None:
     for name in cfg.teacher_names:
         if not is_known_teacher(name):
             raise unknown_teacher(name)
-    line = ProgressLine()
-    try:
+    with ProgressLine() as line:
         summary = run_extract(cfg, progress=lambda p: _show_progress(line, p))
-    finally:
-        line.close()
     _report(cfg, summary)
     if summary.interrupted:
         raise stopping.interrupted("", "finished videos are saved")
@@ -138,14 +135,11 @@ def _verify(
     """inspect --verify: print the report; exit 1 on damage or a mismatch."""
     from distinit.extract import verification
 
-    line = ProgressLine(quiet_for=CHECK_QUIET_S)
-    try:
+    with ProgressLine(quiet_for=CHECK_QUIET_S) as line:
         report = verification.verify(
             shard_set, rows, seed=seed, videos=videos_dir,
             progress=lambda text: line.update(f"verify: {text}"),
         )  # fmt: skip
-    finally:
-        line.close()
     ok = report["ok"] = (
         not report["problems"]
         and report["max_kl"] <= tolerance
@@ -164,14 +158,11 @@ def _consistency(
     teacher's output on the crops (a broken view mapping)."""
     from distinit.apps import consistency as check
 
-    line = ProgressLine(quiet_for=CHECK_QUIET_S)
-    try:
+    with ProgressLine(quiet_for=CHECK_QUIET_S) as line:
         report = check.check_consistency(
             shard_set, clips, videos=videos_dir, seed=seed,
             progress=lambda text: line.update(f"consistency: {text}"),
         )  # fmt: skip
-    finally:
-        line.close()
     ok = shard_set.views is None or report.consistent()
     click.echo(
         json.dumps({**report.to_json(), "ok": ok}) if as_json else check.format_consistency(report)

@@ -109,6 +109,12 @@ class ProgressLine:
             self._write("\n")
             self._open = False
 
+    def __enter__(self) -> ProgressLine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()  # also when the work raised: its error starts on a line of its own
+
     def _write(self, text: str) -> None:
         # A progress line is never worth a run: `cmd | tee log` loses its reader on the same
         # Ctrl-C that asks the run to save and stop, and the save must still happen.

@@ -98,3 +98,11 @@ def test_a_quiet_line_says_nothing_until_its_quiet_time_has_passed(
     line.update("late")
     line.close()
     assert plain.getvalue() == "late\n"
+
+
+def test_a_line_used_as_a_context_ends_itself_also_when_the_work_fails() -> None:
+    term = _Stream(tty=True)
+    with pytest.raises(RuntimeError), ProgressLine(term) as line:
+        line.update("half way")
+        raise RuntimeError("broke")
+    assert term.getvalue() == "\r\x1b[Khalf way\n"  # the error starts on a line of its own
